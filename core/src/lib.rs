@@ -1,0 +1,35 @@
+//! # changefeed-core
+//!
+//! The sans-IO protocol core of changefeed. Nothing here performs IO, spawns tasks or reads a
+//! clock: time, database rows and live events enter as inputs (`handle_*`), frames to send and
+//! rows to fetch leave as outputs (`poll_*`). Every protocol invariant is stated and tested here:
+//!
+//! - **Exactly once, in order.** A subscription emits every event its filter matches after its
+//!   starting cursor, once each, with strictly increasing seqs ([`subscription`]).
+//! - **Never silent.** A cursor that cannot be honoured exactly (pruned, ahead of head, of another
+//!   epoch, malformed) yields one `changefeed.reset` frame carrying the new cursor.
+//! - **Bounded.** Live events held during replay, replay windows, parser lines and event sizes
+//!   are all bounded; overflow and lag fall back to replaying the gap from the store.
+//! - **Browser-exact SSE.** The [`sse`] parser follows WHATWG HTML §9.2 and the encoder produces
+//!   frames it (and browsers) parse back exactly.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod event;
+pub mod filter;
+mod json;
+pub mod position;
+pub mod reconnect;
+pub mod request;
+pub mod sse;
+pub mod subscription;
+
+pub use event::{Event, EventRow};
+pub use filter::{Filter, TypePattern};
+pub use position::{Cursor, CursorError, Epoch, Seq};
+pub use request::{ErrorCode, EventsQuery, RequestError, Start};
+pub use subscription::{
+    FetchRequest, LogPosition, Output, Phase, ReplayPage, ResetReason, Subscription,
+    SubscriptionConfig, TimeoutReason,
+};

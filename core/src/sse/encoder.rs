@@ -1,0 +1,127 @@
+//! SSE frame encoder: builds one frame (fields then a blank line) into a byte buffer.
+
+use bytes::Bytes;
+
+/// Builds one SSE frame. Every field value is made safe for the wire: CR and LF cannot end a
+/// field early, so `event`, `id` and `retry` values drop them and [`FrameBuilder::data`] splits
+/// text over several `data:` lines exactly as a parser joins them back.
+#[derive(Debug, Default)]
+pub struct FrameBuilder {
+    buf: Vec<u8>,
+}
+
+impl FrameBuilder {
+    /// An empty frame.
+    pub fn new() -> FrameBuilder {
+        FrameBuilder {
+            buf: Vec::with_capacity(128),
+        }
+    }
+
+    /// An empty frame with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> FrameBuilder {
+        FrameBuilder {
+            buf: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// `retry: <ms>`.
+    pub fn retry(mut self, millis: u64) -> Self {
+        self.buf.extend_from_slice(b"retry: ");
+        self.buf.extend_from_slice(millis.to_string().as_bytes());
+        self.buf.push(b'\n');
+        self
+    }
+
+    /// `id: <value>`; CR, LF and NUL are removed (a NUL would make parsers ignore the id).
+    pub fn id(self, value: &str) -> Self {
+        self.single_line_field(b"id: ", value, |b| matches!(b, b'\r' | b'\n' | 0))
+    }
+
+    /// `event: <name>`; CR and LF are removed so a name cannot end its line.
+    pub fn event(self, name: &str) -> Self {
+        self.single_line_field(b"event: ", name, |b| matches!(b, b'\r' | b'\n'))
+    }
+
+    /// One `data:` line per line of `text` (CR, LF and CRLF all end a line), so a parser
+    /// reassembles `text` with its line breaks normalised to LF.
+    pub fn data(mut self, text: &str) -> Self {
+        let mut rest = text.as_bytes();
+        loop {
+            self.buf.extend_from_slice(b"data: ");
+            match memchr::memchr2(b'\r', b'\n', rest) {
+                Some(at) => {
+                    self.buf.extend_from_slice(&rest[..at]);
+                    self.buf.push(b'\n');
+                    let skip = if rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n') {
+                        2
+                    } else {
+                        1
+                    };
+                    rest = &rest[at + skip..];
+                }
+                None => {
+                    self.buf.extend_from_slice(rest);
+                    self.buf.push(b'\n');
+                    return self;
+                }
+            }
+        }
+    }
+
+    /// `data: <line>` where the caller guarantees `line` holds no CR or LF (checked in debug
+    /// builds). Used for the event JSON, which the encoder keeps on one line by construction.
+    pub fn data_line(mut self, line: &[u8]) -> Self {
+        debug_assert!(memchr::memchr2(b'\r', b'\n', line).is_none());
+        self.buf.extend_from_slice(b"data: ");
+        self.buf.extend_from_slice(line);
+        self.buf.push(b'\n');
+        self
+    }
+
+    /// A comment line `:<text>` (CR and LF removed); an empty comment is a bare `:`.
+    pub fn comment(mut self, text: &str) -> Self {
+        self.buf.push(b':');
+        self.buf
+            .extend(text.bytes().filter(|b| !matches!(b, b'\r' | b'\n')));
+        self.buf.push(b'\n');
+        self
+    }
+
+    /// Ends the frame with its blank line.
+    pub fn finish(mut self) -> Bytes {
+        self.buf.push(b'\n');
+        Bytes::from(self.buf)
+    }
+
+    fn single_line_field(mut self, prefix: &[u8], value: &str, drop: fn(u8) -> bool) -> Self {
+        self.buf.extend_from_slice(prefix);
+        self.buf.extend(value.bytes().filter(|&b| !drop(b)));
+        self.buf.push(b'\n');
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_split_on_every_line_ending() {
+        let frame = FrameBuilder::new()
+            .event("x\r\ny")
+            .id("1\n2")
+            .data("a\r\nb\rc\nd")
+            .finish();
+        assert_eq!(
+            &frame[..],
+            b"event: xy\nid: 12\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+    }
+
+    #[test]
+    fn empty_data_is_one_empty_line() {
+        assert_eq!(&FrameBuilder::new().data("").finish()[..], b"data: \n\n");
+        assert_eq!(&FrameBuilder::new().comment("").finish()[..], b":\n\n");
+    }
+}

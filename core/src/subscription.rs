@@ -1,0 +1,601 @@
+//! One client's stream as a sans-IO state machine: replay from the store, join the live feed
+//! without loss or duplicate, heartbeats, resets and the end of the stream.
+//!
+//! The shell creates a [`Subscription`] right after subscribing to the live feed, passing the
+//! last published seq `P` it read *atomically with that subscription* ([`LogPosition`]). It then
+//! feeds inputs (`handle_*`) and, after every input, drains [`Subscription::poll_output`] until
+//! it returns `None`: frames to write, [`FetchRequest`]s to answer with
+//! [`Subscription::handle_page`], or [`Output::Close`]. It sleeps until
+//! [`Subscription::poll_timeout`].
+//!
+//! ## Positions
+//! - `scanned`: the highest seq accounted for — emitted, or known not to match the filter.
+//!   Every frame's `id` and every checkpoint carries `scanned`.
+//! - `announced`: the last position written in an `id:` field, so heartbeats know whether a
+//!   checkpoint is due.
+//!
+//! ## Invariants (checked by the model property test in `tests/subscription_model.rs`)
+//! 1. Change frames are emitted in strictly increasing seq order, each at most once.
+//! 2. Every event the filter matches with seq in `(start, scanned]` has been emitted, where
+//!    `start` is the effective starting cursor.
+//! 3. A cursor that cannot be honoured exactly produces exactly one `changefeed.reset` frame
+//!    before anything else; events are never skipped without one.
+//! 4. Memory is bounded: at most [`SubscriptionConfig::max_held`] live events are held.
+//!
+//! ## The join rule (replay-to-live handoff)
+//! The replay target is `P` while no live event is held; once live events are held it is
+//! `first_held.seq − 1`. Replay pages are seq windows `(scanned, min(scanned + W, target)]`.
+//! The subscription goes live only when `scanned` reaches the target, then emits the held
+//! events above `scanned`. On overflow of the held buffer or a lag signal it drops what it
+//! holds and the target becomes unknown: the next live event that arrives sets it, or, if none
+//! arrives, a page whose store head lies within its window shows the gap is closed. The gap is
+//! always replayed from the store: never a hole between `scanned` and the first live event.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::event::Event;
+use crate::filter::Filter;
+use crate::json;
+use crate::position::{Cursor, Epoch, Seq};
+use crate::request::Start;
+use crate::sse::FrameBuilder;
+
+/// Tunables of one subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionConfig {
+    /// Silence after which a heartbeat is written (contract default 15 s).
+    pub heartbeat: Duration,
+    /// The `retry:` the client is told to wait before reconnecting.
+    pub retry: Duration,
+    /// End the stream (after a final checkpoint) this long after it started.
+    pub max_lifetime: Option<Duration>,
+    /// The widest seq window one replay page may span.
+    pub replay_window: u64,
+    /// The most live events held while replay catches up.
+    pub max_held: usize,
+}
+
+impl Default for SubscriptionConfig {
+    fn default() -> Self {
+        SubscriptionConfig {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(1),
+            max_lifetime: None,
+            replay_window: 1024,
+            max_held: 1024,
+        }
+    }
+}
+
+/// The log as the shell saw it when subscribing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    /// The log's epoch.
+    pub epoch: Epoch,
+    /// The store's head: highest seq ever allocated.
+    pub head: Seq,
+    /// The retention floor: a cursor below it cannot be honoured.
+    pub floor: Seq,
+    /// `P`: the last seq the live feed published, read atomically with the live subscription
+    /// (every later live event has a greater seq).
+    pub published: Seq,
+}
+
+/// Rows the shell must read from the store: those matching the filter in `(after, upto]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// Exclusive lower bound.
+    pub after: Seq,
+    /// Inclusive upper bound.
+    pub upto: Seq,
+}
+
+/// The store's answer to a [`FetchRequest`], read in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayPage {
+    /// Matching rows in `(after, upto]`, in seq order.
+    pub rows: Vec<Event>,
+    /// The store's head in the same transaction.
+    pub head: Seq,
+    /// The retention floor in the same transaction.
+    pub floor: Seq,
+}
+
+/// What the shell must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write these bytes to the client.
+    Frame(Bytes),
+    /// Read this window from the store and pass the result to [`Subscription::handle_page`].
+    Fetch(FetchRequest),
+    /// End the response (after writing every frame before it).
+    Close,
+}
+
+/// Why [`Subscription::poll_timeout`] wants to be woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutReason {
+    /// Nothing written for a heartbeat interval.
+    Heartbeat,
+    /// The maximum stream lifetime is reached.
+    MaxLifetime,
+}
+
+/// Why a cursor could not be honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// Rows after the cursor were pruned by retention.
+    Pruned,
+    /// The cursor is beyond anything this log ever allocated.
+    AheadOfHead,
+    /// The cursor belongs to another log (recreated or rolled-back database).
+    EpochMismatch,
+    /// The `Last-Event-ID` header is not a cursor.
+    InvalidCursor,
+}
+
+impl ResetReason {
+    /// The reason as it appears in the reset frame.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::Pruned => "pruned",
+            ResetReason::AheadOfHead => "ahead_of_head",
+            ResetReason::EpochMismatch => "epoch_mismatch",
+            ResetReason::InvalidCursor => "invalid_cursor",
+        }
+    }
+}
+
+/// The phase of a subscription; all transitions live in this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading from the store; live events are held.
+    Replaying,
+    /// Forwarding live events.
+    Live,
+    /// Finished; no more output after what is queued.
+    Closed,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscriptionStats {
+    /// Rows received from replay pages.
+    pub replayed_rows: u64,
+    /// Change frames emitted (replayed and live).
+    pub change_frames: u64,
+    /// Times held live events were dropped (overflow or lag) and the gap replayed instead.
+    pub lag_fallbacks: u64,
+    /// Reset frames emitted.
+    pub resets: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Replaying {
+        /// `None` after overflow or lag until the gap's end is known.
+        target: Option<Seq>,
+        /// Consecutive live events (no gap between them), all above `scanned`.
+        held: VecDeque<Event>,
+        in_flight: Option<FetchRequest>,
+    },
+    Live,
+    Closed,
+}
+
+/// One client's stream. See the module documentation for the protocol and its invariants.
+#[derive(Debug)]
+pub struct Subscription {
+    config: SubscriptionConfig,
+    filter: Filter,
+    epoch: Epoch,
+    state: State,
+    scanned: Seq,
+    announced: Seq,
+    /// The highest seq the live feed has delivered. The feed delivers in seq order, so
+    /// anything at or below it is a duplicate — also after a lag, where a stale duplicate
+    /// taken as the next live event would set the join target past an unreplayed gap.
+    live_high: Seq,
+    start: Cursor,
+    requested: Option<String>,
+    ready_sent: bool,
+    change_frames_before_ready: u64,
+    started_at: Duration,
+    last_write: Duration,
+    output: VecDeque<Output>,
+    stats: SubscriptionStats,
+}
+
+impl Subscription {
+    /// Starts a subscription (see [`Start`] for where it begins). The first frame is queued at
+    /// once: `retry` and the effective starting cursor as `id` (combined with the reset event
+    /// when the cursor cannot be honoured, so a client never adopts the new cursor without
+    /// seeing the reset).
+    pub fn new(
+        start: Start,
+        filter: Filter,
+        log: LogPosition,
+        config: SubscriptionConfig,
+        now: Duration,
+    ) -> Subscription {
+        let head = log.head.max(log.published);
+        let at_head = log.published;
+        let (begin, reset, requested) = match start {
+            Start::Head => (at_head, None, None),
+            Start::Invalid { raw } => (at_head, Some(ResetReason::InvalidCursor), Some(raw)),
+            Start::At { cursor, raw } => {
+                let reason = if cursor.epoch.is_some_and(|epoch| epoch != log.epoch) {
+                    Some(ResetReason::EpochMismatch)
+                } else if cursor.seq > head {
+                    Some(ResetReason::AheadOfHead)
+                } else if cursor.seq < log.floor {
+                    Some(ResetReason::Pruned)
+                } else {
+                    None
+                };
+                match reason {
+                    Some(_) => (at_head, reason, Some(raw)),
+                    None => (cursor.seq, None, Some(raw)),
+                }
+            }
+        };
+        let mut subscription = Subscription {
+            config,
+            filter,
+            epoch: log.epoch,
+            state: State::Replaying {
+                target: Some(log.published),
+                held: VecDeque::new(),
+                in_flight: None,
+            },
+            scanned: begin,
+            announced: begin,
+            live_high: log.published,
+            start: Cursor::new(log.epoch, begin),
+            requested,
+            ready_sent: false,
+            change_frames_before_ready: 0,
+            started_at: now,
+            last_write: now,
+            output: VecDeque::new(),
+            stats: SubscriptionStats::default(),
+        };
+        let first = FrameBuilder::new().retry(subscription.config.retry.as_millis() as u64);
+        match reset {
+            Some(reason) => {
+                let frame = subscription.reset_frame(first, reason);
+                subscription.write(frame, now);
+            }
+            None => {
+                let id = subscription.cursor(begin).to_string();
+                subscription.write(first.id(&id).finish(), now);
+            }
+        }
+        subscription.advance(now);
+        subscription
+    }
+
+    /// The effective starting cursor (for the `Changefeed-Cursor` header).
+    pub fn start_cursor(&self) -> Cursor {
+        self.start
+    }
+
+    /// The highest seq accounted for.
+    pub fn position(&self) -> Seq {
+        self.scanned
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Replaying { .. } => Phase::Replaying,
+            State::Live => Phase::Live,
+            State::Closed => Phase::Closed,
+        }
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> SubscriptionStats {
+        self.stats
+    }
+
+    /// How many live events are held right now.
+    pub fn held(&self) -> usize {
+        match &self.state {
+            State::Replaying { held, .. } => held.len(),
+            _ => 0,
+        }
+    }
+
+    /// The next thing the shell must do, or `None` when it should wait for an input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.output.pop_front()
+    }
+
+    /// When the shell must call [`Subscription::handle_timeout`], and why.
+    pub fn poll_timeout(&self) -> Option<(Duration, TimeoutReason)> {
+        if matches!(self.state, State::Closed) {
+            return None;
+        }
+        let heartbeat = (
+            self.last_write + self.config.heartbeat,
+            TimeoutReason::Heartbeat,
+        );
+        match self.config.max_lifetime {
+            Some(lifetime) if self.started_at + lifetime <= heartbeat.0 => {
+                Some((self.started_at + lifetime, TimeoutReason::MaxLifetime))
+            }
+            _ => Some(heartbeat),
+        }
+    }
+
+    /// The store's answer to the outstanding [`FetchRequest`]. A page with no fetch outstanding
+    /// is ignored; rows outside the requested window are ignored.
+    pub fn handle_page(&mut self, page: ReplayPage, now: Duration) {
+        self.expire(now);
+        let State::Replaying {
+            target, in_flight, ..
+        } = &mut self.state
+        else {
+            return;
+        };
+        let Some(fetch) = in_flight.take() else {
+            return;
+        };
+        if page.floor > fetch.after {
+            // Retention pruned rows this replay still needed: say so, then continue from the
+            // join target (or the store's head when the target is not known yet).
+            let resume = target.unwrap_or(page.head).max(self.scanned);
+            self.scanned = resume;
+            let frame = self.reset_frame(FrameBuilder::new(), ResetReason::Pruned);
+            self.write(frame, now);
+            self.drop_covered_held();
+            self.advance(now);
+            return;
+        }
+        for event in page.rows {
+            self.stats.replayed_rows += 1;
+            if event.seq <= self.scanned || event.seq > fetch.upto {
+                continue;
+            }
+            self.scanned = event.seq;
+            if self.filter.matches(&event.project_id, &event.kind) {
+                self.emit_change(event.frame, now);
+            }
+        }
+        let covered = fetch.upto.min(page.head);
+        self.scanned = self.scanned.max(covered);
+        if let State::Replaying { target, .. } = &mut self.state {
+            if target.is_none() && page.head <= fetch.upto {
+                // The store holds nothing beyond this window: the gap is closed.
+                *target = Some(self.scanned);
+            }
+        }
+        self.drop_covered_held();
+        self.advance(now);
+    }
+
+    /// A live event from the broadcaster (in publish order; duplicates and events already
+    /// covered by replay are dropped here).
+    pub fn handle_live(&mut self, event: Event, now: Duration) {
+        self.expire(now);
+        if event.seq <= self.live_high.max(self.scanned) {
+            return;
+        }
+        self.live_high = event.seq;
+        match &mut self.state {
+            State::Closed => {}
+            State::Live => self.forward_live(event, now),
+            State::Replaying { target, held, .. } => {
+                if held.len() < self.config.max_held {
+                    if held.is_empty() {
+                        *target = Some(event.seq.prev());
+                    }
+                    held.push_back(event);
+                } else {
+                    held.clear();
+                    *target = None;
+                    self.stats.lag_fallbacks += 1;
+                }
+                self.advance(now);
+            }
+        }
+    }
+
+    /// Emits a live event above `scanned` (in the Live phase, or held events on joining).
+    fn forward_live(&mut self, event: Event, now: Duration) {
+        if event.seq <= self.scanned {
+            return;
+        }
+        self.scanned = event.seq;
+        if self.filter.matches(&event.project_id, &event.kind) {
+            self.emit_change(event.frame, now);
+        }
+    }
+
+    /// The live feed dropped events for this subscriber: fall back to replaying the gap.
+    pub fn handle_lagged(&mut self, now: Duration) {
+        self.expire(now);
+        match &mut self.state {
+            State::Closed => return,
+            State::Live => {
+                self.state = State::Replaying {
+                    target: None,
+                    held: VecDeque::new(),
+                    in_flight: None,
+                };
+            }
+            State::Replaying { target, held, .. } => {
+                held.clear();
+                *target = None;
+            }
+        }
+        self.stats.lag_fallbacks += 1;
+        self.advance(now);
+    }
+
+    /// Time passed: write a heartbeat or end the stream when due.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.fire_due_timers(now);
+    }
+
+    /// The server is shutting down: end with a final checkpoint.
+    pub fn handle_shutdown(&mut self, now: Duration) {
+        self.finish(now);
+    }
+
+    fn cursor(&self, seq: Seq) -> Cursor {
+        Cursor::new(self.epoch, seq)
+    }
+
+    fn write(&mut self, frame: Bytes, now: Duration) {
+        self.last_write = now;
+        self.output.push_back(Output::Frame(frame));
+    }
+
+    fn emit_change(&mut self, frame: Bytes, now: Duration) {
+        self.stats.change_frames += 1;
+        if !self.ready_sent {
+            self.change_frames_before_ready += 1;
+        }
+        self.announced = self.scanned;
+        self.write(frame, now);
+    }
+
+    fn reset_frame(&mut self, frame: FrameBuilder, reason: ResetReason) -> Bytes {
+        self.stats.resets += 1;
+        self.announced = self.scanned;
+        let after = self.cursor(self.scanned).to_string();
+        let requested = self.requested.as_deref().unwrap_or("");
+        let data = format!(
+            "{{\"requested\":{},\"after\":{},\"reason\":\"{}\"}}",
+            json::string(requested),
+            json::string(&after),
+            reason.as_str()
+        );
+        frame
+            .id(&after)
+            .event("changefeed.reset")
+            .data_line(data.as_bytes())
+            .finish()
+    }
+
+    fn drop_covered_held(&mut self) {
+        let scanned = self.scanned;
+        if let State::Replaying { held, .. } = &mut self.state {
+            while held.front().is_some_and(|event| event.seq <= scanned) {
+                held.pop_front();
+            }
+        }
+    }
+
+    /// After every input: go live when the join rule allows, else ask for the next page; then
+    /// fire any timer that is already due.
+    fn advance(&mut self, now: Duration) {
+        if let State::Replaying {
+            target,
+            held,
+            in_flight,
+        } = &mut self.state
+        {
+            if in_flight.is_none() {
+                match *target {
+                    Some(target) if self.scanned >= target => {
+                        let held = std::mem::take(held);
+                        self.state = State::Live;
+                        for event in held {
+                            self.forward_live(event, now);
+                        }
+                        if !self.ready_sent {
+                            self.ready_sent = true;
+                            let frame = self.ready_frame();
+                            self.write(frame, now);
+                        }
+                    }
+                    _ => {
+                        let window_end = Seq(self
+                            .scanned
+                            .0
+                            .saturating_add(self.config.replay_window.max(1)));
+                        let upto = match *target {
+                            Some(target) => target.min(window_end),
+                            None => window_end,
+                        };
+                        let fetch = FetchRequest {
+                            after: self.scanned,
+                            upto,
+                        };
+                        *in_flight = Some(fetch);
+                        self.output.push_back(Output::Fetch(fetch));
+                    }
+                }
+            }
+        }
+        self.fire_due_timers(now);
+    }
+
+    fn ready_frame(&mut self) -> Bytes {
+        self.announced = self.scanned;
+        let after = self.cursor(self.scanned).to_string();
+        let data = format!(
+            "{{\"after\":{},\"replayed\":{},\"heartbeatMs\":{}}}",
+            json::string(&after),
+            self.change_frames_before_ready,
+            self.config.heartbeat.as_millis()
+        );
+        FrameBuilder::new()
+            .id(&after)
+            .event("changefeed.ready")
+            .data_line(data.as_bytes())
+            .finish()
+    }
+
+    fn fire_due_timers(&mut self, now: Duration) {
+        let Some((deadline, reason)) = self.poll_timeout() else {
+            return;
+        };
+        if now < deadline {
+            return;
+        }
+        match reason {
+            TimeoutReason::MaxLifetime => self.finish(now),
+            TimeoutReason::Heartbeat => {
+                let frame = if self.scanned > self.announced {
+                    self.checkpoint_frame()
+                } else {
+                    FrameBuilder::new().comment("").finish()
+                };
+                self.write(frame, now);
+            }
+        }
+    }
+
+    fn checkpoint_frame(&mut self) -> Bytes {
+        self.announced = self.scanned;
+        FrameBuilder::new()
+            .id(&self.cursor(self.scanned).to_string())
+            .finish()
+    }
+
+    /// Ends the stream first if its lifetime is over, so no input is processed past it.
+    fn expire(&mut self, now: Duration) {
+        if let Some(lifetime) = self.config.max_lifetime {
+            if now >= self.started_at + lifetime {
+                self.finish(now);
+            }
+        }
+    }
+
+    fn finish(&mut self, now: Duration) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        let frame = self.checkpoint_frame();
+        self.write(frame, now);
+        self.state = State::Closed;
+        self.output.push_back(Output::Close);
+    }
+}
