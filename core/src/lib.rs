@@ -19,6 +19,9 @@
 pub mod event;
 pub mod filter;
 mod json;
+#[cfg(feature = "model")]
+#[doc(hidden)]
+pub mod model;
 pub mod position;
 pub mod reconnect;
 pub mod request;

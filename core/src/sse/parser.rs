@@ -289,22 +289,15 @@ impl Parser {
                 self.event_type.clear();
                 self.event_type.extend_from_slice(value);
             }
-            b"id" => {
-                if memchr::memchr(0, value).is_none() {
-                    self.id_buffer.clear();
-                    self.id_buffer.push_str(&String::from_utf8_lossy(value));
-                }
+            // An id containing NUL is ignored (falls through to the last arm).
+            b"id" if memchr::memchr(0, value).is_none() => {
+                self.id_buffer.clear();
+                self.id_buffer.push_str(&String::from_utf8_lossy(value));
             }
             b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    // All ASCII digits, so valid UTF-8; values beyond u64 are ignored.
-                    let parsed = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|text| text.parse::<u64>().ok());
-                    if let Some(millis) = parsed {
-                        self.retry = Some(millis);
-                        self.items.push_back(Item::Retry(millis));
-                    }
+                if let Some(millis) = parse_retry(value) {
+                    self.retry = Some(millis);
+                    self.items.push_back(Item::Retry(millis));
                 }
             }
             _ => {}
@@ -335,6 +328,16 @@ impl Parser {
             last_event_id: self.last_event_id.clone(),
         }));
     }
+}
+
+/// A `retry` value: one or more ASCII digits, read as decimal. Anything else, and values that do
+/// not fit in a `u64`, give `None`.
+fn parse_retry(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // All ASCII digits, so valid UTF-8 and only overflow can fail.
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Reserves room for `additional` more bytes, growing geometrically but never past `cap` total

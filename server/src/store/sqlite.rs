@@ -1,0 +1,593 @@
+//! The SQLite store: a database file in WAL mode, read through a small pool and written through
+//! exactly one connection.
+//!
+//! - **Schema.** `migrations/` (embedded at compile time, no database needed to build) creates
+//!   the domain tables, `change_log` and its triggers (ARCHITECTURE-NOTES §2) with
+//!   `IF NOT EXISTS`, and keeps our own bookkeeping in `changefeed_meta` (`epoch`, `published`,
+//!   `floor`), so it can run against a database whose tables another program owns.
+//! - **Reads** (`bounds`, `window`, `rows_after`, `missing_projects`) use a pool of read-only
+//!   (`query_only`) connections, one short transaction per call. Payload text is never parsed.
+//! - **Writes** of our own (`mark_published`, `prune`, the demo writer and tests through
+//!   [`SqliteStore::begin_write`]) go through one connection (`synchronous=FULL`) with
+//!   `BEGIN IMMEDIATE`, so they queue in-process instead of fighting over the file lock.
+//! - **Change signal.** Our own write transactions bump the generation on commit; commits by
+//!   other processes are noticed by the [`monitor`] (file watch on the `-wal` file plus
+//!   `PRAGMA data_version`, with a one-second poll as the safety net).
+//!
+//! **Invariant (head):** head is the `sqlite_sequence` value of `change_log`, never `MAX(seq)`.
+//!
+//! **Invariant (epoch):** a seq that was published is never served again under the same epoch:
+//! at [`SqliteStore::open`], if head is below the published mark (a writer with
+//! `synchronous=NORMAL` lost committed rows, so their seqs will be allocated again), the epoch is
+//! rotated and the mark (and the floor, if above) reset to head, in one write transaction.
+
+mod monitor;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use changefeed_core::{Epoch, EventRow, Filter, Seq, TypePattern};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row, Sqlite, Transaction};
+use tokio::sync::watch;
+
+use super::{bump, ChangeWatch, LogBounds, Retention, Store, StoreError, WindowRows};
+
+/// The embedded migrations (`server/migrations/`).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The columns of an [`EventRow`], in [`row_from`]'s order.
+const ROW_COLUMNS: &str = "seq, project_id, session_id, event_type, payload, created_at";
+
+/// Epoch, head and floor in one statement (so one consistent snapshot even outside a
+/// transaction). Head is `sqlite_sequence`'s value, not `MAX(seq)`.
+const BOUNDS_SQL: &str = "SELECT \
+     (SELECT value FROM changefeed_meta WHERE key = 'epoch'), \
+     COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0), \
+     (SELECT value FROM changefeed_meta WHERE key = 'floor')";
+
+/// How to open a [`SqliteStore`]; [`Default`] is what [`SqliteStore::open`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteStoreOptions {
+    /// Connections in the read pool.
+    pub read_connections: u32,
+    /// How long a statement waits for a lock held by another connection or process.
+    pub busy_timeout: Duration,
+    /// The safety-net poll of `PRAGMA data_version`, for commits the file watch did not report.
+    pub poll_interval: Duration,
+}
+
+impl Default for SqliteStoreOptions {
+    fn default() -> Self {
+        SqliteStoreOptions {
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A change log in a SQLite database file. A cheap [`Clone`] handle; the pools, the file watch
+/// and the poll task stop when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    read: SqlitePool,
+    write: SqlitePool,
+    path: PathBuf,
+    changes: watch::Sender<u64>,
+    _monitor: monitor::ChangeMonitor,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite://path` or `sqlite:path`) with
+    /// the default options: WAL, `foreign_keys=ON`, a 5 s busy timeout, four read connections and
+    /// one write connection (`synchronous=FULL`). Runs the embedded migrations, then applies the
+    /// start-up epoch rule (see the module docs). Must be called within a tokio runtime.
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(url, SqliteStoreOptions::default()).await
+    }
+
+    /// [`SqliteStore::open`] with explicit options.
+    pub async fn open_with(
+        url: &str,
+        options: SqliteStoreOptions,
+    ) -> Result<SqliteStore, StoreError> {
+        let base = SqliteConnectOptions::from_str(url)
+            .map_err(|error| StoreError(format!("invalid SQLite URL {url:?}: {error}")))?
+            .foreign_keys(true)
+            .busy_timeout(options.busy_timeout);
+        let path = base.get_filename().to_path_buf();
+        if is_in_memory(url, &path) {
+            return Err(StoreError(format!(
+                "SqliteStore needs a database file, not {url:?} (use MemoryStore for an in-memory log)"
+            )));
+        }
+
+        let write_options = base
+            .clone()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(write_options)
+            .await?;
+        MIGRATOR
+            .run(&write)
+            .await
+            .map_err(|error| StoreError(format!("migrating {}: {error}", path.display())))?;
+        apply_epoch_rule(&write).await?;
+
+        // The database is in WAL mode now (a persistent setting); readers only read.
+        let read_options = base.clone().pragma("query_only", "ON");
+        let read = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .connect_with(read_options.clone())
+            .await?;
+        let monitor_connection = SqliteConnection::connect_with(&read_options).await?;
+
+        let (changes, _) = watch::channel(0u64);
+        let monitor = monitor::start(
+            &path,
+            monitor_connection,
+            changes.clone(),
+            options.poll_interval,
+        );
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                read,
+                write,
+                path,
+                changes,
+                _monitor: monitor,
+            }),
+        })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE`) on the single write connection, for domain
+    /// writes (demo writer, tests). Waits while another of our writes holds the connection.
+    /// [`WriteTx::commit`] wakes every [`ChangeWatch`] at once; dropping the transaction rolls
+    /// it back.
+    pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        Ok(WriteTx {
+            transaction: begin_immediate(&self.inner.write).await?,
+            changes: self.inner.changes.clone(),
+        })
+    }
+
+    /// Runs `sql` (one or more `;`-separated statements, no parameters) in one write transaction
+    /// and returns the rows affected. For tests and scripts; prefer [`SqliteStore::begin_write`]
+    /// with bound parameters for anything built from input.
+    pub async fn execute_write(&self, sql: &str) -> Result<u64, StoreError> {
+        let mut transaction = self.begin_write().await?;
+        let affected = sqlx::raw_sql(sql)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        transaction.commit().await?;
+        Ok(affected)
+    }
+
+    /// Wakes every [`ChangeWatch`] now, for a commit made some other way than
+    /// [`SqliteStore::begin_write`] (the monitor would notice it within milliseconds anyway).
+    pub fn notify_local_write(&self) {
+        bump(&self.inner.changes);
+    }
+
+    /// The published mark: the highest seq recorded by [`Store::mark_published`].
+    pub async fn published(&self) -> Result<Seq, StoreError> {
+        let text: String =
+            sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = 'published'")
+                .fetch_one(&self.inner.read)
+                .await?;
+        parse_mark("published", &text)
+    }
+
+    /// Closes both pools, waiting for connections in use to come back (clean shutdown; the last
+    /// connection to close checkpoints the WAL).
+    pub async fn close(&self) {
+        self.inner.read.close().await;
+        self.inner.write.close().await;
+    }
+}
+
+/// A write transaction on the store's single write connection (see
+/// [`SqliteStore::begin_write`]). Dereferences to the connection, so
+/// `sqlx::query(..).execute(&mut *tx)` works.
+#[derive(Debug)]
+pub struct WriteTx {
+    transaction: Transaction<'static, Sqlite>,
+    changes: watch::Sender<u64>,
+}
+
+impl WriteTx {
+    /// Commits, then wakes every [`ChangeWatch`].
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.transaction.commit().await?;
+        bump(&self.changes);
+        Ok(())
+    }
+
+    /// Rolls back (dropping the transaction does too, without waiting).
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.transaction.rollback().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.transaction
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.transaction
+    }
+}
+
+impl Store for SqliteStore {
+    async fn bounds(&self) -> Result<LogBounds, StoreError> {
+        let row = sqlx::query(BOUNDS_SQL).fetch_one(&self.inner.read).await?;
+        bounds_from(&row)
+    }
+
+    async fn window(&self, filter: &Filter, after: Seq, upto: Seq) -> Result<WindowRows, StoreError> {
+        let mut transaction = self.inner.read.begin().await?;
+        let rows = match WindowQuery::new(filter, after, upto) {
+            None => Vec::new(),
+            Some(query) => {
+                let mut statement = sqlx::query(&query.sql)
+                    .bind(to_sql(after))
+                    .bind(to_sql(upto));
+                for value in &query.binds {
+                    statement = statement.bind(value.as_str());
+                }
+                let rows = statement.fetch_all(&mut *transaction).await?;
+                rows.iter().map(row_from).collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        let bounds = bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&mut *transaction).await?)?;
+        transaction.commit().await?;
+        Ok(WindowRows { rows, bounds })
+    }
+
+    async fn rows_after(&self, after: Seq, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        let sql = format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?");
+        let rows = sqlx::query(&sql)
+            .bind(to_sql(after))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.read)
+            .await?;
+        rows.iter().map(row_from).collect()
+    }
+
+    async fn missing_projects(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let wanted: Vec<&String> = {
+            let mut seen = BTreeSet::new();
+            ids.iter().filter(|id| seen.insert(id.as_str())).collect()
+        };
+        let mut found = BTreeSet::new();
+        for chunk in wanted.chunks(500) {
+            let sql = format!(
+                "SELECT id FROM projects WHERE id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut statement = sqlx::query_scalar::<_, String>(&sql);
+            for id in chunk {
+                statement = statement.bind(id.as_str());
+            }
+            found.extend(statement.fetch_all(&self.inner.read).await?);
+        }
+        Ok(wanted
+            .into_iter()
+            .filter(|id| !found.contains(id.as_str()))
+            .cloned()
+            .collect())
+    }
+
+    fn changes(&self) -> ChangeWatch {
+        ChangeWatch::new(self.inner.changes.subscribe())
+    }
+
+    async fn mark_published(&self, seq: Seq) -> Result<(), StoreError> {
+        let mut transaction = begin_immediate(&self.inner.write).await?;
+        sqlx::query(
+            "UPDATE changefeed_meta SET value = CAST(?1 AS TEXT) \
+             WHERE key = 'published' AND CAST(value AS INTEGER) < ?1",
+        )
+        .bind(to_sql(seq))
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn prune(&self, retention: Retention, batch: usize) -> Result<u64, StoreError> {
+        if batch == 0 || (retention.days.is_none() && retention.rows.is_none()) {
+            return Ok(0);
+        }
+        let mut transaction = begin_immediate(&self.inner.write).await?;
+        // Rows at or below the (rows+1)-th newest are beyond the newest `rows`.
+        let rows_cutoff: Option<i64> = match retention.rows {
+            None => None,
+            Some(keep) => {
+                sqlx::query_scalar("SELECT seq FROM change_log ORDER BY seq DESC LIMIT 1 OFFSET ?")
+                    .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+                    .fetch_optional(&mut *transaction)
+                    .await?
+            }
+        };
+        // julianday() reads both our RFC 3339 text and SQLite's 'YYYY-MM-DD HH:MM:SS'; text it
+        // cannot read is never due by age.
+        let age_modifier = retention.days.map(|days| format!("-{days} days"));
+        let oldest: Vec<(i64, bool)> = sqlx::query_as(
+            "SELECT seq, \
+                 COALESCE(seq <= ?1, 0) \
+                 OR COALESCE(julianday(created_at) < julianday('now', ?2), 0) \
+             FROM change_log ORDER BY seq LIMIT ?3",
+        )
+        .bind(rows_cutoff)
+        .bind(age_modifier)
+        .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+        .fetch_all(&mut *transaction)
+        .await?;
+        // Only a prefix in seq order goes, so the floor stays exact: every row at or below it is
+        // gone and none above it was deleted by us.
+        let Some(last) = oldest
+            .iter()
+            .take_while(|(_, due)| *due)
+            .map(|(seq, _)| *seq)
+            .last()
+        else {
+            return Ok(0);
+        };
+        let deleted = sqlx::query("DELETE FROM change_log WHERE seq <= ?")
+            .bind(last)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "UPDATE changefeed_meta SET value = CAST(?1 AS TEXT) \
+             WHERE key = 'floor' AND CAST(value AS INTEGER) < ?1",
+        )
+        .bind(last)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(deleted)
+    }
+}
+
+/// The start-up epoch rule: if head is below the published mark, seqs that clients saw will be
+/// allocated again, so the log gets a new epoch, the mark is reset to head and the floor is
+/// capped at head. One write transaction.
+async fn apply_epoch_rule(write: &SqlitePool) -> Result<(), StoreError> {
+    let mut transaction = begin_immediate(write).await?;
+    let bounds = bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&mut *transaction).await?)?;
+    let published_text: String =
+        sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = 'published'")
+            .fetch_one(&mut *transaction)
+            .await?;
+    let published = parse_mark("published", &published_text)?;
+    if bounds.head >= published {
+        transaction.rollback().await?;
+        return Ok(());
+    }
+    let head = to_sql(bounds.head);
+    sqlx::query(
+        "UPDATE changefeed_meta SET value = lower(hex(randomblob(8))) WHERE key = 'epoch'",
+    )
+    .execute(&mut *transaction)
+    .await?;
+    sqlx::query(
+        "UPDATE changefeed_meta SET value = CAST(?1 AS TEXT) \
+         WHERE key IN ('published', 'floor') AND CAST(value AS INTEGER) > ?1",
+    )
+    .bind(head)
+    .execute(&mut *transaction)
+    .await?;
+    let epoch: String =
+        sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = 'epoch'")
+            .fetch_one(&mut *transaction)
+            .await?;
+    transaction.commit().await?;
+    tracing::warn!(
+        head = bounds.head.0,
+        published = published.0,
+        old_epoch = %bounds.epoch,
+        new_epoch = %epoch,
+        "the log is behind the published mark (committed rows were lost); rotated the epoch"
+    );
+    Ok(())
+}
+
+async fn begin_immediate(write: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    Ok(write.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+/// The SQL of one replay window with the filter pushed down, and the binds after `after` and
+/// `upto`; `None` when nothing can match.
+struct WindowQuery {
+    sql: String,
+    binds: Vec<String>,
+}
+
+impl WindowQuery {
+    fn new(filter: &Filter, after: Seq, upto: Seq) -> Option<WindowQuery> {
+        if upto <= after {
+            return None;
+        }
+        let mut sql = format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? AND seq <= ?");
+        let mut binds = Vec::new();
+        if let Some(projects) = &filter.projects {
+            if projects.is_empty() {
+                return None;
+            }
+            // With the project set as an IN list, SQLite reads (project_id, seq) index ranges.
+            sql.push_str(&format!(
+                " AND project_id IN ({})",
+                placeholders(projects.len())
+            ));
+            binds.extend(projects.iter().cloned());
+        }
+        if !filter.all_types() {
+            let patterns = filter.types.as_deref().unwrap_or_default();
+            if patterns.is_empty() {
+                return None;
+            }
+            let clauses: Vec<&str> = patterns
+                .iter()
+                .map(|pattern| match pattern {
+                    TypePattern::Exact(_) => "event_type = ?",
+                    // GLOB, never LIKE: `_` is a LIKE wildcard (`pr_%` matches project_created).
+                    _ => "event_type GLOB ?",
+                })
+                .collect();
+            sql.push_str(&format!(" AND ({})", clauses.join(" OR ")));
+            binds.extend(patterns.iter().map(|pattern| match pattern {
+                TypePattern::Exact(kind) => kind.clone(),
+                other => other.glob(),
+            }));
+        }
+        sql.push_str(" ORDER BY seq");
+        Some(WindowQuery { sql, binds })
+    }
+}
+
+fn placeholders(count: usize) -> String {
+    vec!["?"; count].join(", ")
+}
+
+fn to_sql(seq: Seq) -> i64 {
+    i64::try_from(seq.0).unwrap_or(i64::MAX)
+}
+
+fn seq_from(column: &str, value: i64) -> Result<Seq, StoreError> {
+    u64::try_from(value)
+        .map(Seq)
+        .map_err(|_| StoreError(format!("negative {column}: {value}")))
+}
+
+fn parse_mark(key: &str, text: &str) -> Result<Seq, StoreError> {
+    text.trim()
+        .parse::<i64>()
+        .map_err(|_| StoreError(format!("changefeed_meta {key} is not a seq: {text:?}")))
+        .and_then(|value| seq_from(key, value))
+}
+
+fn bounds_from(row: &SqliteRow) -> Result<LogBounds, StoreError> {
+    let epoch: Option<String> = row.try_get(0)?;
+    let head: i64 = row.try_get(1)?;
+    let floor: Option<String> = row.try_get(2)?;
+    let epoch = epoch.ok_or_else(|| StoreError("changefeed_meta has no epoch".into()))?;
+    let epoch = Epoch::parse(&epoch).map_err(|_| {
+        StoreError(format!(
+            "changefeed_meta epoch is not 16 lowercase hex digits: {epoch:?}"
+        ))
+    })?;
+    Ok(LogBounds {
+        epoch,
+        head: seq_from("head", head)?,
+        floor: parse_mark("floor", floor.as_deref().unwrap_or("0"))?,
+    })
+}
+
+fn row_from(row: &SqliteRow) -> Result<EventRow, StoreError> {
+    Ok(EventRow {
+        seq: seq_from("seq", row.try_get(0)?)?,
+        project_id: row.try_get(1)?,
+        session_id: row.try_get(2)?,
+        kind: row.try_get(3)?,
+        payload: row.try_get(4)?,
+        created_at: row.try_get(5)?,
+    })
+}
+
+fn is_in_memory(url: &str, path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    url.contains(":memory:")
+        || url.contains("mode=memory")
+        || name.is_empty()
+        || name == ":memory:"
+        || name.starts_with("file:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(projects: Option<&[&str]>, types: Option<&[&str]>) -> Filter {
+        Filter {
+            projects: projects.map(|p| p.iter().map(|s| s.to_string()).collect()),
+            types: types.map(|t| t.iter().map(|s| TypePattern::parse(s).unwrap()).collect()),
+        }
+    }
+
+    #[test]
+    fn window_query_pushes_the_filter_down() {
+        let query = WindowQuery::new(
+            &filter(Some(&["a", "b"]), Some(&["pr_*", "session_created"])),
+            Seq(1),
+            Seq(9),
+        )
+        .unwrap();
+        assert_eq!(
+            query.sql,
+            "SELECT seq, project_id, session_id, event_type, payload, created_at FROM change_log \
+             WHERE seq > ? AND seq <= ? AND project_id IN (?, ?) \
+             AND (event_type GLOB ? OR event_type = ?) ORDER BY seq"
+        );
+        assert_eq!(query.binds, ["a", "b", "pr_*", "session_created"]);
+    }
+
+    #[test]
+    fn window_query_skips_the_kind_clause_for_all_types() {
+        for types in [None, Some(&["*"][..]), Some(&["pr_*", "*"][..])] {
+            let query = WindowQuery::new(&filter(None, types), Seq(0), Seq(5)).unwrap();
+            assert!(!query.sql.contains("event_type"), "{}", query.sql);
+            assert!(!query.sql.contains("LIKE"));
+            assert!(query.binds.is_empty());
+        }
+    }
+
+    #[test]
+    fn window_query_is_none_when_nothing_can_match() {
+        assert!(WindowQuery::new(&Filter::all(), Seq(5), Seq(5)).is_none());
+        assert!(WindowQuery::new(&filter(Some(&[]), None), Seq(0), Seq(5)).is_none());
+        assert!(WindowQuery::new(&filter(None, Some(&[])), Seq(0), Seq(5)).is_none());
+    }
+
+    #[test]
+    fn in_memory_urls_are_recognised() {
+        let path = |url: &str| {
+            SqliteConnectOptions::from_str(url)
+                .unwrap()
+                .get_filename()
+                .to_path_buf()
+        };
+        assert!(is_in_memory("sqlite::memory:", &path("sqlite::memory:")));
+        assert!(!is_in_memory("sqlite://x.db", &path("sqlite://x.db")));
+        assert!(!is_in_memory("sqlite:dir/x.db", &path("sqlite:dir/x.db")));
+    }
+}
