@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the checks need and a fresh Debian 12 machine lacks; idempotent and quiet when
+# everything is present. Root uses apt-get directly; others need sudo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v sqlite3 >/dev/null || missing+=(sqlite3)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+[ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || missing+=(nginx-light libnginx-mod-nchan)
+command -v perf >/dev/null || missing+=(linux-perf)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The nginx package may start a system nginx on port 80; the benchmark runs its own.
+  as_root systemctl stop nginx >/dev/null 2>&1 || as_root nginx -s stop >/dev/null 2>&1 || true
+fi
+
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked

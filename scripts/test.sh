@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every check the project has, as CI runs it: installs what is missing, then runs formatting,
+# lints, the dependency boundary of core, all tests, the simulation seeds, the fuzz smoke, the
+# benchmark harness in --quick mode and the real-client tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+started=$SECONDS
+
+step() { printf '\n==> %s (%ds)\n' "$*" "$((SECONDS - started))"; }
+
+step "toolchain and system packages"
+scripts/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "clippy -D warnings"
+cargo clippy --workspace --all-targets --profile fast -- -D warnings
+
+step "core stays sans-IO (no IO or async crates among its normal dependencies)"
+forbidden=$(cargo tree -p changefeed-core -e normal --prefix none \
+  | awk '{print $1}' | grep -xE 'tokio|hyper|axum|sqlx|mio|rand|reqwest|futures|futures-util' | sort -u || true)
+if [ -n "$forbidden" ]; then
+  echo "core depends on: $forbidden" >&2
+  exit 1
+fi
+echo "ok: $(cargo tree -p changefeed-core -e normal --prefix none | awk '{print $1}' | sort -u | tr '\n' ' ')"
+
+step "tests (nextest, shared 'fast' profile)"
+cargo nextest run --workspace --cargo-profile fast --profile ci
+
+for extra in scripts/sim.sh scripts/fuzz-smoke.sh scripts/client-tests.sh; do
+  if [ -x "$extra" ]; then
+    step "$extra"
+    "$extra"
+  fi
+done
+
+if [ -x scripts/bench.sh ]; then
+  step "benchmark harness (--quick, no performance assertions)"
+  scripts/bench.sh --quick
+fi
+
+step "all checks passed in $((SECONDS - started))s"
