@@ -226,7 +226,12 @@ impl Store for MemoryStore {
         Ok(self.state().bounds())
     }
 
-    async fn window(&self, filter: &Filter, after: Seq, upto: Seq) -> Result<WindowRows, StoreError> {
+    async fn window(
+        &self,
+        filter: &Filter,
+        after: Seq,
+        upto: Seq,
+    ) -> Result<WindowRows, StoreError> {
         let state = self.state();
         let rows = if upto <= after {
             Vec::new()
@@ -292,8 +297,8 @@ impl Store for MemoryStore {
             let beyond_rows = retention
                 .rows
                 .is_some_and(|keep| (index as u64) < total.saturating_sub(keep));
-            let too_old = max_age
-                .is_some_and(|max_age| now.saturating_sub(stored.age_origin) > max_age);
+            let too_old =
+                max_age.is_some_and(|max_age| now.saturating_sub(stored.age_origin) > max_age);
             if !(beyond_rows || too_old) {
                 break;
             }
@@ -374,7 +379,10 @@ mod tests {
             "2026-01-01T00:00:00.000Z"
         );
         assert_eq!(rfc3339_millis(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339_millis(1_795_727_587_123), "2026-11-26T21:13:07.123Z");
+        assert_eq!(
+            rfc3339_millis(1_795_727_587_123),
+            "2026-11-26T21:13:07.123Z"
+        );
     }
 
     #[tokio::test]
@@ -426,17 +434,18 @@ mod tests {
         assert_eq!(all.bounds.head, Seq(5));
         let prs = filter(None, Some(&["pr_*"]));
         let window = store.window(&prs, Seq(0), Seq(5)).await.unwrap();
-        assert_eq!(seqs(&window.rows), [1, 3, 5], "pr_* must not match project_created");
+        assert_eq!(
+            seqs(&window.rows),
+            [1, 3, 5],
+            "pr_* must not match project_created"
+        );
         let scoped = filter(Some(&["a", "b"]), Some(&["pr_*", "session_created"]));
         let window = store.window(&scoped, Seq(1), Seq(4)).await.unwrap();
         assert_eq!(seqs(&window.rows), [3]);
         let empty = store.window(&Filter::all(), Seq(3), Seq(3)).await.unwrap();
         assert!(empty.rows.is_empty());
         assert_eq!(empty.bounds.head, Seq(5));
-        assert_eq!(
-            seqs(&store.rows_after(Seq(1), 2).await.unwrap()),
-            [2, 3]
-        );
+        assert_eq!(seqs(&store.rows_after(Seq(1), 2).await.unwrap()), [2, 3]);
     }
 
     #[tokio::test]
@@ -484,7 +493,16 @@ mod tests {
         assert_eq!(store.bounds().await.unwrap().epoch, EPOCH);
 
         // Rows 2 and 3 are lost (and floor was at 3): seqs 2 and 3 will be allocated again.
-        store.prune(Retention { days: None, rows: Some(0) }, 3).await.unwrap();
+        store
+            .prune(
+                Retention {
+                    days: None,
+                    rows: Some(0),
+                },
+                3,
+            )
+            .await
+            .unwrap();
         assert_eq!(store.bounds().await.unwrap().floor, Seq(3));
         store.rollback(Seq(1));
         assert!(store.restart());

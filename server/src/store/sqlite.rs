@@ -252,7 +252,12 @@ impl Store for SqliteStore {
         bounds_from(&row)
     }
 
-    async fn window(&self, filter: &Filter, after: Seq, upto: Seq) -> Result<WindowRows, StoreError> {
+    async fn window(
+        &self,
+        filter: &Filter,
+        after: Seq,
+        upto: Seq,
+    ) -> Result<WindowRows, StoreError> {
         let mut transaction = self.inner.read.begin().await?;
         let rows = match WindowQuery::new(filter, after, upto) {
             None => Vec::new(),
@@ -273,7 +278,8 @@ impl Store for SqliteStore {
     }
 
     async fn rows_after(&self, after: Seq, limit: usize) -> Result<Vec<EventRow>, StoreError> {
-        let sql = format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?");
+        let sql =
+            format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?");
         let rows = sqlx::query(&sql)
             .bind(to_sql(after))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -395,11 +401,9 @@ async fn apply_epoch_rule(write: &SqlitePool) -> Result<(), StoreError> {
         return Ok(());
     }
     let head = to_sql(bounds.head);
-    sqlx::query(
-        "UPDATE changefeed_meta SET value = lower(hex(randomblob(8))) WHERE key = 'epoch'",
-    )
-    .execute(&mut *transaction)
-    .await?;
+    sqlx::query("UPDATE changefeed_meta SET value = lower(hex(randomblob(8))) WHERE key = 'epoch'")
+        .execute(&mut *transaction)
+        .await?;
     sqlx::query(
         "UPDATE changefeed_meta SET value = CAST(?1 AS TEXT) \
          WHERE key IN ('published', 'floor') AND CAST(value AS INTEGER) > ?1",
@@ -407,10 +411,9 @@ async fn apply_epoch_rule(write: &SqlitePool) -> Result<(), StoreError> {
     .bind(head)
     .execute(&mut *transaction)
     .await?;
-    let epoch: String =
-        sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = 'epoch'")
-            .fetch_one(&mut *transaction)
-            .await?;
+    let epoch: String = sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = 'epoch'")
+        .fetch_one(&mut *transaction)
+        .await?;
     transaction.commit().await?;
     tracing::warn!(
         head = bounds.head.0,

@@ -1,0 +1,242 @@
+//! The changefeed client: an event-stream reader built on the core's sans-IO [`Parser`] and
+//! [`Reconnect`] machine, with hyper's HTTP/1 connection as the only IO.
+//!
+//! Two layers:
+//!
+//! - [`EventSource`] is a generic SSE client: it yields every dispatched [`SseEvent`] (any event
+//!   type, `message` included), comments, and connection-state changes as [`SseItem`]s. It is
+//!   what the contract-test service ([`crate::contract`]) drives.
+//! - [`Client`] is the typed view of a changefeed stream on top of it: change events as
+//!   [`ChangeEvent`], and the `changefeed.reset` / `changefeed.ready` control frames as
+//!   [`ClientItem::Reset`] / [`ClientItem::Ready`].
+//!
+//! Both are generic over a [`Connector`], so the deterministic simulation plugs in turmoil's
+//! sockets without any test-only code path here. Time is read only through [`tokio::time`]
+//! (which the simulation controls) and the backoff jitter is seeded from
+//! [`ReconnectConfig::jitter_seed`].
+//!
+//! # Behaviour
+//!
+//! - Every request sends `Accept: text/event-stream`, `Cache-Control: no-cache`, the configured
+//!   custom headers, and `Last-Event-ID` when the client has a position (a custom header of the
+//!   same name as a default replaces it; `Last-Event-ID` always comes from the client).
+//! - `301`, `302`, `303`, `307` and `308` are followed to their `Location` (absolute or relative)
+//!   up to [`ClientConfig::max_redirects`] hops per connection attempt; a redirect without a
+//!   usable `Location`, or one hop too many, is a terminal [`ClientError::Redirect`]. Reconnects
+//!   start again from the configured URL. A `POST` becomes a `GET` on `301`/`302`/`303`, and
+//!   credentials (`Authorization`, `Cookie`, `Proxy-Authorization`) are not forwarded to another
+//!   origin, as in the Fetch standard.
+//! - The response head is judged by the [`Reconnect`] machine: `5xx` and `429` back off
+//!   (honouring `Retry-After`), `204`, other statuses and a content type other than
+//!   `text/event-stream` give up: [`ClientError::GiveUp`], then the stream ends.
+//! - Each connection gets a fresh parser seeded with the position sent in `Last-Event-ID`, as
+//!   browsers do, so an event without `id:` keeps the previous id. `retry:` fields become the
+//!   machine's base delay.
+//! - [`ClientConfig::read_timeout`] bounds silence: no bytes for that long (while connecting or
+//!   streaming) counts as a broken connection and triggers a reconnect.
+//! - The cursor ([`EventSource::last_cursor`]) advances item by item, including id-only
+//!   checkpoint frames, so a caller that persists it after handling each item never skips one.
+//!
+//! `next` is cancel-safe: an in-flight connect attempt, unread queued items and the position all
+//! live in the client, so it can sit in a `select!` next to a shutdown signal.
+//!
+//! [`Parser`]: changefeed_core::sse::Parser
+//! [`Reconnect`]: changefeed_core::reconnect::Reconnect
+
+mod http;
+mod source;
+pub mod tail;
+mod typed;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+pub use changefeed_core::reconnect::{GiveUpReason, ReconnectConfig};
+pub use changefeed_core::sse::{ParseError, SseEvent};
+pub use source::{Disconnect, EventSource, SseItem};
+pub use tail::{run_tail, tail, TailArgs, TailError, TailFormat};
+pub use typed::{ChangeEvent, Client, ClientItem};
+
+pub(crate) use http::request_once;
+
+/// The default read timeout: three times the server's default 15 s heartbeat.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// The default number of redirects followed per connection attempt.
+pub const DEFAULT_MAX_REDIRECTS: usize = 5;
+
+/// Opens the byte stream of one HTTP/1 connection to the authority of a URI.
+///
+/// The client calls it once per connection attempt (and once per redirect hop). Errors are
+/// retried with backoff, except [`io::ErrorKind::Unsupported`] and
+/// [`io::ErrorKind::InvalidInput`], which mean no retry can succeed (for instance an `https`
+/// URL given to [`TcpConnector`]) and end the stream with [`ClientError::Connector`].
+pub trait Connector: Clone + Send + Sync + 'static {
+    /// The connection's byte stream.
+    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+
+    /// Connects to the host and port of `uri`.
+    fn connect(&self, uri: &::http::Uri) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+/// Plain TCP (`http` URLs only), through tokio.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpConnector;
+
+impl Connector for TcpConnector {
+    type Io = TokioIo<TcpStream>;
+
+    fn connect(&self, uri: &::http::Uri) -> impl Future<Output = io::Result<Self::Io>> + Send {
+        let target = tcp_target(uri);
+        async move {
+            let (host, port) = target?;
+            let stream = TcpStream::connect((host.as_str(), port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        }
+    }
+}
+
+/// The host (IPv6 brackets removed) and port to dial for an `http` URI.
+fn tcp_target(uri: &::http::Uri) -> io::Result<(String, u16)> {
+    match uri.scheme_str() {
+        Some("http") => {}
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the TCP connector speaks plain http only, not {:?}",
+                    other.unwrap_or("")
+                ),
+            ))
+        }
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the URL has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host.to_owned(), uri.port_u16().unwrap_or(80)))
+}
+
+/// How a [`Client`] or [`EventSource`] connects.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The event stream URL (`http://host:port/api/v1/events?...`).
+    pub url: String,
+    /// Extra request headers, sent on every request in this order.
+    pub headers: Vec<(String, String)>,
+    /// The position to resume from on the first connect (sent as `Last-Event-ID`). When `Some`,
+    /// it takes precedence over [`ReconnectConfig::last_event_id`]; `Some("")` means none.
+    pub last_event_id: Option<String>,
+    /// Silence (no bytes at all) longer than this while connecting or streaming is a broken
+    /// connection: the client drops it and reconnects. `None` waits forever. Default
+    /// [`DEFAULT_READ_TIMEOUT`].
+    pub read_timeout: Option<Duration>,
+    /// Backoff, jitter seed and initial position of the reconnect machine.
+    pub reconnect: ReconnectConfig,
+    /// Redirects followed per connection attempt (default [`DEFAULT_MAX_REDIRECTS`]).
+    pub max_redirects: usize,
+    /// The request method (default `GET`).
+    pub method: ::http::Method,
+    /// A request body, sent on every request (and reconnect) when non-empty. Without a custom
+    /// `Content-Type` header it is sent as `text/plain; charset=utf-8`.
+    pub body: bytes::Bytes,
+}
+
+impl ClientConfig {
+    /// The defaults for `url`, which is checked here: an absolute `http` or `https` URL.
+    pub fn new(url: impl Into<String>) -> Result<ClientConfig, ClientError> {
+        let config = ClientConfig {
+            url: url.into(),
+            headers: Vec::new(),
+            last_event_id: None,
+            read_timeout: Some(DEFAULT_READ_TIMEOUT),
+            reconnect: ReconnectConfig::default(),
+            max_redirects: DEFAULT_MAX_REDIRECTS,
+            method: ::http::Method::GET,
+            body: bytes::Bytes::new(),
+        };
+        http::Plan::from_config(&config)?;
+        Ok(config)
+    }
+}
+
+/// Why a client stopped for good. After an `Err` the client yields `None`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The configuration cannot work: a malformed or non-`http(s)` URL, an invalid header.
+    InvalidConfig(String),
+    /// The server's answer ends the stream (the reconnect machine gave up): `204 No Content`,
+    /// a status that is not retryable, or a content type other than `text/event-stream`.
+    GiveUp {
+        /// Why, as decided by the reconnect machine.
+        reason: GiveUpReason,
+        /// The URL that answered (after redirects).
+        url: String,
+        /// The start of the response body, if it had one (for instance the JSON error).
+        body: Option<String>,
+    },
+    /// A redirect could not be followed.
+    Redirect {
+        /// The redirect status.
+        status: u16,
+        /// The URL that answered with it.
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The connector refused the URL in a way no retry can fix (see [`Connector`]).
+    Connector(io::Error),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::InvalidConfig(problem) => write!(f, "invalid client configuration: {problem}"),
+            ClientError::GiveUp { reason, url, body } => {
+                write!(f, "{url}: {reason}")?;
+                if let Some(body) = body.as_deref().filter(|b| !b.trim().is_empty()) {
+                    write!(f, ": {}", body.trim())?;
+                }
+                Ok(())
+            }
+            ClientError::Redirect {
+                status,
+                url,
+                problem,
+            } => write!(f, "{url}: cannot follow the {status} redirect: {problem}"),
+            ClientError::Connector(error) => write!(f, "cannot connect: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::GiveUp { reason, .. } => Some(reason),
+            ClientError::Connector(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Formats an error with its chain of sources, `a: b: c`.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

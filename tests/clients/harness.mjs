@@ -1,0 +1,98 @@
+// Shared pieces of the real-client tests: run the real server binary on a real SQLite file,
+// write through the sqlite3 CLI (another process, as the daemon would), and wait on conditions.
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const BIN = process.env.CHANGEFEED_BIN;
+if (!BIN) throw new Error("CHANGEFEED_BIN must name the changefeed binary (scripts/client-tests.sh sets it)");
+
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Polls `check` until it returns a truthy value; fails after `timeoutMs` (a bound, not a sleep). */
+export async function waitFor(what, check, timeoutMs = 15000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+export class Server {
+  constructor() {
+    this.dir = mkdtempSync(join(tmpdir(), "changefeed-clients-"));
+    this.db = join(this.dir, "feed.db");
+    this.child = null;
+  }
+
+  async start(port) {
+    this.port = port ?? this.port ?? (await freePort());
+    this.child = spawn(BIN, ["serve", "--database", `sqlite://${this.db}`,
+      "--listen", `127.0.0.1:${this.port}`, "--retry-ms", "200", "--heartbeat", "1"],
+      { stdio: ["ignore", "inherit", "inherit"] });
+    const exited = new Promise((resolve) => this.child.once("exit", resolve));
+    this.exited = exited;
+    await waitFor("the server to answer /healthz", async () => {
+      try {
+        const res = await fetch(`${this.url}/healthz`);
+        return res.ok;
+      } catch (_) {
+        return false;
+      }
+    });
+  }
+
+  get url() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async stop() {
+    if (!this.child) return;
+    this.child.kill("SIGTERM");
+    await this.exited;
+    this.child = null;
+  }
+
+  sql(statements) {
+    return execFileSync("sqlite3", ["-cmd", ".timeout 5000", this.db, statements], { encoding: "utf8" });
+  }
+
+  /** Seqs of the matching change_log rows, in order: what a client must receive. */
+  seqs(where) {
+    const out = this.sql(`SELECT seq FROM change_log WHERE ${where} ORDER BY seq;`);
+    return out.split("\n").filter(Boolean).map(Number);
+  }
+
+  cleanup() {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+let counter = 0;
+/** Inserts `n` sessions (one session_created event each) for `project`, via the sqlite3 CLI. */
+export function addSessions(server, project, n, displayName = null) {
+  const rows = [];
+  for (let i = 0; i < n; i++) {
+    counter += 1;
+    const name = displayName === null ? "NULL" : `'${displayName.replaceAll("'", "''")}'`;
+    rows.push(`INSERT INTO sessions (id, project_id, display_name) VALUES ('${project}-s${process.pid}-${counter}', '${project}', ${name});`);
+  }
+  server.sql(`BEGIN; ${rows.join(" ")} COMMIT;`);
+}
+
+export function addProject(server, id) {
+  server.sql(`INSERT INTO projects (id, name) VALUES ('${id}', 'Project ${id}');`);
+}
