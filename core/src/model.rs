@@ -462,13 +462,19 @@ impl Harness {
         let expect_reset = !header.is_empty() && !self.honourable(&header);
         if !self.client.confirmed {
             // No frame of this segment reached the client yet, so the promise starts where
-            // this connection starts: at head without a cursor, at the cursor if honoured.
+            // this connection starts: at head without a cursor, at the cursor if it is a
+            // position of this log — honoured, or pruned, when the reset ends the segment right
+            // at the cursor (one that was ahead of head when the segment began held nothing).
+            let head = self.world.head().max(self.world.published_seq());
+            let position = Cursor::parse(&header)
+                .ok()
+                .filter(|c| c.epoch.is_none_or(|e| e == EPOCH) && c.seq <= head);
             let segment = self.client.segments.last_mut().unwrap();
             assert!(segment.received.is_empty());
             if header.is_empty() {
                 segment.start = self.world.published_seq();
-            } else if !expect_reset {
-                segment.start = Cursor::parse(&header).unwrap().seq;
+            } else if let Some(cursor) = position {
+                segment.start = cursor.seq;
             }
         }
         self.client.reconnecting(expect_reset);

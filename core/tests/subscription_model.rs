@@ -136,3 +136,25 @@ fn first_frame_id_makes_a_cursorless_client_resumable() {
     harness.check();
     assert_eq!(harness.client.segments[0].received, vec![Seq(2), Seq(4)]);
 }
+
+/// Found by the `subscription` fuzz target: a client whose cursor was ahead of head loses its
+/// connection before the reset reaches it; the log then grows past the cursor and is pruned
+/// above it, so the reconnection gets a `pruned` reset. The cursor never held anything, so the
+/// events at or below it (2 and 4) were never owed: the promise of an unconfirmed segment starts
+/// at the cursor the connection starts from.
+#[test]
+fn an_unconfirmed_cursor_pruned_on_reconnect_was_owed_nothing_before_it() {
+    run(&Scenario {
+        gaps: vec![(2, 1, 3), (2, 1, 3), (2, 2, 2)],
+        preloaded: 0,
+        published_before: 0,
+        floor_eighths: 1,
+        start: StartChoice::Ahead,
+        projects: None,
+        types: None,
+        max_held: 1,
+        window: 3,
+        lifetime: Some(9535),
+        actions: vec![Action::Commit(3), Action::Prune(8), Action::Disconnect],
+    });
+}

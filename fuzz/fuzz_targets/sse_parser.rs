@@ -235,8 +235,9 @@ fn reference(seed: &str, limits: ParserLimits, body: &[u8]) -> Outcome {
             continue;
         }
         if line[0] == b':' {
-            out.items
-                .push(Item::Comment(String::from_utf8_lossy(&line[1..]).into_owned()));
+            out.items.push(Item::Comment(
+                String::from_utf8_lossy(&line[1..]).into_owned(),
+            ));
             continue;
         }
         let (field, value) = match line.iter().position(|&b| b == b':') {

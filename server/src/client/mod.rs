@@ -43,7 +43,7 @@
 //! [`Parser`]: changefeed_core::sse::Parser
 //! [`Reconnect`]: changefeed_core::reconnect::Reconnect
 
-mod http;
+mod request;
 mod source;
 pub mod tail;
 mod typed;
@@ -62,7 +62,7 @@ pub use source::{Disconnect, EventSource, SseItem};
 pub use tail::{run_tail, tail, TailArgs, TailError, TailFormat};
 pub use typed::{ChangeEvent, Client, ClientItem};
 
-pub(crate) use http::request_once;
+pub(crate) use request::request_once;
 
 /// The default read timeout: three times the server's default 15 s heartbeat.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(45);
@@ -161,8 +161,15 @@ impl ClientConfig {
             method: ::http::Method::GET,
             body: bytes::Bytes::new(),
         };
-        http::Plan::from_config(&config)?;
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Checks the URL (absolute `http` or `https`) and the custom headers (valid, and not one the
+    /// client sets itself: `Host`, `Content-Length`, `Transfer-Encoding`, `Connection`,
+    /// `Last-Event-ID`).
+    pub fn validate(&self) -> Result<(), ClientError> {
+        request::Plan::from_config(self).map(drop)
     }
 }
 
@@ -198,7 +205,9 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::InvalidConfig(problem) => write!(f, "invalid client configuration: {problem}"),
+            ClientError::InvalidConfig(problem) => {
+                write!(f, "invalid client configuration: {problem}")
+            }
             ClientError::GiveUp { reason, url, body } => {
                 write!(f, "{url}: {reason}")?;
                 if let Some(body) = body.as_deref().filter(|b| !b.trim().is_empty()) {

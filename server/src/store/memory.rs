@@ -185,9 +185,12 @@ impl MemoryStore {
     /// above `to` vanish and head moves back to `to` (if above), so those seqs will be allocated
     /// again. Call [`MemoryStore::restart`] next, as a restarting server would.
     pub fn rollback(&self, to: Seq) {
-        let mut state = self.state();
-        state.rows.split_off(&(to.0.saturating_add(1)));
-        state.head = state.head.min(to.0);
+        {
+            let mut state = self.state();
+            state.rows.split_off(&(to.0.saturating_add(1)));
+            state.head = state.head.min(to.0);
+        }
+        bump(&self.shared.changes);
     }
 
     /// The start-up epoch rule, as [`SqliteStore::open`](super::sqlite::SqliteStore::open)
@@ -195,13 +198,16 @@ impl MemoryStore {
     /// one, deterministically), the mark resets to head and the floor is capped at head. Returns
     /// whether the epoch rotated.
     pub fn restart(&self) -> bool {
-        let mut state = self.state();
-        if state.head >= state.published {
-            return false;
+        {
+            let mut state = self.state();
+            if state.head >= state.published {
+                return false;
+            }
+            state.epoch = Epoch(splitmix64(state.epoch.0));
+            state.published = state.head;
+            state.floor = state.floor.min(state.head);
         }
-        state.epoch = Epoch(splitmix64(state.epoch.0));
-        state.published = state.head;
-        state.floor = state.floor.min(state.head);
+        bump(&self.shared.changes);
         true
     }
 

@@ -92,7 +92,8 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Deletes up to `batch` rows that retention allows (older than `retain_days`, or beyond the
     /// newest `retain_rows`) and raises the floor to the highest seq deleted. Returns how many
-    /// rows were deleted (0 when nothing is due).
+    /// rows were deleted (0 when nothing is due). Implementations delete a prefix in seq order,
+    /// stopping at the first row retention keeps, so no row above the floor is ever pruned.
     fn prune(
         &self,
         retention: Retention,

@@ -110,7 +110,8 @@ impl SqliteStore {
         let path = base.get_filename().to_path_buf();
         if is_in_memory(url, &path) {
             return Err(StoreError(format!(
-                "SqliteStore needs a database file, not {url:?} (use MemoryStore for an in-memory log)"
+                "SqliteStore needs a database file path (sqlite://path), not {url:?}: in-memory \
+                 databases and file: URIs are not supported (MemoryStore is the in-memory log)"
             )));
         }
 
@@ -144,7 +145,8 @@ impl SqliteStore {
             monitor_connection,
             changes.clone(),
             options.poll_interval,
-        );
+        )
+        .await;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 read,
@@ -333,17 +335,20 @@ impl Store for SqliteStore {
         if batch == 0 || (retention.days.is_none() && retention.rows.is_none()) {
             return Ok(0);
         }
-        let mut transaction = begin_immediate(&self.inner.write).await?;
-        // Rows at or below the (rows+1)-th newest are beyond the newest `rows`.
+        // Rows at or below the (rows+1)-th newest are beyond the newest `rows`. Finding it steps
+        // over `rows` index entries, so it is read on a read connection, outside the write lock:
+        // rows appended meanwhile only push more rows beyond the newest `rows`.
         let rows_cutoff: Option<i64> = match retention.rows {
             None => None,
             Some(keep) => {
                 sqlx::query_scalar("SELECT seq FROM change_log ORDER BY seq DESC LIMIT 1 OFFSET ?")
                     .bind(i64::try_from(keep).unwrap_or(i64::MAX))
-                    .fetch_optional(&mut *transaction)
+                    .fetch_optional(&self.inner.read)
                     .await?
             }
         };
+        // One short write transaction touching at most `batch` rows.
+        let mut transaction = begin_immediate(&self.inner.write).await?;
         // julianday() reads both our RFC 3339 text and SQLite's 'YYYY-MM-DD HH:MM:SS'; text it
         // cannot read is never due by age.
         let age_modifier = retention.days.map(|days| format!("-{days} days"));

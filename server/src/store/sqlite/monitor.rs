@@ -51,9 +51,13 @@ impl std::fmt::Debug for ChangeMonitor {
 
 /// Starts watching `database` (a file path) and polling `connection` every `poll`, bumping
 /// `changes` when a commit becomes visible. Must be called within a tokio runtime.
-pub(super) fn start(
+///
+/// The file watch is in place and the first `data_version` read before this returns, so every
+/// commit after it is signalled (one that lands during the start-up is seen by any read made
+/// after it returns).
+pub(super) async fn start(
     database: &Path,
-    connection: SqliteConnection,
+    mut connection: SqliteConnection,
     changes: watch::Sender<u64>,
     poll: Duration,
 ) -> ChangeMonitor {
@@ -70,7 +74,12 @@ pub(super) fn start(
             None
         }
     };
-    let task = tokio::spawn(run(connection, file_events, changes, poll)).abort_handle();
+    let mut checker = Checker {
+        last: None,
+        failing: false,
+    };
+    checker.check(&mut connection).await;
+    let task = tokio::spawn(run(connection, checker, file_events, changes, poll)).abort_handle();
     ChangeMonitor {
         _watcher: watcher,
         task,
@@ -119,15 +128,11 @@ fn watch_files(database: &Path, wake: Arc<Notify>) -> notify::Result<Recommended
 
 async fn run(
     mut connection: SqliteConnection,
+    mut checker: Checker,
     file_events: Arc<Notify>,
     changes: watch::Sender<u64>,
     poll: Duration,
 ) {
-    let mut checker = Checker {
-        last: None,
-        failing: false,
-    };
-    checker.check(&mut connection).await;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -190,5 +195,88 @@ impl Checker {
                 true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ChangeWatch;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+    use sqlx::Connection;
+
+    async fn connect(path: &Path) -> SqliteConnection {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        SqliteConnection::connect_with(&options).await.unwrap()
+    }
+
+    async fn commit(writer: &mut SqliteConnection) {
+        sqlx::query("INSERT INTO t (x) VALUES (1)")
+            .execute(&mut *writer)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_poll_alone_notices_other_connections_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("poll.db");
+        let mut writer = connect(&path).await;
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        let (changes, _) = watch::channel(0u64);
+        let mut waiter = ChangeWatch::new(changes.subscribe());
+        // A directory that does not exist: no file watch, only the poll.
+        let unwatchable = dir.path().join("missing").join("poll.db");
+        let monitor = start(
+            &unwatchable,
+            connect(&path).await,
+            changes,
+            Duration::from_millis(20),
+        )
+        .await;
+        assert!(monitor._watcher.is_none());
+        // Committed right after start returned, before the task ever ran: still signalled.
+        commit(&mut writer).await;
+        tokio::time::timeout(Duration::from_secs(5), waiter.changed())
+            .await
+            .expect("the poll noticed the commit");
+        commit(&mut writer).await;
+        tokio::time::timeout(Duration::from_secs(5), waiter.changed())
+            .await
+            .expect("the poll noticed the second commit");
+    }
+
+    #[tokio::test]
+    async fn reads_alone_do_not_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quiet.db");
+        let mut writer = connect(&path).await;
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        let (changes, _) = watch::channel(0u64);
+        let waiter = ChangeWatch::new(changes.subscribe());
+        let _monitor = start(
+            &path,
+            connect(&path).await,
+            changes,
+            Duration::from_millis(10),
+        )
+        .await;
+        for _ in 0..5 {
+            sqlx::query("SELECT count(*) FROM t")
+                .fetch_one(&mut writer)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        assert!(!waiter.has_changed(), "no commit, no wake-up");
     }
 }

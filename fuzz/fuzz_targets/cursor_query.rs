@@ -1,0 +1,195 @@
+//! Cursor and query-string parsing on arbitrary text.
+//!
+//! Checks, for every input (as lossy UTF-8 text):
+//! - `Cursor::parse` never panics and accepts exactly `^([0-9a-f]{16}:)?(0|[1-9][0-9]*)$` with a
+//!   seq of at most 2^63 − 1 (against an independent implementation of that grammar), with the
+//!   same epoch and seq; an accepted cursor displays as the input itself and parses back; a
+//!   rejection's `CursorError` names a part that really is wrong;
+//! - any cursor built from the input's first bytes displays as text that parses back to it;
+//! - `EventsQuery::parse` never panics; an accepted query, serialised again, parses to the same
+//!   query; a rejection carries one of the codes the parser documents (never `unknown_project`,
+//!   which only the shell decides), status 400 and a JSON body with that code;
+//! - `EventsQuery::start` with the input as `Last-Event-ID` agrees with `Cursor::parse`.
+
+#![no_main]
+
+use changefeed_core::{Cursor, CursorError, Epoch, ErrorCode, EventsQuery, Seq, Start};
+use libfuzzer_sys::fuzz_target;
+
+/// `0|[1-9][0-9]*`: the seq part is canonical decimal.
+fn canonical_decimal(text: &str) -> bool {
+    let b = text.as_bytes();
+    !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b.len() == 1 || b[0] != b'0')
+}
+
+/// The grammar, written independently of `position.rs`: `Some((epoch, seq))` when `text` is a
+/// valid cursor.
+fn reference(text: &str) -> Option<(Option<u64>, u64)> {
+    let b = text.as_bytes();
+    let (epoch, seq) = if b.len() > 17 && b[16] == b':' {
+        let hex = &b[..16];
+        if hex
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        {
+            let value = hex.iter().fold(0u64, |n, &c| {
+                let digit = if c.is_ascii_digit() {
+                    c - b'0'
+                } else {
+                    c - b'a' + 10
+                };
+                (n << 4) | u64::from(digit)
+            });
+            (Some(value), &text[17..])
+        } else {
+            (None, text)
+        }
+    } else {
+        (None, text)
+    };
+    if !canonical_decimal(seq) {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for digit in seq.bytes() {
+        value = value * 10 + u128::from(digit - b'0');
+        if value > (1u128 << 63) - 1 {
+            return None;
+        }
+    }
+    Some((epoch, value as u64))
+}
+
+fn check_cursor(text: &str) {
+    let parsed = Cursor::parse(text);
+    let expected = reference(text);
+    match (&parsed, expected) {
+        (Ok(cursor), Some((epoch, seq))) => {
+            assert_eq!(cursor.epoch.map(|e| e.0), epoch, "{text:?}");
+            assert_eq!(cursor.seq, Seq(seq), "{text:?}");
+            assert_eq!(cursor.to_string(), text, "an accepted cursor is canonical");
+            assert_eq!(Cursor::parse(&cursor.to_string()), Ok(*cursor));
+        }
+        (Err(why), None) => {
+            // The parser splits at the first ':'.
+            let (epoch_part, seq_part) = match text.split_once(':') {
+                Some((epoch, seq)) => (Some(epoch), seq),
+                None => (None, text),
+            };
+            let epoch_ok = epoch_part.is_none_or(|e| {
+                e.len() == 16 && e.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+            });
+            match why {
+                CursorError::Empty => assert!(text.is_empty(), "Empty for {text:?}"),
+                CursorError::InvalidEpoch => {
+                    assert!(!epoch_ok, "InvalidEpoch for {text:?}")
+                }
+                CursorError::InvalidSeq => assert!(
+                    !text.is_empty() && epoch_ok && !canonical_decimal(seq_part),
+                    "InvalidSeq for {text:?}"
+                ),
+                CursorError::SeqTooLarge => assert!(
+                    epoch_ok && canonical_decimal(seq_part),
+                    "SeqTooLarge for {text:?}"
+                ),
+            }
+            assert!(!why.to_string().is_empty());
+        }
+        _ => panic!("Cursor::parse({text:?}) = {parsed:?}, the grammar says {expected:?}"),
+    }
+}
+
+/// A cursor built from the first bytes displays as text that parses back to it.
+fn check_display(data: &[u8]) {
+    let mut word = [0u8; 17];
+    let n = data.len().min(17);
+    word[..n].copy_from_slice(&data[..n]);
+    let epoch = u64::from_le_bytes(word[..8].try_into().unwrap());
+    let seq = u64::from_le_bytes(word[8..16].try_into().unwrap()) & Seq::MAX.0;
+    let cursor = if word[16] & 1 == 0 {
+        Cursor::new(Epoch(epoch), Seq(seq))
+    } else {
+        Cursor {
+            epoch: None,
+            seq: Seq(seq),
+        }
+    };
+    let text = cursor.to_string();
+    assert_eq!(Cursor::parse(&text), Ok(cursor), "{text:?}");
+    assert_eq!(reference(&text), Some((cursor.epoch.map(|e| e.0), seq)));
+}
+
+fn check_query(text: &str) {
+    match EventsQuery::parse(Some(text)) {
+        Ok(query) => {
+            let mut out = form_urlencoded::Serializer::new(String::new());
+            if let Some(raw) = &query.after_raw {
+                out.append_pair("after", raw);
+            }
+            for project in query.filter.projects.iter().flatten() {
+                out.append_pair("project", project);
+            }
+            if let Some(types) = &query.filter.types {
+                let joined: Vec<String> = types.iter().map(ToString::to_string).collect();
+                out.append_pair("types", &joined.join(","));
+            }
+            let again = out.finish();
+            assert_eq!(
+                EventsQuery::parse(Some(&again)),
+                Ok(query.clone()),
+                "{text:?} re-serialised as {again:?}"
+            );
+            assert_eq!(
+                query.after,
+                query
+                    .after_raw
+                    .as_deref()
+                    .map(|raw| Cursor::parse(raw).unwrap())
+            );
+        }
+        Err(error) => {
+            assert!(
+                matches!(
+                    error.code,
+                    ErrorCode::InvalidCursor
+                        | ErrorCode::UnknownParameter
+                        | ErrorCode::DuplicateParameter
+                        | ErrorCode::InvalidTypes
+                        | ErrorCode::InvalidProject
+                ),
+                "undocumented code {:?} for {text:?}",
+                error.code
+            );
+            assert_eq!(error.code.status(), 400);
+            assert!(!error.message.is_empty());
+            let body: serde_json::Value =
+                serde_json::from_str(&error.to_json()).expect("the error body is JSON");
+            assert_eq!(body["error"]["code"], error.code.as_str());
+            assert_eq!(body["error"]["message"], error.message.as_str());
+        }
+    }
+}
+
+fn check_start(header: &str) {
+    let query = EventsQuery::parse(None).unwrap();
+    match (query.start(Some(header)), Cursor::parse(header)) {
+        (Start::Head, _) => assert!(header.is_empty()),
+        (Start::At { cursor, raw }, Ok(parsed)) => {
+            assert_eq!(cursor, parsed);
+            assert_eq!(raw, header);
+        }
+        (Start::Invalid { raw }, Err(_)) => {
+            assert!(!header.is_empty());
+            assert_eq!(raw, header);
+        }
+        (start, parsed) => panic!("start({header:?}) = {start:?} but parse = {parsed:?}"),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    check_cursor(&text);
+    check_display(data);
+    check_query(&text);
+    check_start(&text);
+});

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The benchmark harness (issue #5): builds with the shared `fast` profile (BENCH_PROFILE=release
+# to override), starts its own Nchan peer (nginx on a loopback port) when installed, runs the
+# scenarios and writes target/bench/results.md and target/bench/latency.svg.
+#
+#   scripts/bench.sh [latency|fanout|replay|idle|parser ...] [--quick]
+#
+# --quick scales every scenario down (about a minute in all; what CI runs, with no performance
+# assertions). Without it: 1,000 / 10,000 subscribers, a 1,000,000-row log, 10,000 idle streams.
+# BENCH_NCHAN=0 skips the Nchan peer. Everything started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=${BENCH_PROFILE:-fast}
+out=target/bench
+work=$out/work
+
+# Many sockets per process: raise the fd limit as far as allowed.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo "fd limit: $(ulimit -n)"
+
+rm -rf "$work"
+mkdir -p "$work"
+
+nginx_conf=""
+cleanup() {
+  local status=$?
+  if [ -n "$nginx_conf" ] && [ -f "$work/nchan/nginx.pid" ]; then
+    nginx -c "$nginx_conf" -p "$work/nchan" -s stop 2>/dev/null || true
+    sleep 0.2
+    pid=$(cat "$work/nchan/nginx.pid" 2>/dev/null || true)
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  fi
+  # Processes the bench started (servers, sqlite3 writers), should it have died without
+  # stopping them.
+  if [ -f "$work/pids" ]; then
+    while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$work/pids"
+  fi
+  if [ -n "${bench_pid:-}" ]; then kill "$bench_pid" 2>/dev/null || true; fi
+  exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+echo "building (profile $profile)"
+cargo build --profile "$profile" -p changefeed --bin changefeed
+bench_bin=$(cargo bench --profile "$profile" -p changefeed-tests --bench bench --no-run \
+  --message-format=json 2>/dev/null | grep -o "\"executable\":\"[^\"]*\"" | tail -1 | cut -d\" -f4)
+[ -x "$bench_bin" ] || { echo "bench binary not found" >&2; exit 1; }
+
+# The Nchan peer.
+nchan_args=()
+if [ "${BENCH_NCHAN:-1}" != 0 ] && command -v nginx >/dev/null \
+  && [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
+  port=""
+  for candidate in $(seq 18080 18180); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then port=$candidate; break; fi
+  done
+  if [ -n "$port" ]; then
+    mkdir -p "$work/nchan/logs"
+    nginx_conf="$PWD/$work/nchan/nginx.conf"
+    sed "s/@PORT@/$port/" scripts/nchan/nginx.conf.template >"$nginx_conf"
+    if nginx -c "$nginx_conf" -p "$PWD/$work/nchan" 2>"$work/nchan/start.log"; then
+      for _ in $(seq 50); do [ -s "$work/nchan/nginx.pid" ] && break; sleep 0.1; done
+      nchan_args=(--nchan "127.0.0.1:$port" --nchan-pid "$work/nchan/nginx.pid")
+      echo "Nchan peer: nginx on 127.0.0.1:$port"
+    else
+      echo "Nchan peer not started: $(cat "$work/nchan/start.log")" >&2
+      nginx_conf=""
+    fi
+  fi
+else
+  echo "Nchan peer skipped (nginx with the nchan module not installed, or BENCH_NCHAN=0)"
+fi
+
+args=()
+for arg in "$@"; do args+=("$arg"); done
+started=$SECONDS
+"$bench_bin" "${args[@]}" --server-bin "target/$profile/changefeed" \
+  "${nchan_args[@]}" --out "$out" --work "$work" &
+bench_pid=$!
+wait "$bench_pid"
+bench_pid=""
+echo "bench finished in $((SECONDS - started)) s; results in $out/results.md, chart in $out/latency.svg"

@@ -1,0 +1,245 @@
+//! The per-client invariant, checked as each frame arrives and again at the end.
+//!
+//! The oracle is every row ever appended (seq → project, kind), recorded by the writers at the
+//! moment of the append, so it still knows rows that retention has since pruned. A client's
+//! position is the seq of its last event id. On every change frame at seq `q`:
+//! - the event matches the client's filter (no leak), and is the logged row of that seq;
+//! - `q` is above the position (no duplicate, no reordering);
+//! - no row the filter matches lies strictly between the position and `q` (no loss).
+//!
+//! On every other position move to `x` (first frame, checkpoint, ready): `x` is not below the
+//! position, and no matching row lies in `(position, x]`. A `changefeed.reset` starts a new
+//! segment at its `after`; it is legitimate only as `pruned` and only when the retention floor
+//! has passed the position. At the end, a client that stayed must have reached the final head.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use changefeed_core::{Cursor, Epoch, Filter, Seq};
+
+/// Every row ever appended, and the retention floor, shared by writers and checkers.
+#[derive(Debug, Default)]
+pub struct Oracle {
+    /// seq → (project, kind).
+    pub rows: BTreeMap<u64, (String, String)>,
+    /// The highest seq retention has deleted up to.
+    pub floor: u64,
+}
+
+/// A shared handle to the [`Oracle`].
+pub type SharedOracle = Arc<Mutex<Oracle>>;
+
+/// Locks a mutex, ignoring poisoning (a panic already fails the run).
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One client's checker.
+#[derive(Debug)]
+pub struct Checker {
+    name: String,
+    filter: Filter,
+    epoch: Epoch,
+    oracle: SharedOracle,
+    /// The position: `None` until a cursor-less client's first frame.
+    position: Option<u64>,
+    /// Change frames received.
+    pub changes: u64,
+    /// Resets received.
+    pub resets: u64,
+    /// Connections opened.
+    pub connects: u64,
+    /// The first violation, if any.
+    pub violation: Option<String>,
+}
+
+impl Checker {
+    /// A checker for a client with `filter`, starting after `start` (`None`: at head, i.e. at
+    /// the id of its first frame).
+    pub fn new(
+        name: &str,
+        filter: Filter,
+        epoch: Epoch,
+        start: Option<u64>,
+        oracle: SharedOracle,
+    ) -> Checker {
+        Checker {
+            name: name.to_owned(),
+            filter,
+            epoch,
+            oracle,
+            position: start,
+            changes: 0,
+            resets: 0,
+            connects: 0,
+            violation: None,
+        }
+    }
+
+    /// Sets the starting position (before the first frame).
+    pub fn set_start(&mut self, start: Option<u64>) {
+        self.position = start;
+    }
+
+    /// The current position.
+    pub fn position(&self) -> Option<u64> {
+        self.position
+    }
+
+    fn fail(&mut self, what: String) {
+        if self.violation.is_none() {
+            self.violation = Some(format!("{}: {what}", self.name));
+        }
+    }
+
+    fn parse_id(&mut self, id: &str) -> Option<u64> {
+        match Cursor::parse(id) {
+            Ok(cursor) if cursor.epoch == Some(self.epoch) => Some(cursor.seq.0),
+            _ => {
+                self.fail(format!("id {id:?} is not a cursor of epoch {}", self.epoch));
+                None
+            }
+        }
+    }
+
+    /// The matching rows in `(after, upto)` (or `(after, upto]` when `inclusive`).
+    fn matching_between(&self, after: u64, upto: u64, inclusive: bool) -> Vec<u64> {
+        let oracle = lock(&self.oracle);
+        let end = if inclusive {
+            upto.saturating_add(1)
+        } else {
+            upto
+        };
+        if end <= after + 1 {
+            return Vec::new();
+        }
+        oracle
+            .rows
+            .range(after + 1..end)
+            .filter(|(_, (project, kind))| self.filter.matches(project, kind))
+            .map(|(seq, _)| *seq)
+            .take(5)
+            .collect()
+    }
+
+    /// A connection was accepted.
+    pub fn on_connected(&mut self) {
+        self.connects += 1;
+    }
+
+    /// The client's position moved to `id` by a frame that was not a change or reset.
+    pub fn on_position(&mut self, id: &str) {
+        let Some(x) = self.parse_id(id) else { return };
+        let Some(pos) = self.position else {
+            self.position = Some(x);
+            return;
+        };
+        if x < pos {
+            self.fail(format!("position moved back from {pos} to {x}"));
+            return;
+        }
+        let lost = self.matching_between(pos, x, true);
+        if !lost.is_empty() {
+            self.fail(format!(
+                "LOSS: position moved from {pos} to {x} past matching events {lost:?}"
+            ));
+        }
+        self.position = Some(x);
+    }
+
+    /// A change frame: its id and event JSON.
+    pub fn on_change(&mut self, id: &str, kind: &str, data: &str) {
+        self.changes += 1;
+        let Some(q) = self.parse_id(id) else { return };
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(data);
+        let (seq, project, json_kind) = match &parsed {
+            Ok(value) => (
+                value["seq"].as_u64(),
+                value["projectId"].as_str().unwrap_or("").to_owned(),
+                value["type"].as_str().unwrap_or("").to_owned(),
+            ),
+            Err(_) => (None, String::new(), String::new()),
+        };
+        if seq != Some(q) || json_kind != kind {
+            self.fail(format!("frame id {id} / event {kind} disagrees with data {data}"));
+            return;
+        }
+        let logged = lock(&self.oracle).rows.get(&q).cloned();
+        if logged.as_ref() != Some(&(project.clone(), json_kind.clone())) {
+            self.fail(format!(
+                "PHANTOM: seq {q} ({project}, {json_kind}) is not the logged row {logged:?}"
+            ));
+            return;
+        }
+        if !self.filter.matches(&project, &json_kind) {
+            self.fail(format!(
+                "LEAK: seq {q} ({project}, {json_kind}) is outside the filter {:?}",
+                self.filter
+            ));
+            return;
+        }
+        let Some(pos) = self.position else {
+            self.fail(format!("change {q} before any position"));
+            return;
+        };
+        if q <= pos {
+            self.fail(format!(
+                "DUPLICATE or REORDER: change {q} at position {pos}"
+            ));
+            return;
+        }
+        let lost = self.matching_between(pos, q, false);
+        if !lost.is_empty() {
+            self.fail(format!(
+                "LOSS: change {q} at position {pos} skipped matching events {lost:?}"
+            ));
+        }
+        self.position = Some(q);
+    }
+
+    /// A `changefeed.reset` frame.
+    pub fn on_reset(&mut self, id: &str, data: &str) {
+        self.resets += 1;
+        let Some(after) = self.parse_id(id) else { return };
+        let parsed: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+        let reason = parsed["reason"].as_str().unwrap_or("").to_owned();
+        let floor = lock(&self.oracle).floor;
+        match self.position {
+            Some(pos) if reason == "pruned" && floor > pos => {}
+            pos => self.fail(format!(
+                "unjustified reset (reason {reason:?}) at position {pos:?}, floor {floor}: {data}"
+            )),
+        }
+        if parsed["after"].as_str() != Some(id) {
+            self.fail(format!("reset id {id} disagrees with its data {data}"));
+        }
+        self.position = Some(after);
+    }
+
+    /// The end of the run for a client that stayed: it must have caught up with `head`.
+    pub fn finish(&mut self, head: u64) {
+        match self.position {
+            Some(pos) if pos >= head => {}
+            pos => self.fail(format!(
+                "did not catch up: position {pos:?}, head {head}"
+            )),
+        }
+    }
+
+    /// A one-line summary.
+    pub fn summary(&self) -> String {
+        let mut text = String::new();
+        let _ = write!(
+            text,
+            "{} pos={:?} changes={} resets={} connects={}",
+            self.name, self.position, self.changes, self.resets, self.connects
+        );
+        text
+    }
+}
+
+/// The seq of a cursor of `epoch` (for callers that already validated it).
+pub fn seq_of(id: &str) -> Option<Seq> {
+    Cursor::parse(id).ok().map(|cursor| cursor.seq)
+}
