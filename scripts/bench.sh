@@ -58,7 +58,7 @@ if [ "${BENCH_NCHAN:-1}" != 0 ] && command -v nginx >/dev/null \
   if [ -n "$port" ]; then
     mkdir -p "$work/nchan/logs"
     nginx_conf="$PWD/$work/nchan/nginx.conf"
-    sed "s/@PORT@/$port/" scripts/nchan/nginx.conf.template >"$nginx_conf"
+    sed "s/@PORT@/$port/; s/@NOFILE@/$(ulimit -n)/" scripts/nchan/nginx.conf.template >"$nginx_conf"
     if nginx -c "$nginx_conf" -p "$PWD/$work/nchan" 2>"$work/nchan/start.log"; then
       for _ in $(seq 50); do [ -s "$work/nchan/nginx.pid" ] && break; sleep 0.1; done
       nchan_args=(--nchan "127.0.0.1:$port" --nchan-pid "$work/nchan/nginx.pid")

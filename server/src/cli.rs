@@ -200,7 +200,10 @@ pub fn main() -> ExitCode {
 /// The first line of a clap error, without its `error: ` prefix.
 fn first_line(error: &clap::Error) -> String {
     let text = error.to_string();
-    let line = text.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
+    let line = text
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("");
     line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
@@ -251,11 +254,9 @@ pub fn check_database_url(url: &str) -> Result<(), CliError> {
 
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
     check_database_url(&args.database)?;
-    let store = SqliteStore::open(&args.database)
-        .await
-        .map_err(|error| {
-            CliError::runtime(format!("cannot open database {}: {error}", args.database))
-        })?;
+    let store = SqliteStore::open(&args.database).await.map_err(|error| {
+        CliError::runtime(format!("cannot open database {}: {error}", args.database))
+    })?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|error| CliError::runtime(format!("cannot listen on {}: {error}", args.listen)))?;
@@ -281,11 +282,12 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         } else {
             local
         };
-        println!("demo: writing {} changes/s to {} project(s)", config.rate, config.projects);
-        println!("watch: curl -N http://{shown}/api/v1/events");
         println!(
-            "       curl -N 'http://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'"
+            "demo: writing {} changes/s to {} project(s)",
+            config.rate, config.projects
         );
+        println!("watch: curl -N http://{shown}/api/v1/events");
+        println!("       curl -N 'http://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'");
         tokio::spawn(demo::run(store.clone(), config, signal.clone()))
     });
     let signals = tokio::spawn(async move {

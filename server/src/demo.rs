@@ -163,7 +163,7 @@ pub async fn run(
 async fn step(store: &SqliteStore, demo: &mut Demo) -> Result<&'static str, StoreError> {
     let mut tx = store.begin_write().await?;
     let project = demo.below(demo.projects.len());
-    let what = choose(demo, project, &mut *tx).await?;
+    let what = choose(demo, project, &mut tx).await?;
     tx.commit().await?;
     Ok(what)
 }
@@ -260,15 +260,21 @@ async fn choose(
             .iter()
             .position(|(_, status)| *status == "pending");
         if let Some(index) = pending.filter(|_| demo.chance(60)) {
-            let status = if demo.chance(80) { "success" } else { "failure" };
+            let status = if demo.chance(80) {
+                "success"
+            } else {
+                "failure"
+            };
             let name = demo.prs[pr].checks[index].0;
-            sqlx::query("UPDATE pr_checks SET status = ? WHERE pr_url = ? AND name = ? AND commit_sha = ?")
-                .bind(status)
-                .bind(&url)
-                .bind(name)
-                .bind(&commit)
-                .execute(&mut *db)
-                .await?;
+            sqlx::query(
+                "UPDATE pr_checks SET status = ? WHERE pr_url = ? AND name = ? AND commit_sha = ?",
+            )
+            .bind(status)
+            .bind(&url)
+            .bind(name)
+            .bind(&commit)
+            .execute(&mut *db)
+            .await?;
             demo.prs[pr].checks[index].1 = status;
         } else if demo.prs[pr].checks.len() < CHECKS.len() {
             let name = CHECKS[demo.prs[pr].checks.len()];
@@ -308,14 +314,19 @@ async fn choose(
     if roll < 80 {
         // Review threads: open one, or resolve one.
         let url = demo.prs[pr].url.clone();
-        let open = demo.prs[pr].threads.iter().position(|(_, resolved)| !resolved);
+        let open = demo.prs[pr]
+            .threads
+            .iter()
+            .position(|(_, resolved)| !resolved);
         if let Some(index) = open.filter(|_| demo.chance(50)) {
             let thread = demo.prs[pr].threads[index].0.clone();
-            sqlx::query("UPDATE pr_review_threads SET resolved = 1 WHERE pr_url = ? AND thread_id = ?")
-                .bind(&url)
-                .bind(&thread)
-                .execute(&mut *db)
-                .await?;
+            sqlx::query(
+                "UPDATE pr_review_threads SET resolved = 1 WHERE pr_url = ? AND thread_id = ?",
+            )
+            .bind(&url)
+            .bind(&thread)
+            .execute(&mut *db)
+            .await?;
             demo.prs[pr].threads[index].1 = true;
             return Ok("pr_review_thread_resolved");
         }

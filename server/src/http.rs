@@ -33,8 +33,8 @@ use axum::Router;
 use bytes::{Bytes, BytesMut};
 use changefeed_core::subscription::SubscriptionStats;
 use changefeed_core::{
-    Epoch, ErrorCode, Event, EventsQuery, FetchRequest, Filter, LogPosition, Output,
-    ReplayPage, RequestError, Start, Subscription, SubscriptionConfig,
+    Epoch, ErrorCode, Event, EventsQuery, FetchRequest, Filter, LogPosition, Output, ReplayPage,
+    RequestError, Start, Subscription, SubscriptionConfig,
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::broadcast::Receiver;
@@ -208,8 +208,8 @@ where
 {
     let mut shutdown = state.shutdown_signal();
     let grace = state.config().shutdown_grace;
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.clone().into_future());
+    let server =
+        axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.clone().into_future());
     tokio::select! {
         biased;
         result = server.into_future() => result,
@@ -251,8 +251,7 @@ fn error_json(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 fn request_error(error: &RequestError) -> Response {
-    let status =
-        StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let status = StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
     json_response(status, error.to_json())
 }
 

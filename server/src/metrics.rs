@@ -318,7 +318,12 @@ mod tests {
             parse_timestamp_millis("2024-02-29T12:34:56.7Z"),
             Some(1_709_210_096_700)
         );
-        for bad in ["", "yesterday", "2026-13-01T00:00:00Z", "2026-01-01T00:00:00.Z"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01T00:00:00.Z",
+        ] {
             assert_eq!(parse_timestamp_millis(bad), None, "{bad:?}");
         }
     }

@@ -93,7 +93,8 @@ async fn events<S: Store>(
             let Ok(bounds) = state.store.bounds().await else {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "{}".into());
             };
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // A store read or scheduling delay between the two steps.
+            tokio::time::sleep(Duration::from_millis(20)).await;
             let (receiver, _fresh) = state.feed.subscribe();
             (receiver, bounds.head, bounds)
         }

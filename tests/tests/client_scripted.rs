@@ -389,6 +389,7 @@ async fn follows_a_relative_307_redirect_with_the_same_request() {
     let mut config = config(&format!("{base}/old/events?a=1"));
     config.last_event_id = Some(cursor(3));
     config.headers = vec![("x-token".into(), "k".into())];
+    config.reconnect.initial_retry = Duration::from_millis(1);
     let mut client = drive(Client::new(config, TcpConnector), REAL);
 
     let first = server.accept().await;
@@ -421,6 +422,45 @@ async fn follows_a_relative_307_redirect_with_the_same_request() {
     let conn = server.accept().await;
     assert_eq!(conn.request.target, "/old/events?a=1");
     assert_eq!(conn.request.header("last-event-id"), Some(&*cursor(4)));
+}
+
+#[tokio::test]
+async fn a_cross_origin_redirect_drops_credentials_and_303_turns_post_into_get() {
+    let (mut first, first_base) = ScriptServer::tcp().await;
+    let (mut other, other_base) = ScriptServer::tcp().await;
+    let mut config = config(&format!("{first_base}/events"));
+    config.method = hyper::Method::POST;
+    config.body = "{\"q\":1}".into();
+    config.headers = vec![
+        ("authorization".into(), "Bearer secret".into()),
+        ("content-type".into(), "application/json".into()),
+        ("x-token".into(), "k".into()),
+    ];
+    let mut client = drive(Client::new(config, TcpConnector), REAL);
+
+    let conn = first.accept().await;
+    assert_eq!(conn.request.method, "POST");
+    assert_eq!(conn.request.body, b"{\"q\":1}");
+    assert_eq!(conn.request.header("authorization"), Some("Bearer secret"));
+    conn.respond(
+        "303 See Other",
+        &[("location", &format!("{other_base}/elsewhere"))],
+        "",
+    )
+    .await;
+    let mut conn = other.accept().await;
+    assert_eq!(conn.request.method, "GET");
+    assert!(conn.request.body.is_empty());
+    assert_eq!(conn.request.header("content-type"), None);
+    assert_eq!(conn.request.header("authorization"), None);
+    assert_eq!(conn.request.header("x-token"), Some("k"));
+    conn.stream_head().await;
+    assert_eq!(
+        client.item().await.0,
+        ClientItem::Connected {
+            url: format!("{other_base}/elsewhere")
+        }
+    );
 }
 
 #[tokio::test]

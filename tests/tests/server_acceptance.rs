@@ -108,7 +108,10 @@ async fn own_and_foreign_commits_reach_an_open_stream_within_milliseconds() {
     }
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    eprintln!("latency (one stream, sequential writes; loadavg {})", load.trim());
+    eprintln!(
+        "latency (one stream, sequential writes; loadavg {})",
+        load.trim()
+    );
     report(
         "  own store: commit() returned -> event received",
         &own_commit,

@@ -33,7 +33,10 @@ async fn assert_reset_then_live(
     assert_eq!(stream.status, 200);
     let head = server.head().await.0;
     let expected_after = server.cursor(head);
-    assert_eq!(stream.header("changefeed-cursor"), Some(expected_after.as_str()));
+    assert_eq!(
+        stream.header("changefeed-cursor"),
+        Some(expected_after.as_str())
+    );
     assert_eq!(stream.next_item().await, Some(Item::Retry(1000)));
     let reset = stream.expect_event().await;
     assert_eq!(reset.event_type, "changefeed.reset");
@@ -116,9 +119,7 @@ async fn non_utf8_last_event_id_header_resets() {
 async fn deleting_the_newest_rows_does_not_reset() {
     let server = server_with_rows(5).await;
     let seen = server.cursor(5);
-    server
-        .write("DELETE FROM change_log WHERE seq > 3")
-        .await;
+    server.write("DELETE FROM change_log WHERE seq > 3").await;
     assert_eq!(server.head().await.0, 5, "head comes from sqlite_sequence");
     let mut stream = server.resume("/api/v1/events", &seen).await;
     assert_eq!(stream.header("changefeed-cursor"), Some(seen.as_str()));
@@ -135,7 +136,10 @@ async fn deleting_the_newest_rows_does_not_reset() {
 async fn bare_seq_cursor_means_this_log() {
     let server = server_with_rows(4).await;
     let mut stream = server.resume("/api/v1/events", "2").await;
-    assert_eq!(stream.header("changefeed-cursor"), Some(server.cursor(2).as_str()));
+    assert_eq!(
+        stream.header("changefeed-cursor"),
+        Some(server.cursor(2).as_str())
+    );
     let events = stream
         .events_until(|event| event.event_type == "changefeed.ready")
         .await;

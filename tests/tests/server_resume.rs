@@ -56,7 +56,7 @@ async fn resume_scenario(with_header: bool) {
     // Phase 2: the writer keeps going while the client reconnects and catches up.
     let writer = write_sessions(&server, BEFORE_DROP, BEFORE_DROP + AFTER_DROP);
     let reader = async {
-        let mut second = if with_header {
+        let second = if with_header {
             server.resume("/api/v1/events", &last_id).await
         } else {
             server
@@ -72,7 +72,9 @@ async fn resume_scenario(with_header: bool) {
     let events = second.changes_through(head).await;
     let resumed = change_seqs(&events);
     assert!(
-        events.iter().all(|event| event.event_type != "changefeed.reset"),
+        events
+            .iter()
+            .all(|event| event.event_type != "changefeed.reset"),
         "an exact resume must not reset"
     );
 
@@ -109,7 +111,10 @@ async fn header_wins_over_after() {
     let mut stream = server
         .resume("/api/v1/events?after=2", &server.cursor(7))
         .await;
-    assert_eq!(stream.header("changefeed-cursor"), Some(server.cursor(7).as_str()));
+    assert_eq!(
+        stream.header("changefeed-cursor"),
+        Some(server.cursor(7).as_str())
+    );
     let events = stream.changes_through(server.head().await.0).await;
     assert_eq!(change_seqs(&events)[0], 8);
 }

@@ -64,7 +64,8 @@ const SCOPES: [Scope; 6] = [
     Scope {
         query: "project=c&types=session_created,pr_check*",
         matches: |row| {
-            row.project == "c" && (row.kind == "session_created" || row.kind.starts_with("pr_check"))
+            row.project == "c"
+                && (row.kind == "session_created" || row.kind.starts_with("pr_check"))
         },
     },
     Scope {
@@ -103,7 +104,9 @@ async fn filtered_streams_get_exactly_their_events() {
 
     let mut live: Vec<SseStream> = Vec::new();
     for scope in &SCOPES {
-        let stream = server.stream(&format!("/api/v1/events?{}", scope.query)).await;
+        let stream = server
+            .stream(&format!("/api/v1/events?{}", scope.query))
+            .await;
         assert_eq!(stream.status, StatusCode::OK, "{}", scope.query);
         live.push(stream);
     }
@@ -120,6 +123,7 @@ async fn filtered_streams_get_exactly_their_events() {
         cli_writes
     );
     let head = server.head().await.0;
+    server.settle().await;
     let log = log_rows(&server.db_path).await;
     assert_eq!(log.last().unwrap().seq, head);
     let kinds: std::collections::BTreeSet<&str> = log.iter().map(|row| row.kind.as_str()).collect();
@@ -156,9 +160,17 @@ async fn malformed_queries_get_documented_errors() {
     server.write(&project_sql("a")).await;
     let cases: [(&str, StatusCode, &str); 17] = [
         ("projectId=a", StatusCode::BAD_REQUEST, "unknown_parameter"),
-        ("project=a&limit=5", StatusCode::BAD_REQUEST, "unknown_parameter"),
+        (
+            "project=a&limit=5",
+            StatusCode::BAD_REQUEST,
+            "unknown_parameter",
+        ),
         ("project=", StatusCode::BAD_REQUEST, "invalid_project"),
-        ("project=a&project=", StatusCode::BAD_REQUEST, "invalid_project"),
+        (
+            "project=a&project=",
+            StatusCode::BAD_REQUEST,
+            "invalid_project",
+        ),
         ("types=", StatusCode::BAD_REQUEST, "invalid_types"),
         ("types=pr_%25", StatusCode::BAD_REQUEST, "invalid_types"),
         ("types=pr*x", StatusCode::BAD_REQUEST, "invalid_types"),
@@ -167,11 +179,27 @@ async fn malformed_queries_get_documented_errors() {
         ("after=", StatusCode::BAD_REQUEST, "invalid_cursor"),
         ("after=abc", StatusCode::BAD_REQUEST, "invalid_cursor"),
         ("after=01", StatusCode::BAD_REQUEST, "invalid_cursor"),
-        ("after=9223372036854775808", StatusCode::BAD_REQUEST, "invalid_cursor"),
-        ("after=1&after=2", StatusCode::BAD_REQUEST, "duplicate_parameter"),
-        ("types=a&types=b", StatusCode::BAD_REQUEST, "duplicate_parameter"),
+        (
+            "after=9223372036854775808",
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+        ),
+        (
+            "after=1&after=2",
+            StatusCode::BAD_REQUEST,
+            "duplicate_parameter",
+        ),
+        (
+            "types=a&types=b",
+            StatusCode::BAD_REQUEST,
+            "duplicate_parameter",
+        ),
         ("project=nope", StatusCode::NOT_FOUND, "unknown_project"),
-        ("project=a&project=nope", StatusCode::NOT_FOUND, "unknown_project"),
+        (
+            "project=a&project=nope",
+            StatusCode::NOT_FOUND,
+            "unknown_project",
+        ),
     ];
     for (query, status, code) in cases {
         let response = server.get(&format!("/api/v1/events?{query}")).await;

@@ -25,7 +25,8 @@
 //!   usable `Location`, or one hop too many, is a terminal [`ClientError::Redirect`]. Reconnects
 //!   start again from the configured URL. A `POST` becomes a `GET` on `301`/`302`/`303`, and
 //!   credentials (`Authorization`, `Cookie`, `Proxy-Authorization`) are not forwarded to another
-//!   origin, as in the Fetch standard.
+//!   origin, as in the Fetch standard. User info in a URL is never sent (put credentials in an
+//!   `Authorization` header) and is left out of items and errors.
 //! - The response head is judged by the [`Reconnect`] machine: `5xx` and `429` back off
 //!   (honouring `Retry-After`), `204`, other statuses and a content type other than
 //!   `text/event-stream` give up: [`ClientError::GiveUp`], then the stream ends.

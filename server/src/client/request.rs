@@ -89,6 +89,14 @@ fn check_url(url: &Url) -> Result<(), String> {
     Ok(())
 }
 
+/// The URL as shown in items and errors: without user info (which may hold a password).
+pub(crate) fn redacted(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.into()
+}
+
 /// The URL as an `http::Uri` for the connector, without user info or fragment.
 fn to_uri(url: &Url) -> Result<Uri, String> {
     let mut url = url.clone();
@@ -191,7 +199,7 @@ pub(crate) async fn open<C: Connector>(
         let redirect_error = |problem: String| {
             OpenError::Fatal(ClientError::Redirect {
                 status: status.as_u16(),
-                url: url.to_string(),
+                url: redacted(&url),
                 problem,
             })
         };

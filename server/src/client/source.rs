@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::request::{open, ConnTask, OpenError, Opened, Plan};
+use super::request::{open, redacted, ConnTask, OpenError, Opened, Plan};
 use super::{error_chain, ClientConfig, ClientError, Connector};
 
 /// Something an [`EventSource`] observed, in stream order.
@@ -341,7 +341,7 @@ impl<C: Connector> EventSource<C> {
                 let seed = self.machine.last_event_id().unwrap_or_default();
                 self.parser = Parser::new(seed);
                 self.queue.push_back(Queued::Item(SseItem::Connected {
-                    url: opened.url.to_string(),
+                    url: redacted(&opened.url),
                 }));
                 self.conn = Conn::Streaming {
                     body: opened.body,
@@ -356,7 +356,7 @@ impl<C: Connector> EventSource<C> {
             Verdict::GiveUp(reason) => {
                 self.terminal = Some(ClientError::GiveUp {
                     reason,
-                    url: opened.url.to_string(),
+                    url: redacted(&opened.url),
                     body: opened.snippet,
                 });
             }

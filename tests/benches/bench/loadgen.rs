@@ -321,7 +321,10 @@ fn process(
         }
         events += 1;
         if let Some(latencies) = latencies.as_deref_mut() {
-            if let (Some(t), Some(i)) = (json_u64(&event.data, "\"t\":"), json_u64(&event.data, "\"i\":")) {
+            if let (Some(t), Some(i)) = (
+                json_u64(&event.data, "\"t\":"),
+                json_u64(&event.data, "\"i\":"),
+            ) {
                 let micros = now.saturating_sub(t);
                 latencies.push(micros.min(u32::MAX as u64) as u32);
                 if let (Some(max), Some(count)) = (
@@ -343,10 +346,7 @@ fn process(
 /// The unsigned integer after `key` in `text` (first occurrence).
 pub fn json_u64(text: &str, key: &str) -> Option<u64> {
     let start = text.find(key)? + key.len();
-    let digits = text[start..]
-        .bytes()
-        .take_while(u8::is_ascii_digit)
-        .count();
+    let digits = text[start..].bytes().take_while(u8::is_ascii_digit).count();
     text[start..start + digits].parse().ok()
 }
 
@@ -490,8 +490,20 @@ impl Publisher {
         })
     }
 
-    /// Publishes one message and waits for the answer (2xx expected).
+    /// Publishes one message and waits for the answer (2xx expected). Reconnects once if the
+    /// server closed the keep-alive connection before answering.
     pub async fn publish(&mut self, body: &str) -> io::Result<()> {
+        match self.publish_once(body).await {
+            Err(error) if error.kind() == ErrorKind::ConnectionAborted => {
+                self.stream = TcpStream::connect(self.addr).await?;
+                self.stream.set_nodelay(true)?;
+                self.publish_once(body).await
+            }
+            result => result,
+        }
+    }
+
+    async fn publish_once(&mut self, body: &str) -> io::Result<()> {
         let request = format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
             self.path,
@@ -518,9 +530,22 @@ impl Publisher {
                     return Ok(());
                 }
             }
-            let n = self.stream.read(&mut chunk).await?;
+            let n = match self.stream.read(&mut chunk).await {
+                Ok(n) => n,
+                Err(error) if self.buf.is_empty() => {
+                    return Err(io::Error::new(ErrorKind::ConnectionAborted, error))
+                }
+                Err(error) => return Err(error),
+            };
             if n == 0 {
-                return Err(io::Error::other("publisher connection closed"));
+                return Err(io::Error::new(
+                    if self.buf.is_empty() {
+                        ErrorKind::ConnectionAborted
+                    } else {
+                        ErrorKind::UnexpectedEof
+                    },
+                    "publisher connection closed",
+                ));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }

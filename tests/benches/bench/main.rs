@@ -181,14 +181,25 @@ async fn fresh_db(config: &Config, name: &str) -> Result<PathBuf, String> {
 
 /// The system under test for one measurement: a fresh changefeed server, or Nchan.
 enum System {
-    Changefeed { server: Server, db: PathBuf },
-    Nchan { addr: SocketAddr, master: u32, channel: String },
+    Changefeed {
+        server: Server,
+        db: PathBuf,
+    },
+    Nchan {
+        addr: SocketAddr,
+        master: u32,
+        channel: String,
+    },
 }
 
 impl System {
     async fn changefeed(config: &Config, name: &str) -> Result<System, String> {
         let db = fresh_db(config, name).await?;
-        let (bin, work, n) = (config.server_bin.clone(), config.work.clone(), name.to_string());
+        let (bin, work, n) = (
+            config.server_bin.clone(),
+            config.work.clone(),
+            name.to_string(),
+        );
         let db2 = db.clone();
         let server = tokio::task::spawn_blocking(move || Server::start(&bin, &db2, &work, &n))
             .await
@@ -203,6 +214,29 @@ impl System {
             .trim()
             .parse()
             .map_err(|e| format!("nginx pid: {e}"))?;
+        // Fresh workers for every measurement (as changefeed gets a fresh process): a reload
+        // (SIGHUP) starts new workers; the old ones exit once their connections are gone.
+        // Otherwise memory freed by an earlier run is reused and hides per-stream growth.
+        let old = procs::children(master);
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &master.to_string()])
+            .status()
+            .map_err(|e| format!("kill -HUP nginx: {e}"))?;
+        if !status.success() {
+            return Err(format!("kill -HUP {master} failed: {status}"));
+        }
+        let start = Instant::now();
+        loop {
+            let now = procs::children(master);
+            if !now.is_empty() && now.iter().all(|pid| !old.contains(pid)) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err("nginx workers did not restart within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
         Ok(System::Nchan {
             addr: *addr,
             master,
@@ -236,6 +270,18 @@ impl System {
         }
     }
 
+    /// Counters from changefeed's `/metrics` (none for Nchan).
+    fn counters(&self) -> Counters {
+        let System::Changefeed { server, .. } = self else {
+            return Counters::default();
+        };
+        let text = procs::http_get(server.addr, "/metrics").unwrap_or_default();
+        Counters {
+            lag_fallbacks: procs::metric(&text, "changefeed_lag_fallbacks_total").unwrap_or(0.0),
+            replayed_rows: procs::metric(&text, "changefeed_replayed_rows_total").unwrap_or(0.0),
+        }
+    }
+
     fn rss_kib(&self) -> u64 {
         self.pids().into_iter().filter_map(procs::rss_kib).sum()
     }
@@ -251,6 +297,13 @@ impl System {
             System::Nchan { addr, channel, .. } => Sink::Nchan(*addr, channel.clone()),
         }
     }
+}
+
+/// Server counters that explain a result (a lagging subscriber falls back to the database).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    lag_fallbacks: f64,
+    replayed_rows: f64,
 }
 
 /// CPU of this process (the load generator and writers).
@@ -338,7 +391,11 @@ async fn latency_run(
     delivery.sort_unstable();
     let mut all: Vec<u32> = (0..written as usize)
         .filter(|&i| shared.per_event_count[i].load(Ordering::Relaxed) as usize >= subs_n)
-        .map(|i| shared.per_event_max[i].load(Ordering::Relaxed).min(u32::MAX as u64) as u32)
+        .map(|i| {
+            shared.per_event_max[i]
+                .load(Ordering::Relaxed)
+                .min(u32::MAX as u64) as u32
+        })
         .collect();
     all.sort_unstable();
     if delivery.is_empty() {
@@ -371,19 +428,18 @@ async fn latency(config: &Config, report: &mut Report) {
         Err(error) => Err(error),
     };
     for (writer, cli) in [("bench sqlx connection", false), ("sqlite3 CLI", true)] {
-        let ours = match System::changefeed(config, if cli { "latency-cli" } else { "latency" })
-            .await
-        {
-            Ok(system) => {
-                let sink = system.paced_sink(cli);
-                if cli && which("sqlite3").is_none() {
-                    Err("sqlite3 CLI not installed".to_string())
-                } else {
-                    latency_run(config, &system, sink).await
+        let ours =
+            match System::changefeed(config, if cli { "latency-cli" } else { "latency" }).await {
+                Ok(system) => {
+                    let sink = system.paced_sink(cli);
+                    if cli && which("sqlite3").is_none() {
+                        Err("sqlite3 CLI not installed".to_string())
+                    } else {
+                        latency_run(config, &system, sink).await
+                    }
                 }
-            }
-            Err(error) => Err(error),
-        };
+                Err(error) => Err(error),
+            };
         let label = format!("commit→client latency, writer: {writer}");
         for (k, name) in ["p50", "p99", "max"].iter().enumerate() {
             report.push(Row {
@@ -450,6 +506,8 @@ async fn latency(config: &Config, report: &mut Report) {
 // 2. Fan-out throughput
 
 struct FanoutResult {
+    lag_fallbacks: f64,
+    replayed_rows: f64,
     frames_per_s: f64,
     events_per_s: f64,
     server_cpu: f64,
@@ -473,6 +531,7 @@ async fn fanout_run(
     };
     let duration = Duration::from_secs(config.fanout_secs());
     let gen = SelfCpu::start();
+    let counters0 = system.counters();
     let server0 = system.cpu_ticks();
     let events0 = subs.shared.events.load(Ordering::Relaxed);
     let t0 = Instant::now();
@@ -491,6 +550,7 @@ async fn fanout_run(
     let delivered = subs.shared.events.load(Ordering::Relaxed) - events0;
     let server_cpu = procs::cpu_percent(system.cpu_ticks().saturating_sub(server0), elapsed);
     let gen_cpu = gen.percent();
+    let counters = system.counters();
     let error = subs.shared.error();
     subs.stop().await;
     let written = result?.written;
@@ -498,6 +558,8 @@ async fn fanout_run(
         return Err(error);
     }
     Ok(FanoutResult {
+        lag_fallbacks: counters.lag_fallbacks - counters0.lag_fallbacks,
+        replayed_rows: counters.replayed_rows - counters0.replayed_rows,
         frames_per_s: delivered as f64 / elapsed.as_secs_f64(),
         events_per_s: written as f64 / elapsed.as_secs_f64(),
         server_cpu,
@@ -563,6 +625,21 @@ async fn fanout(config: &Config, report: &mut Report) {
             ),
             lower_is_better: true,
         });
+        report.push(Row {
+            scenario: "2 fan-out",
+            setup: setup.clone(),
+            metric: "lag fallbacks / rows re-read from the database (server /metrics)".into(),
+            ours: match &ours {
+                Ok(r) => Cell::Text(format!(
+                    "{} / {}",
+                    r.lag_fallbacks as u64, r.replayed_rows as u64
+                )),
+                Err(error) => Cell::Error(error.clone()),
+            },
+            peer,
+            theirs: Cell::NotRun,
+            lower_is_better: true,
+        });
         if let Ok(r) = &ours {
             report.load_generator(&format!("fan-out {subs_n}, changefeed"), r.gen_cpu);
         }
@@ -588,12 +665,18 @@ async fn replay_run(config: &Config, rows: u64) -> Result<ReplayResult, String> 
     let db = fresh_db(config, "replay").await?;
     let fill = Instant::now();
     writers::bulk_fill(&db, rows, PAYLOAD).await?;
-    eprintln!("   filled {rows} rows in {:.1}s", fill.elapsed().as_secs_f64());
+    eprintln!(
+        "   filled {rows} rows in {:.1}s",
+        fill.elapsed().as_secs_f64()
+    );
     let (bin, work, db2) = (config.server_bin.clone(), config.work.clone(), db.clone());
     let server = tokio::task::spawn_blocking(move || Server::start(&bin, &db2, &work, "replay"))
         .await
         .map_err(|e| e.to_string())??;
-    let system = System::Changefeed { server, db: db.clone() };
+    let system = System::Changefeed {
+        server,
+        db: db.clone(),
+    };
     let target = system.target(Some("/api/v1/events?after=0"));
     let timeout = Duration::from_secs(if config.quick { 60 } else { 600 });
 
@@ -604,7 +687,9 @@ async fn replay_run(config: &Config, rows: u64) -> Result<ReplayResult, String> 
     one.stop().await;
     let one_time = one_time?;
     if one_events < rows {
-        return Err(format!("replayed {one_events} of {rows} rows before changefeed.ready"));
+        return Err(format!(
+            "replayed {one_events} of {rows} rows before changefeed.ready"
+        ));
     }
 
     // Writer alone (idle), then during ten concurrent replays.
@@ -656,7 +741,8 @@ async fn replay_run(config: &Config, rows: u64) -> Result<ReplayResult, String> 
 async fn replay(config: &Config, report: &mut Report) {
     let rows = config.replay_rows();
     let result = replay_run(config, rows).await;
-    let setup = format!("{rows} rows of {PAYLOAD} B payload, replay from seq 0 to changefeed.ready");
+    let setup =
+        format!("{rows} rows of {PAYLOAD} B payload, replay from seq 0 to changefeed.ready");
     let peer = "—";
     let mut row = |metric: &str, value: Result<f64, &String>, lower: bool, setup: &str| {
         report.push(Row {
@@ -754,8 +840,13 @@ async fn idle(config: &Config, report: &mut Report) {
     let setup = format!("{n} idle streams (connected, live, no events)");
     let peer = "Nchan";
     for (metric, f) in [
-        ("server RSS before (MiB)", (|r: &IdleResult| r.before_kib as f64 / 1024.0) as fn(&IdleResult) -> f64),
-        ("server RSS with streams (MiB)", |r| r.after_kib as f64 / 1024.0),
+        (
+            "server RSS before (MiB)",
+            (|r: &IdleResult| r.before_kib as f64 / 1024.0) as fn(&IdleResult) -> f64,
+        ),
+        ("server RSS with streams (MiB)", |r| {
+            r.after_kib as f64 / 1024.0
+        }),
         ("RSS per stream (KiB)", |r| r.per_conn_kib),
     ] {
         report.push(Row {

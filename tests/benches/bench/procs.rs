@@ -102,6 +102,28 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     text.split(' ').nth(1)?.parse().ok()
 }
 
+/// One blocking HTTP GET, read to the end (`Connection: close`); returns the whole response.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The value of an unlabelled Prometheus sample `name` in a `/metrics` answer.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        rest.trim().parse().ok()
+    })
+}
+
 /// Appends a child pid to the work directory's `pids` file, which `scripts/bench.sh` kills on
 /// exit in case the bench itself dies without cleaning up.
 pub fn record_pid(work: &Path, pid: u32) {
@@ -141,7 +163,10 @@ impl Server {
             command.args(extra.split_whitespace());
         }
         let child = command
-            .env("RUST_LOG", std::env::var("BENCH_SERVER_LOG").unwrap_or("warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVER_LOG").unwrap_or("warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))

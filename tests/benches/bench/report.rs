@@ -9,6 +9,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub enum Cell {
     Value(f64),
+    /// Shown as is; no ratio.
+    Text(String),
     Error(String),
     NotRun,
 }
@@ -27,6 +29,7 @@ impl Cell {
         match self {
             Cell::Value(v) if v.is_nan() => "n/a".into(),
             Cell::Value(v) => format_number(*v),
+            Cell::Text(text) => text.clone(),
             Cell::NotRun => "—".into(),
             Cell::Error(error) => {
                 let index = match notes.iter().position(|n| n == error) {
@@ -136,7 +139,11 @@ impl Report {
                     format!(
                         "{:.2}×{}",
                         a / b,
-                        if row.lower_is_better { " (lower is better)" } else { "" }
+                        if row.lower_is_better {
+                            " (lower is better)"
+                        } else {
+                            ""
+                        }
                     )
                 }
                 _ => "—".into(),
@@ -240,7 +247,11 @@ impl Report {
                 top - 10.0,
                 height - 30.0,
                 height - 15.0,
-                format_number(v)
+                if v < 1.0 {
+                    format!("{v}")
+                } else {
+                    format!("{v:.0}")
+                }
             );
             decade += 1.0;
         }
@@ -269,7 +280,10 @@ impl Report {
             }
         }
         if self.bars.is_empty() {
-            let _ = writeln!(s, r#"<text x="10" y="{top}">no latency run succeeded</text>"#);
+            let _ = writeln!(
+                s,
+                r#"<text x="10" y="{top}">no latency run succeeded</text>"#
+            );
         }
         s.push_str("</svg>\n");
         s

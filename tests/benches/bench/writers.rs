@@ -36,7 +36,8 @@ pub struct WriterReport {
     pub commit_micros: Vec<u32>,
 }
 
-const INSERT: &str = "INSERT INTO change_log (project_id, event_type, payload) VALUES ('bench', 'bench_tick', ?)";
+const INSERT: &str =
+    "INSERT INTO change_log (project_id, event_type, payload) VALUES ('bench', 'bench_tick', ?)";
 
 pub async fn sqlx_connect(db: &Path) -> Result<SqliteConnection, String> {
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
@@ -91,7 +92,9 @@ async fn paced_inner(
                     .execute(&mut conn)
                     .await
                     .map_err(|e| format!("insert: {e}"))?;
-                report.commit_micros.push(before.elapsed().as_micros() as u32);
+                report
+                    .commit_micros
+                    .push(before.elapsed().as_micros() as u32);
                 report.written += 1;
             }
             conn.close().await.ok();
@@ -154,7 +157,9 @@ async fn paced_inner(
                     .publish(&body)
                     .await
                     .map_err(|e| format!("publish: {e}"))?;
-                report.commit_micros.push(before.elapsed().as_micros() as u32);
+                report
+                    .commit_micros
+                    .push(before.elapsed().as_micros() as u32);
                 report.written += 1;
             }
         }
@@ -183,9 +188,8 @@ pub fn flow_controlled(
             let start = Instant::now();
             let written = std::cell::Cell::new(0u64);
             let behind = |written: u64| {
-                written.saturating_sub(
-                    shared.events.load(Ordering::Relaxed) / subscribers.max(1),
-                ) >= window
+                written.saturating_sub(shared.events.load(Ordering::Relaxed) / subscribers.max(1))
+                    >= window
             };
             match sink {
                 Sink::Sqlx(db) => {
@@ -211,10 +215,9 @@ pub fn flow_controlled(
                     let publishers = 4;
                     let mut tasks = Vec::new();
                     for _ in 0..publishers {
-                        let mut publisher =
-                            Publisher::connect(addr, &format!("/pub/{channel}"))
-                                .await
-                                .map_err(|e| format!("nchan publisher: {e}"))?;
+                        let mut publisher = Publisher::connect(addr, &format!("/pub/{channel}"))
+                            .await
+                            .map_err(|e| format!("nchan publisher: {e}"))?;
                         let written = &written;
                         let behind = &behind;
                         tasks.push(async move {
