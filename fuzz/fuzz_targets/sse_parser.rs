@@ -260,21 +260,19 @@ fn reference(seed: &str, limits: ParserLimits, body: &[u8]) -> Outcome {
                 data.push(b'\n');
             }
             b"event" => event_type = value.to_vec(),
-            b"id" => {
-                if !value.contains(&0) {
-                    id_buffer = String::from_utf8_lossy(value).into_owned();
-                }
+            // An id containing NUL is ignored.
+            b"id" if !value.contains(&0) => {
+                id_buffer = String::from_utf8_lossy(value).into_owned();
             }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    // Values too large for a u64 are ignored (the spec leaves them open).
-                    let parsed = value.iter().try_fold(0u64, |n, &d| {
-                        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-                    });
-                    if let Some(millis) = parsed {
-                        out.retry = Some(millis);
-                        out.items.push(Item::Retry(millis));
-                    }
+            // Only ASCII digits; values too large for a u64 are ignored (the spec leaves them
+            // open).
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                let parsed = value.iter().try_fold(0u64, |n, &d| {
+                    n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                });
+                if let Some(millis) = parsed {
+                    out.retry = Some(millis);
+                    out.items.push(Item::Retry(millis));
                 }
             }
             _ => {}

@@ -113,13 +113,8 @@ async fn events<S: Store>(
         published,
     };
     let now = state.origin.elapsed();
-    let subscription = Subscription::new(
-        start,
-        query.filter.clone(),
-        log,
-        state.config.clone(),
-        now,
-    );
+    let subscription =
+        Subscription::new(start, query.filter.clone(), log, state.config.clone(), now);
     let stream = Stream {
         state: state.clone(),
         filter: query.filter,

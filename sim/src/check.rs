@@ -162,7 +162,9 @@ impl Checker {
             Err(_) => (None, String::new(), String::new()),
         };
         if seq != Some(q) || json_kind != kind {
-            self.fail(format!("frame id {id} / event {kind} disagrees with data {data}"));
+            self.fail(format!(
+                "frame id {id} / event {kind} disagrees with data {data}"
+            ));
             return;
         }
         let logged = lock(&self.oracle).rows.get(&q).cloned();
@@ -201,7 +203,9 @@ impl Checker {
     /// A `changefeed.reset` frame.
     pub fn on_reset(&mut self, id: &str, data: &str) {
         self.resets += 1;
-        let Some(after) = self.parse_id(id) else { return };
+        let Some(after) = self.parse_id(id) else {
+            return;
+        };
         let parsed: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
         let reason = parsed["reason"].as_str().unwrap_or("").to_owned();
         let floor = lock(&self.oracle).floor;
@@ -221,9 +225,7 @@ impl Checker {
     pub fn finish(&mut self, head: u64) {
         match self.position {
             Some(pos) if pos >= head => {}
-            pos => self.fail(format!(
-                "did not catch up: position {pos:?}, head {head}"
-            )),
+            pos => self.fail(format!("did not catch up: position {pos:?}, head {head}")),
         }
     }
 

@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use std::future::Future;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use tokio::time::Sleep;
 
@@ -27,9 +27,7 @@ pub struct SimListener(pub TcpListener);
 impl SimListener {
     /// Binds `0.0.0.0:port` on the current simulated host.
     pub async fn bind(port: u16) -> io::Result<SimListener> {
-        Ok(SimListener(
-            TcpListener::bind(("0.0.0.0", port)).await?,
-        ))
+        Ok(SimListener(TcpListener::bind(("0.0.0.0", port)).await?))
     }
 }
 
@@ -42,7 +40,10 @@ impl axum::serve::Listener for SimListener {
             match self.0.accept().await {
                 Ok((stream, addr)) => {
                     if std::env::var_os("SIM_NETLOG").is_some() {
-                        eprintln!("{:>7} server accepts {addr}", turmoil::elapsed().as_millis());
+                        eprintln!(
+                            "{:>7} server accepts {addr}",
+                            turmoil::elapsed().as_millis()
+                        );
                     }
                     let mut io = UserTimeout::new(stream);
                     io.peer = Some(addr);
@@ -73,8 +74,9 @@ impl changefeed::client::Connector for SimConnector {
         let host = uri.host().map(str::to_owned);
         let port = uri.port_u16().unwrap_or(80);
         async move {
-            let host = host
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the URL has no host"))?;
+            let host = host.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "the URL has no host")
+            })?;
             let stream = TcpStream::connect((host.as_str(), port)).await?;
             Ok(TokioIo::new(stream))
         }

@@ -298,7 +298,8 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
                     }
                     ServerKind::Assembled(variant) => {
                         let bounds = store.bounds().await?;
-                        let feed = Arc::new(Broadcaster::new(bounds.head, config.broadcast_capacity));
+                        let feed =
+                            Arc::new(Broadcaster::new(bounds.head, config.broadcast_capacity));
                         let metrics = Arc::new(Metrics::default());
                         {
                             let mut probe = lock(&probe);
@@ -332,6 +333,7 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
     // Writers: bursts for several projects, and retention pruning below slow clients.
     let writers = rng.range(1, 2) as usize;
     let writers_done = Arc::new(AtomicUsize::new(0));
+    let clients_done = Arc::new(AtomicUsize::new(0));
     let prune_keep = rng.chance(35).then(|| rng.range(5, 60));
     let prune_unpublished = options.prune_unpublished;
     let mut write_until = Duration::ZERO;
@@ -455,6 +457,7 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
         let trace = trace.clone();
         let oracle = oracle.clone();
         let writers_done = writers_done.clone();
+        let clients_done = clients_done.clone();
         sim.client(plan.name.clone(), async move {
             run_client(
                 plan,
@@ -467,7 +470,12 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
                 epoch,
                 catch_up_by,
             )
-            .await
+            .await?;
+            // The host stays up (its kernel still answers the server with resets) until the
+            // run ends.
+            clients_done.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+            Ok(())
         });
     }
 
@@ -543,7 +551,7 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
             if let Some(panic) = take_panic() {
                 return Err(format!("panic: {panic}"));
             }
-            if finished {
+            if finished || clients_done.load(Ordering::SeqCst) == client_count {
                 break;
             }
         }
@@ -552,7 +560,8 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
         if !quiesced {
             quiesce(&mut sim, &trace, client_count, max_latency, &mut server_up);
         }
-        let settle = sim.elapsed() + crate::net::TCP_USER_TIMEOUT + heartbeat * 4 + Duration::from_secs(2);
+        let settle =
+            sim.elapsed() + crate::net::TCP_USER_TIMEOUT + heartbeat * 4 + Duration::from_secs(2);
         while sim.elapsed() < settle {
             sim.step().map_err(|e| e.to_string())?;
             if let Some(panic) = take_panic() {
@@ -689,7 +698,8 @@ async fn run_client(
     };
     record(&trace, format!("{name} starts after {start:?}"));
     lock(&checker).set_start(start);
-    config.last_event_id = start.map(|seq| changefeed_core::Cursor::new(epoch, Seq(seq)).to_string());
+    config.last_event_id =
+        start.map(|seq| changefeed_core::Cursor::new(epoch, Seq(seq)).to_string());
     let mut source = EventSource::new(config, SimConnector);
     let mut stalls = plan.stalls.into_iter().peekable();
     let mut restarts = plan.restarts.into_iter().peekable();
@@ -788,13 +798,10 @@ async fn run_client(
     }
 }
 
-/// Closes the client and lets its runtime run once more: the client aborts its connection task
-/// on close, and only a runtime that still runs drops the aborted task's socket (sending the
-/// FIN), as the kernel would when a real process exits.
+/// Closes the client (its connection task is aborted, and the host keeps running, so the
+/// socket is dropped and the FIN sent).
 async fn leave(mut source: EventSource<SimConnector>) -> turmoil::Result {
     source.close();
-    drop(source);
-    tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(())
 }
 

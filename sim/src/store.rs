@@ -32,7 +32,12 @@ impl Store for SimStore {
         self.inner.bounds().await
     }
 
-    async fn window(&self, filter: &Filter, after: Seq, upto: Seq) -> Result<WindowRows, StoreError> {
+    async fn window(
+        &self,
+        filter: &Filter,
+        after: Seq,
+        upto: Seq,
+    ) -> Result<WindowRows, StoreError> {
         let mut window = self.inner.window(filter, after, upto).await?;
         match self.fault {
             StoreFault::None => {}

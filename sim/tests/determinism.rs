@@ -13,7 +13,13 @@ fn same_seed_same_trace() {
     let all = seeds();
     // The first seeds of the run, and a few more spread over it.
     let mut chosen: Vec<u64> = all.iter().copied().take(REPLAYED).collect();
-    chosen.extend(all.iter().copied().skip(REPLAYED).step_by(97).take(REPLAYED));
+    chosen.extend(
+        all.iter()
+            .copied()
+            .skip(REPLAYED)
+            .step_by(97)
+            .take(REPLAYED),
+    );
     for seed in chosen {
         println!("sim: determinism of seed {seed}");
         let replay = format!(
@@ -40,7 +46,13 @@ fn same_seed_same_trace() {
                 second.trace.get(at)
             );
         }
-        assert_eq!(first.summary, second.summary, "seed {seed}: summaries differ\n{replay}");
-        println!("sim: seed {seed}: {} identical trace entries", first.trace.len());
+        assert_eq!(
+            first.summary, second.summary,
+            "seed {seed}: summaries differ\n{replay}"
+        );
+        println!(
+            "sim: seed {seed}: {} identical trace entries",
+            first.trace.len()
+        );
     }
 }

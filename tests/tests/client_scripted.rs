@@ -643,7 +643,11 @@ async fn next_is_cancel_safe() {
         .collect();
     assert_eq!(seqs, [Some(1), Some(2), Some(3)]);
     assert_eq!(client.last_cursor(), Some(&*cursor(3)));
-    drop(script.await.expect("script"));
+    let mut conn = script.await.expect("script");
+    // Closing drops the connection and ends the stream.
+    client.close();
+    assert!(client.next().await.is_none());
+    conn.closed().await;
 }
 
 #[tokio::test]

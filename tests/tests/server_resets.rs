@@ -1,14 +1,20 @@
 //! Proves the reset cases over real HTTP: a cursor ahead of head, of a foreign epoch (another
 //! database file), below the retention floor (pruned through the store), or a malformed
 //! `Last-Event-ID` header (text or not even UTF-8) each yields exactly one `changefeed.reset`
-//! as the first frame, then `changefeed.ready`, then live events; and that deleting the newest
-//! rows does not cause a reset (head comes from `sqlite_sequence`).
+//! as the first frame, then `changefeed.ready`, then live events; that the retention janitor
+//! prunes in batches down to `--retain-rows` and old cursors then reset; and that deleting the
+//! newest rows does not cause a reset (head comes from `sqlite_sequence`).
 
+use std::time::Duration;
+
+use changefeed::janitor::JanitorConfig;
 use changefeed::store::sqlite::SqliteStore;
 use changefeed::store::{Retention, Store};
+use changefeed::ServerConfig;
 use changefeed_core::sse::Item;
 use changefeed_tests::{
-    data_json, project_sql, seq_of, session_sql, sqlite_url, SseStream, TestServer,
+    data_json, log_rows, project_sql, seq_of, session_sql, sqlite_url, within, SseStream,
+    TestServer,
 };
 
 async fn server_with_rows(rows: usize) -> TestServer {
@@ -145,4 +151,41 @@ async fn bare_seq_cursor_means_this_log() {
         .await;
     let seqs: Vec<u64> = events.iter().map(seq_of).collect();
     assert_eq!(seqs, [3, 4, 4], "two replayed changes, then ready at 4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_janitor_prunes_in_batches_and_old_cursors_reset() {
+    let server = TestServer::start_with(ServerConfig {
+        retention: Retention {
+            days: None,
+            rows: Some(5),
+        },
+        janitor: JanitorConfig {
+            batch: 4,
+            pause: Duration::from_millis(1),
+            idle: Duration::from_millis(20),
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    server.write(&project_sql("p")).await;
+    for i in 0..20 {
+        server.write(&session_sql("p", &format!("old-{i}"))).await;
+    }
+    server.settle().await;
+    within("the janitor to prune down to 5 rows", async {
+        while server.get("/healthz").await.json()["floor"] != 15 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let kept: Vec<u64> = log_rows(&server.db_path)
+        .await
+        .iter()
+        .map(|row| row.seq)
+        .collect();
+    assert_eq!(kept, [16, 17, 18, 19, 20]);
+    let requested = server.cursor(3);
+    let stream = server.resume("/api/v1/events", &requested).await;
+    assert_reset_then_live(&server, stream, &requested, "pruned").await;
 }

@@ -346,6 +346,7 @@ struct LatencyResult {
     missing: u64,
     gen_cpu: f64,
     server_cpu: f64,
+    machine_busy: f64,
 }
 
 async fn latency_run(
@@ -370,6 +371,7 @@ async fn latency_run(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gen = SelfCpu::start();
+    let machine0 = procs::machine_ticks();
     let server0 = system.cpu_ticks();
     let t0 = Instant::now();
     let writer = writers::paced(sink, rate, count, PAYLOAD, Arc::new(AtomicBool::new(false)));
@@ -381,6 +383,7 @@ async fn latency_run(
     subs.wait_events(expected, Duration::from_secs(5)).await;
     let server_cpu = procs::cpu_percent(system.cpu_ticks().saturating_sub(server0), t0.elapsed());
     let gen_cpu = gen.percent();
+    let machine_busy = procs::machine_busy(machine0, procs::machine_ticks());
     let received = subs.shared.events.load(Ordering::Relaxed);
     let error = subs.shared.error();
     let shared = subs.shared.clone();
@@ -414,6 +417,7 @@ async fn latency_run(
         missing: expected.saturating_sub(received),
         gen_cpu,
         server_cpu,
+        machine_busy,
     })
 }
 
@@ -481,6 +485,15 @@ async fn latency(config: &Config, report: &mut Report) {
             theirs: Cell::from(nchan.as_ref().map(|r| r.server_cpu)),
             lower_is_better: true,
         });
+        report.push(Row {
+            scenario: "1 latency",
+            setup: format!("{setup}; writer: {writer}"),
+            metric: "machine CPU busy (% of all cores, everything running)".into(),
+            ours: Cell::from(ours.as_ref().map(|r| r.machine_busy)),
+            peer: "Nchan (POST /pub)",
+            theirs: Cell::from(nchan.as_ref().map(|r| r.machine_busy)),
+            lower_is_better: true,
+        });
         if let Ok(r) = &ours {
             report.load_generator(&label, r.gen_cpu);
             report.bars.push(LatencyBar {
@@ -512,6 +525,7 @@ struct FanoutResult {
     events_per_s: f64,
     server_cpu: f64,
     gen_cpu: f64,
+    machine_busy: f64,
 }
 
 async fn fanout_run(
@@ -532,6 +546,7 @@ async fn fanout_run(
     let duration = Duration::from_secs(config.fanout_secs());
     let gen = SelfCpu::start();
     let counters0 = system.counters();
+    let machine0 = procs::machine_ticks();
     let server0 = system.cpu_ticks();
     let events0 = subs.shared.events.load(Ordering::Relaxed);
     let t0 = Instant::now();
@@ -550,6 +565,7 @@ async fn fanout_run(
     let delivered = subs.shared.events.load(Ordering::Relaxed) - events0;
     let server_cpu = procs::cpu_percent(system.cpu_ticks().saturating_sub(server0), elapsed);
     let gen_cpu = gen.percent();
+    let machine_busy = procs::machine_busy(machine0, procs::machine_ticks());
     let counters = system.counters();
     let error = subs.shared.error();
     subs.stop().await;
@@ -564,6 +580,7 @@ async fn fanout_run(
         events_per_s: written as f64 / elapsed.as_secs_f64(),
         server_cpu,
         gen_cpu,
+        machine_busy,
     })
 }
 
@@ -623,6 +640,15 @@ async fn fanout(config: &Config, report: &mut Report) {
                     .as_ref()
                     .map(|r| r.server_cpu / 100.0 * 1e6 / r.frames_per_s.max(1e-9) * 1000.0),
             ),
+            lower_is_better: true,
+        });
+        report.push(Row {
+            scenario: "2 fan-out",
+            setup: setup.clone(),
+            metric: "machine CPU busy (% of all cores, everything running)".into(),
+            ours: Cell::from(ours.as_ref().map(|r| r.machine_busy)),
+            peer,
+            theirs: Cell::from(nchan.as_ref().map(|r| r.machine_busy)),
             lower_is_better: true,
         });
         report.push(Row {

@@ -49,6 +49,34 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// The machine's (busy, total) CPU ticks over all cores, from `/proc/stat`.
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return (0, 0);
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    // idle + iowait
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Busy share of all cores between two [`machine_ticks`] readings, in percent.
+pub fn machine_busy(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let busy = after.0.saturating_sub(before.0) as f64;
+    let total = after.1.saturating_sub(before.1) as f64;
+    if total == 0.0 {
+        f64::NAN
+    } else {
+        busy / total * 100.0
+    }
+}
+
 /// CPU use between two readings, in percent of one core.
 pub fn cpu_percent(ticks: u64, elapsed: Duration) -> f64 {
     ticks as f64 / clock_ticks() / elapsed.as_secs_f64().max(1e-9) * 100.0
