@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# The benchmark harness (issue #5): builds with the shared `fast` profile (BENCH_PROFILE=release
-# to override), starts its own Nchan peer (nginx on a loopback port) when installed, runs the
-# scenarios and writes target/bench/results.md and target/bench/latency.svg.
+# The benchmark harness (issue #5): builds with the shared `fast` profile, starts its own Nchan
+# peer (nginx on a loopback port) when installed, runs the scenarios and writes
+# target/bench/results.md and target/bench/latency.svg.
 #
 #   scripts/bench.sh [latency|fanout|replay|idle|parser ...] [--quick]
 #
-# --quick scales every scenario down (about a minute in all; what CI runs, with no performance
-# assertions). Without it: 1,000 / 10,000 subscribers, a 1,000,000-row log, 10,000 idle streams.
-# BENCH_NCHAN=0 skips the Nchan peer. Everything started here is stopped on exit.
+# --quick scales every scenario down (100 / 1,000 subscribers, a 100,000-row log, 1,000 idle
+# streams; about a minute in all); CI runs it, with no performance assertions. Without it:
+# 1,000 / 10,000 subscribers, a 1,000,000-row log, 10,000 idle streams (several minutes).
+#
+# Environment: BENCH_PROFILE=release (instead of `fast`), BENCH_NCHAN=0 (skip the Nchan peer),
+# BENCH_NCHAN_PUBLISHERS=N (concurrent publishers in the Nchan fan-out, default 1),
+# BENCH_SERVER_ARGS="--flag value" (extra `changefeed serve` flags), BENCH_STRICT=1 (exit 1 when a
+# measurement could not be taken), BENCH_PERF=1 (`perf record -g` each changefeed server into
+# target/bench/work/perf-NAME.data). Everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +50,7 @@ trap cleanup EXIT INT TERM
 echo "building (profile $profile)"
 cargo build --profile "$profile" -p changefeed --bin changefeed
 bench_bin=$(cargo bench --profile "$profile" -p changefeed-tests --bench bench --no-run \
-  --message-format=json 2>/dev/null | grep -o "\"executable\":\"[^\"]*\"" | tail -1 | cut -d\" -f4)
+  --message-format=json | grep -o "\"executable\":\"[^\"]*\"" | tail -1 | cut -d\" -f4)
 [ -x "$bench_bin" ] || { echo "bench binary not found" >&2; exit 1; }
 
 # The Nchan peer.

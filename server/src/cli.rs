@@ -1,5 +1,5 @@
-//! The `changefeed` command line: `serve` and `demo` (clap derive; add a subcommand by adding a
-//! variant to [`Command`] and an arm to [`run`]).
+//! The `changefeed` command line: `serve`, `demo`, `tail` and `contract-service` (clap derive;
+//! add a subcommand by adding a variant to [`Command`] and an arm to [`run`]).
 //!
 //! Every failure is one line on stderr and a non-zero exit: 2 for usage errors (bad flags, an
 //! unsupported database URL), 1 for runtime failures (database cannot be opened, address in
@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::broadcast::DEFAULT_CAPACITY;
+use crate::client::{run_tail, TailArgs, TailError};
 use crate::demo::{self, DemoConfig};
 use crate::http::{AppState, ServerConfig};
 use crate::shutdown;
@@ -34,6 +35,18 @@ pub enum Command {
     Serve(ServeArgs),
     /// Serve, and write realistic demo activity into the same database.
     Demo(DemoArgs),
+    /// Print a changefeed stream, one line per event, resumable through a cursor file.
+    Tail(TailArgs),
+    /// Run the client under the SSE contract-test harness's service protocol.
+    ContractService(ContractServiceArgs),
+}
+
+/// Flags of `changefeed contract-service`.
+#[derive(Debug, Clone, Args)]
+pub struct ContractServiceArgs {
+    /// The port to listen on (127.0.0.1).
+    #[arg(long, value_name = "N")]
+    pub port: u16,
 }
 
 /// Flags of `changefeed serve` (and `demo`).
@@ -197,14 +210,17 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The first line of a clap error, without its `error: ` prefix.
+/// A clap error as one line: its message and tips, without the usage block or `error: `.
 fn first_line(error: &clap::Error) -> String {
     let text = error.to_string();
-    let line = text
+    let parts: Vec<&str> = text
         .lines()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("");
-    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let line = parts.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_owned()
 }
 
 fn init_tracing() {
@@ -233,6 +249,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     seed: demo::clock_seed(),
                 };
                 serve(args.serve, Some(demo)).await
+            }
+            Command::Tail(args) => run_tail(args).await.map_err(|error| match error {
+                TailError::InvalidArgs(_) => CliError::usage(error.to_string()),
+                other => CliError::runtime(other.to_string()),
+            }),
+            Command::ContractService(args) => {
+                let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.port);
+                crate::contract::run_contract_service(addr)
+                    .await
+                    .map_err(|error| {
+                        CliError::runtime(format!("contract service on {addr}: {error}"))
+                    })
             }
         }
     })

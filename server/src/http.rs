@@ -397,7 +397,7 @@ async fn events<S: Store>(
         "event stream opened"
     );
     let stream = EventStream {
-        guard: state.metrics().subscriber(),
+        _guard: state.metrics().subscriber(),
         shutdown: state.shutdown_signal(),
         subscription,
         filter,
@@ -439,7 +439,7 @@ struct EventStream<S: Store> {
     done: bool,
     /// The subscription counters already added to the metrics.
     reported: SubscriptionStats,
-    guard: SubscriberGuard,
+    _guard: SubscriberGuard,
 }
 
 /// Frames waiting to go out as one chunk.
@@ -614,8 +614,7 @@ impl<S: Store> Drop for EventStream<S> {
             phase = ?self.subscription.phase(),
             "event stream closed"
         );
-        // `guard` decrements the subscriber gauge as it drops.
-        let _ = &self.guard;
+        // `_guard` decrements the subscriber gauge as it drops, right after this.
     }
 }
 

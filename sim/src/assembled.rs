@@ -1,7 +1,8 @@
 //! A second event-stream server, assembled in the simulation from the product's public pieces
-//! (the core's [`Subscription`], the [`Broadcaster`], the [`Tailer`] and any [`Store`]), with a
-//! plain axum handler. Its [`Variant::Correct`] is a control (it must pass every seed, as the
-//! real server must); the other variants are planted bugs the simulation must catch:
+//! (the core's [`Subscription`], the [`Broadcaster`], the
+//! [`Tailer`](changefeed::tailer::Tailer) and any [`Store`]), with a plain axum handler. Its
+//! [`Variant::Correct`] is a control (it must pass every seed, as the real server must); the
+//! other variants are planted bugs the simulation must catch:
 //!
 //! - [`Variant::SubscribeLate`]: "forgets to subscribe before replay" — reads the log's bounds,
 //!   yields, and only then subscribes to the live feed, using the stale head as `P`. Events
@@ -120,7 +121,7 @@ async fn events<S: Store>(
         filter: query.filter,
         subscription,
         receiver,
-        raw: Vec::new(),
+        raw: None,
     };
     let body = futures_util::stream::unfold(stream, |mut stream| async move {
         let frame = stream.next_frame().await?;
@@ -139,15 +140,15 @@ struct Stream<S> {
     filter: Filter,
     subscription: Subscription,
     receiver: Receiver<Event>,
-    /// Frames the bypassing variant wrote itself.
-    raw: Vec<Bytes>,
+    /// A frame the bypassing variant writes itself.
+    raw: Option<Bytes>,
 }
 
 impl<S: Store> Stream<S> {
     /// The next frame to write, or `None` at the end of the stream. Store errors end it.
     async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(frame) = self.raw.pop() {
+            if let Some(frame) = self.raw.take() {
                 return Some(frame);
             }
             match self.subscription.poll_output() {
@@ -188,7 +189,7 @@ impl<S: Store> Stream<S> {
                                         && self.subscription.phase() == Phase::Live;
                                     if bypass {
                                         if self.filter.matches(&event.project_id, &event.kind) {
-                                            self.raw.push(event.frame.clone());
+                                            self.raw = Some(event.frame.clone());
                                         }
                                     } else {
                                         self.subscription.handle_live(event, now);

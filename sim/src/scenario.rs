@@ -1,7 +1,11 @@
 //! One simulated run, fully determined by its seed: a server host (the real router, tailer and
 //! broadcaster over the shared [`MemoryStore`], or a sim-assembled variant), writer hosts
 //! appending bursts for several projects (and pruning), client hosts running the real
-//! [`EventSource`] over turmoil sockets, and a fault schedule applied between simulation steps.
+//! [`EventSource`] or typed [`Client`] over turmoil sockets (some with filters, some without a
+//! cursor, some slow, stalling, reconnecting or leaving early), and a fault schedule applied
+//! between simulation steps: partitions, held links, server crashes and restarts, latency
+//! changes. Each client is checked frame by frame ([`Checker`]); at the end every client that
+//! stayed must have caught up, and the server must hold no subscription.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use changefeed::broadcast::Broadcaster;
-use changefeed::client::{ClientConfig, EventSource, SseItem};
+use changefeed::client::{Client, ClientConfig, ClientItem, EventSource, SseItem};
 use changefeed::http::{AppState, ServerConfig};
 use changefeed::metrics::Metrics;
 use changefeed::shutdown;
@@ -105,6 +109,8 @@ pub struct Outcome {
     pub summary: Vec<String>,
     /// Rows appended.
     pub appended: u64,
+    /// What the run exercised.
+    pub stats: Stats,
 }
 
 type Trace = Arc<Mutex<Vec<String>>>;
@@ -118,6 +124,56 @@ fn record(trace: &Trace, line: String) {
 struct Probe {
     feed: Option<Arc<Broadcaster>>,
     metrics: Option<Arc<Metrics>>,
+    /// Counters of the servers that ran before the current one.
+    earlier: Stats,
+}
+
+impl Probe {
+    /// Starts a new server incarnation: folds the previous one's counters into the totals.
+    fn replace(&mut self, feed: Arc<Broadcaster>, metrics: Option<Arc<Metrics>>) {
+        self.earlier = self.totals();
+        self.feed = Some(feed);
+        self.metrics = metrics;
+    }
+
+    fn totals(&self) -> Stats {
+        let mut stats = self.earlier;
+        if let Some(metrics) = &self.metrics {
+            let snapshot = metrics.snapshot();
+            stats.lag_fallbacks += snapshot.lag_fallbacks;
+            stats.resets += snapshot.resets;
+            stats.replayed_rows += snapshot.replayed_rows;
+        }
+        stats
+    }
+}
+
+/// What a run exercised (summed over seeds by the tests, to show the faults bite).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Server: live-feed overflows or lags that fell back to replay.
+    pub lag_fallbacks: u64,
+    /// Server: reset frames sent.
+    pub resets: u64,
+    /// Server: rows read by replay pages.
+    pub replayed_rows: u64,
+    /// Clients: connections opened.
+    pub connects: u64,
+    /// Clients: change frames received.
+    pub changes: u64,
+    /// Faults applied (partitions, holds, crashes, restarts, latency changes).
+    pub faults: u64,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, other: Stats) {
+        self.lag_fallbacks += other.lag_fallbacks;
+        self.resets += other.resets;
+        self.replayed_rows += other.replayed_rows;
+        self.connects += other.connects;
+        self.changes += other.changes;
+        self.faults += other.faults;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +198,10 @@ struct ClientPlan {
     stalls: Vec<(Duration, Duration)>,
     restarts: Vec<Duration>,
     jitter_seed: u64,
+    /// The typed `Client` rather than the raw `EventSource`.
+    typed: bool,
+    /// A slow reader: pauses this long after each item.
+    read_delay: Option<Duration>,
 }
 
 fn random_filter(rng: &mut Rng) -> (Filter, String) {
@@ -170,7 +230,7 @@ fn random_filter(rng: &mut Rng) -> (Filter, String) {
             &["project_created"],
             &["*"],
         ];
-        let patterns: &[&str] = *rng.pick(&CHOICES);
+        let patterns: &[&str] = CHOICES[rng.below(CHOICES.len() as u64) as usize];
         query.push(format!("types={}", patterns.join(",")));
         filter.types = Some(
             patterns
@@ -288,11 +348,7 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
                 match kind {
                     ServerKind::Real => {
                         let state = AppState::new(store, config, signal.clone()).await?;
-                        {
-                            let mut probe = lock(&probe);
-                            probe.feed = Some(state.feed().clone());
-                            probe.metrics = Some(state.metrics().clone());
-                        }
+                        lock(&probe).replace(state.feed().clone(), Some(state.metrics().clone()));
                         tokio::spawn(state.tailer().run(signal));
                         changefeed::serve(listener, state).await?;
                     }
@@ -301,11 +357,7 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
                         let feed =
                             Arc::new(Broadcaster::new(bounds.head, config.broadcast_capacity));
                         let metrics = Arc::new(Metrics::default());
-                        {
-                            let mut probe = lock(&probe);
-                            probe.feed = Some(feed.clone());
-                            probe.metrics = None;
-                        }
+                        lock(&probe).replace(feed.clone(), None);
                         let tailer = Tailer {
                             store: store.clone(),
                             feed: feed.clone(),
@@ -432,6 +484,10 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
             stalls,
             restarts,
             jitter_seed: crng.next_u64(),
+            typed: crng.chance(50),
+            read_delay: crng
+                .chance(25)
+                .then(|| Duration::from_millis(crng.range(1, 30))),
         };
         let checker = Arc::new(Mutex::new(Checker::new(
             &plan.name,
@@ -444,8 +500,10 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
         record_plain(
             &trace,
             format!(
-                "{} query {:?} start {} after {:?} leave {:?} stalls {:?} restarts {:?}",
+                "{} typed {} slow {:?} query {:?} start {} after {:?} leave {:?} stalls {:?} restarts {:?}",
                 plan.name,
+                plan.typed,
+                plan.read_delay,
                 plan.query,
                 plan.start_kind,
                 plan.start_delay,
@@ -512,6 +570,7 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
     let mut faults = faults.into_iter().peekable();
     let mut server_up = true;
     let mut quiesced = false;
+    let mut fault_count = 0;
 
     install_panic_hook();
     let result = (|| -> Result<(), String> {
@@ -523,6 +582,7 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
                 }
                 let (_, fault) = faults.next().expect("peeked");
                 record_plain(&trace, format!("{:>7} fault {fault:?}", now.as_millis()));
+                fault_count += 1;
                 match fault {
                     Fault::Partition(c) => sim.partition(SERVER, format!("c{c}")),
                     Fault::Repair(c) => sim.repair(SERVER, format!("c{c}")),
@@ -589,8 +649,12 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
     })();
     let mut summary = Vec::new();
     let mut violation = None;
+    let mut stats = lock(&probe).totals();
+    stats.faults = fault_count;
     for checker in &checkers {
         let checker = lock(checker);
+        stats.connects += checker.connects;
+        stats.changes += checker.changes;
         summary.push(checker.summary());
         if violation.is_none() {
             violation.clone_from(&checker.violation);
@@ -608,6 +672,7 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
         trace,
         summary,
         appended,
+        stats,
     })
 }
 
@@ -700,7 +765,11 @@ async fn run_client(
     lock(&checker).set_start(start);
     config.last_event_id =
         start.map(|seq| changefeed_core::Cursor::new(epoch, Seq(seq)).to_string());
-    let mut source = EventSource::new(config, SimConnector);
+    let mut source = if plan.typed {
+        AnyClient::Typed(Client::new(config, SimConnector))
+    } else {
+        AnyClient::Raw(EventSource::new(config, SimConnector))
+    };
     let mut stalls = plan.stalls.into_iter().peekable();
     let mut restarts = plan.restarts.into_iter().peekable();
     let mut seen_cursor = source.last_cursor().map(str::to_owned);
@@ -761,35 +830,39 @@ async fn run_client(
         {
             let mut checker = lock(&checker);
             match &item {
-                SseItem::Connected { .. } => {
+                Seen::Connected => {
                     checker.on_connected();
                     record(&trace, format!("{name} connected"));
                 }
-                SseItem::Event(event) => {
-                    let id = event.last_event_id.as_str();
-                    match event.event_type.as_str() {
-                        "changefeed.reset" => {
-                            record(&trace, format!("{name} reset {id}"));
-                            checker.on_reset(id, &event.data);
-                        }
-                        "changefeed.ready" => {
-                            record(&trace, format!("{name} ready {id}"));
-                            checker.on_position(id);
-                        }
-                        kind => {
-                            record(&trace, format!("{name} change {id}"));
-                            checker.on_change(id, kind, &event.data);
-                        }
-                    }
+                Seen::Reset { id, after, reason } => {
+                    record(&trace, format!("{name} reset {id} {reason}"));
+                    checker.on_reset(id, after, reason);
                 }
-                SseItem::Comment(_) => {}
-                SseItem::Disconnected { reason, .. } => {
+                Seen::Ready { id } => {
+                    record(&trace, format!("{name} ready {id}"));
+                    checker.on_position(id);
+                }
+                Seen::Change { id, kind, data } => {
+                    record(&trace, format!("{name} change {id}"));
+                    checker.on_change(id, kind, data);
+                }
+                Seen::Comment => {}
+                Seen::Disconnected(reason) => {
                     record(&trace, format!("{name} disconnected: {reason}"));
+                }
+                Seen::Malformed(what) => {
+                    return Err(format!("{name}: malformed control frame: {what}").into());
                 }
             }
         }
+        if let Some(delay) = plan.read_delay {
+            tokio::time::sleep(delay).await;
+        }
         seen_cursor = source.last_cursor().map(str::to_owned);
-        if !matches!(item, SseItem::Event(_)) {
+        if !matches!(
+            item,
+            Seen::Change { .. } | Seen::Reset { .. } | Seen::Ready { .. }
+        ) {
             // Id-only frames before a comment moved the cursor.
             if let Some(id) = seen_cursor.clone() {
                 lock(&checker).on_position(&id);
@@ -798,9 +871,116 @@ async fn run_client(
     }
 }
 
+/// What a client saw, from either client API.
+enum Seen {
+    Connected,
+    Change {
+        id: String,
+        kind: String,
+        data: String,
+    },
+    Reset {
+        id: String,
+        after: String,
+        reason: String,
+    },
+    Ready {
+        id: String,
+    },
+    Comment,
+    Disconnected(String),
+    Malformed(String),
+}
+
+/// The product's raw [`EventSource`] or its typed [`Client`] (chosen per client by the seed).
+enum AnyClient {
+    Raw(EventSource<SimConnector>),
+    Typed(Client<SimConnector>),
+}
+
+impl AnyClient {
+    async fn next(&mut self) -> Option<Result<Seen, changefeed::client::ClientError>> {
+        Some(Ok(match self {
+            AnyClient::Raw(source) => match source.next().await? {
+                Ok(item) => match item {
+                    SseItem::Connected { .. } => Seen::Connected,
+                    SseItem::Comment(_) => Seen::Comment,
+                    SseItem::Disconnected { reason, .. } => Seen::Disconnected(reason.to_string()),
+                    SseItem::Event(event) => {
+                        let id = event.last_event_id;
+                        match event.event_type.as_str() {
+                            "changefeed.reset" => {
+                                let data: serde_json::Value =
+                                    serde_json::from_str(&event.data).unwrap_or_default();
+                                Seen::Reset {
+                                    id,
+                                    after: data["after"].as_str().unwrap_or("").to_owned(),
+                                    reason: data["reason"].as_str().unwrap_or("").to_owned(),
+                                }
+                            }
+                            "changefeed.ready" => Seen::Ready { id },
+                            _ => Seen::Change {
+                                id,
+                                kind: event.event_type,
+                                data: event.data,
+                            },
+                        }
+                    }
+                },
+                Err(error) => return Some(Err(error)),
+            },
+            AnyClient::Typed(client) => match client.next().await? {
+                Ok(item) => match item {
+                    ClientItem::Connected { .. } => Seen::Connected,
+                    ClientItem::Comment(_) => Seen::Comment,
+                    ClientItem::Disconnected { reason, .. } => {
+                        Seen::Disconnected(reason.to_string())
+                    }
+                    ClientItem::Event(event) => Seen::Change {
+                        id: event.id,
+                        kind: event.kind,
+                        data: event.data,
+                    },
+                    ClientItem::Reset { after, reason, .. } => Seen::Reset {
+                        id: client.last_cursor().unwrap_or("").to_owned(),
+                        after,
+                        reason,
+                    },
+                    ClientItem::Ready { .. } => Seen::Ready {
+                        id: client.last_cursor().unwrap_or("").to_owned(),
+                    },
+                    ClientItem::Malformed { error, .. } => Seen::Malformed(error),
+                },
+                Err(error) => return Some(Err(error)),
+            },
+        }))
+    }
+
+    fn last_cursor(&self) -> Option<&str> {
+        match self {
+            AnyClient::Raw(source) => source.last_cursor(),
+            AnyClient::Typed(client) => client.last_cursor(),
+        }
+    }
+
+    fn restart(&mut self) {
+        match self {
+            AnyClient::Raw(source) => source.restart(),
+            AnyClient::Typed(client) => client.restart(),
+        }
+    }
+
+    fn close(&mut self) {
+        match self {
+            AnyClient::Raw(source) => source.close(),
+            AnyClient::Typed(client) => client.close(),
+        }
+    }
+}
+
 /// Closes the client (its connection task is aborted, and the host keeps running, so the
 /// socket is dropped and the FIN sent).
-async fn leave(mut source: EventSource<SimConnector>) -> turmoil::Result {
+async fn leave(mut source: AnyClient) -> turmoil::Result {
     source.close();
     Ok(())
 }

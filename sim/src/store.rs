@@ -13,8 +13,9 @@ pub enum StoreFault {
     /// `window` drops the first row of every non-empty window: the classic off-by-one of a
     /// replay that starts at `cursor + 1` instead of after `cursor`.
     DropFirstRow,
-    /// `window` reports the head read *before* its rows (in another transaction) as lagging by
-    /// one window: a stale head makes the core believe a lag gap is closed too early.
+    /// `window` reports a head no later than the window's end, as if head had been read in an
+    /// earlier transaction than the rows: after a lag, the core then believes the gap is closed
+    /// and goes live with a hole.
     StaleHead,
 }
 

@@ -51,8 +51,18 @@ fn same_seed_same_trace() {
             "seed {seed}: summaries differ\n{replay}"
         );
         println!(
-            "sim: seed {seed}: {} identical trace entries",
-            first.trace.len()
+            "sim: seed {seed}: {} identical trace entries, digest {:016x}",
+            first.trace.len(),
+            digest(&first.trace)
         );
     }
+}
+
+/// FNV-1a over the trace, so runs in different processes (or builds) can be compared by eye.
+fn digest(trace: &[String]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in trace.iter().flat_map(|line| line.bytes().chain([b'\n'])) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }

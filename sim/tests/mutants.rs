@@ -23,11 +23,17 @@ fn first_detection(server: ServerKind, store_fault: StoreFault) -> Option<(u64, 
     })
 }
 
-fn assert_caught(name: &str, server: ServerKind, store_fault: StoreFault) {
+/// Asserts that some seed of the budget fails, and that it fails by the invariant the bug
+/// breaks (`expected` appears in the violation), not by some unrelated error.
+fn assert_caught(name: &str, server: ServerKind, store_fault: StoreFault, expected: &str) {
     let budget = seeds().len();
     match first_detection(server, store_fault) {
         Some((seed, message)) => {
             println!("sim: mutant {name:?} caught at seed {seed}: {message}");
+            assert!(
+                message.contains(expected),
+                "mutant {name:?} made seed {seed} fail, but not with {expected}: {message}"
+            );
         }
         None => panic!("mutant {name:?} survived all {budget} seeds"),
     }
@@ -39,6 +45,7 @@ fn replay_off_by_one_is_caught() {
         "window drops its first row",
         ServerKind::Real,
         StoreFault::DropFirstRow,
+        "LOSS",
     );
 }
 
@@ -48,6 +55,7 @@ fn stale_window_head_is_caught() {
         "window reports a stale head",
         ServerKind::Real,
         StoreFault::StaleHead,
+        "LOSS",
     );
 }
 
@@ -57,6 +65,7 @@ fn subscribing_after_reading_bounds_is_caught() {
         "subscribes after reading bounds",
         ServerKind::Assembled(Variant::SubscribeLate),
         StoreFault::None,
+        "LOSS",
     );
 }
 
@@ -66,6 +75,7 @@ fn bypassing_dedup_is_caught() {
         "live frames bypass the core's dedup",
         ServerKind::Assembled(Variant::BypassDedup),
         StoreFault::None,
+        "DUPLICATE",
     );
 }
 

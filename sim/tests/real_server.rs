@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use changefeed_sim::scenario::{run, Options};
+use changefeed_sim::scenario::{run, Options, Stats};
 use changefeed_sim::seeds::seeds;
 
 #[test]
@@ -12,11 +12,13 @@ fn real_server_and_client_keep_every_invariant() {
     let seeds = seeds();
     let started = Instant::now();
     let mut appended = 0;
+    let mut stats = Stats::default();
     for &seed in &seeds {
         println!("sim: seed {seed}");
         match run(Options::real(seed)) {
             Ok(outcome) => {
                 appended += outcome.appended;
+                stats += outcome.stats;
                 if seeds.len() == 1 {
                     for line in &outcome.summary {
                         println!("  {line}");
@@ -36,4 +38,5 @@ fn real_server_and_client_keep_every_invariant() {
         seeds.len(),
         seeds.len() as f64 / secs.max(1e-9)
     );
+    println!("sim: exercised {stats:?}");
 }

@@ -1,7 +1,12 @@
-//! Proves graceful shutdown: when the server stops, every open stream ends with a final id-only
-//! checkpoint carrying its position (also for a filtered stream that was shown nothing), the
-//! body ends cleanly, the server returns, and the published mark is persisted.
+//! Proves how streams end: at graceful shutdown every open stream ends with a final id-only
+//! checkpoint carrying its position (also a filtered stream that was shown nothing), the body
+//! ends cleanly, the server returns and the published mark is persisted; with a maximum stream
+//! lifetime an idle stream gets comment heartbeats and then ends with a checkpoint.
 
+use std::time::Duration;
+
+use changefeed::ServerConfig;
+use changefeed_core::sse::Item;
 use changefeed_tests::{id_seq, project_sql, seq_of, session_sql, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,4 +55,39 @@ async fn streams_end_with_a_final_checkpoint() {
         );
     }
     assert_eq!(store.published().await.unwrap().0, head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_get_heartbeats_and_end_at_their_lifetime() {
+    let mut config = ServerConfig::default();
+    config.subscription.heartbeat = Duration::from_millis(40);
+    config.subscription.max_lifetime = Some(Duration::from_millis(400));
+    let server = TestServer::start_with(config).await;
+    server.write(&project_sql("p")).await;
+    server.write(&session_sql("p", "s0")).await;
+    server.settle().await;
+
+    let mut stream = server.stream("/api/v1/events").await;
+    stream.capture_raw();
+    let mut items = Vec::new();
+    while let Some(item) = stream.next_item().await {
+        items.push(item);
+    }
+    assert_eq!(items[0], Item::Retry(1000));
+    assert!(matches!(&items[1], Item::Event(ready) if ready.event_type == "changefeed.ready"));
+    let heartbeats = items[2..]
+        .iter()
+        .filter(|item| **item == Item::Comment(String::new()))
+        .count();
+    assert!(heartbeats >= 1, "{items:?}");
+    assert_eq!(
+        heartbeats,
+        items.len() - 2,
+        "only heartbeats while idle: {items:?}"
+    );
+    let checkpoint = server.cursor(1);
+    assert_eq!(stream.last_event_id(), checkpoint);
+    assert!(stream
+        .raw_text()
+        .ends_with(&format!(":\n\nid: {checkpoint}\n\n")));
 }

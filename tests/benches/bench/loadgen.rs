@@ -493,6 +493,12 @@ impl Publisher {
     /// Publishes one message and waits for the answer (2xx expected). Reconnects once if the
     /// server closed the keep-alive connection before answering.
     pub async fn publish(&mut self, body: &str) -> io::Result<()> {
+        tokio::time::timeout(Duration::from_secs(10), self.publish_retry(body))
+            .await
+            .map_err(|_| io::Error::new(ErrorKind::TimedOut, "publish took over 10 s"))?
+    }
+
+    async fn publish_retry(&mut self, body: &str) -> io::Result<()> {
         match self.publish_once(body).await {
             Err(error) if error.kind() == ErrorKind::ConnectionAborted => {
                 self.stream = TcpStream::connect(self.addr).await?;

@@ -167,6 +167,8 @@ pub fn record_pid(work: &Path, pid: u32) {
 /// A `changefeed serve` process on a loopback port; killed on drop.
 pub struct Server {
     child: Child,
+    /// `perf record` attached to the server when `BENCH_PERF=1`.
+    perf: Option<Child>,
     pub addr: SocketAddr,
     pub log: PathBuf,
 }
@@ -201,7 +203,12 @@ impl Server {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         record_pid(work, child.id());
-        let mut server = Server { child, addr, log };
+        let mut server = Server {
+            child,
+            perf: None,
+            addr,
+            log,
+        };
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -211,6 +218,9 @@ impl Server {
                 ));
             }
             if http_status(addr, "/healthz") == Some(200) {
+                if std::env::var("BENCH_PERF").is_ok_and(|v| v == "1") {
+                    server.perf = start_perf(server.child.id(), work, name);
+                }
                 return Ok(server);
             }
             if start.elapsed() > Duration::from_secs(30) {
@@ -228,8 +238,34 @@ impl Server {
     }
 }
 
+/// `perf record -g` on `pid` (software clock, so it works without hardware counters), writing
+/// `WORK/perf-NAME.data`.
+fn start_perf(pid: u32, work: &Path, name: &str) -> Option<Child> {
+    let data = work.join(format!("perf-{name}.data"));
+    let child = Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-p"])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    record_pid(work, child.id());
+    eprintln!("   profiling the server: perf report -i {}", data.display());
+    Some(child)
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(mut perf) = self.perf.take() {
+            // SIGINT lets perf write its data file.
+            let _ = Command::new("kill")
+                .args(["-INT", &perf.id().to_string()])
+                .status();
+            let _ = perf.wait();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -94,6 +94,7 @@ pub struct LatencyBar {
 
 pub struct Report {
     quick: bool,
+    load_at_start: String,
     rows: Vec<Row>,
     pub bars: Vec<LatencyBar>,
     generator: Vec<(String, f64)>,
@@ -103,6 +104,7 @@ impl Report {
     pub fn new(quick: bool) -> Report {
         Report {
             quick,
+            load_at_start: load_average(),
             rows: Vec::new(),
             bars: Vec::new(),
             generator: Vec::new(),
@@ -118,7 +120,8 @@ impl Report {
         self.generator.push((run.to_string(), percent));
     }
 
-    pub fn finish(&self, out: &Path, elapsed: Duration) {
+    /// Writes and prints the results; returns how many cells hold an error.
+    pub fn finish(&self, out: &Path, elapsed: Duration) -> usize {
         let mut md = String::new();
         let mut errors = Vec::new();
         let _ = writeln!(
@@ -126,7 +129,7 @@ impl Report {
             "## changefeed benchmark{}\n",
             if self.quick { " (--quick)" } else { "" }
         );
-        let _ = writeln!(md, "{}\n", machine());
+        let _ = writeln!(md, "{}\n", machine(&self.load_at_start));
         let _ = writeln!(
             md,
             "| Scenario | Setup | Metric | changefeed | Peer | Peer value | changefeed / peer |"
@@ -192,6 +195,11 @@ impl Report {
             out.join("results.md").display(),
             out.join("latency.svg").display()
         );
+        self.rows
+            .iter()
+            .flat_map(|row| [&row.ours, &row.theirs])
+            .filter(|cell| matches!(cell, Cell::Error(_)))
+            .count()
     }
 
     /// Grouped horizontal bars (p50, p99, max) per latency run, on a log scale in ms.
@@ -297,7 +305,13 @@ fn escape(text: &str) -> String {
 }
 
 /// CPU count, model and load average, for the report header.
-fn machine() -> String {
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn machine(load_at_start: &str) -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -309,8 +323,6 @@ fn machine() -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
         })
         .unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
-    format!("Machine: {cpus} CPUs ({model}); load average at the end: {load}. Loopback only; server, load generator and writers share the machine.")
+    let load = load_average();
+    format!("Machine: {cpus} CPUs ({model}); load average at the start: {load_at_start}, at the end: {load}. Loopback only; server, load generator and writers share the machine.")
 }

@@ -77,11 +77,14 @@ async fn paced_inner(
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut report = WriterReport::default();
     let start = tokio::time::Instant::now();
+    // Bounded in time too: a sink slower than `rate` stops at twice the planned duration (+2 s).
+    let deadline = start + period.mul_f64(count as f64 * 2.0) + Duration::from_secs(2);
+    let stop = move || stop.load(Ordering::Relaxed) || tokio::time::Instant::now() > deadline;
     match sink {
         Sink::Sqlx(db) => {
             let mut conn = sqlx_connect(&db).await?;
             for i in 0..count {
-                if stop.load(Ordering::Relaxed) {
+                if stop() {
                     break;
                 }
                 tokio::time::sleep_until(start + period.mul_f64(i as f64)).await;
@@ -114,7 +117,7 @@ async fn paced_inner(
                 .await
                 .map_err(|e| e.to_string())?;
             for i in 0..count {
-                if stop.load(Ordering::Relaxed) {
+                if stop() {
                     break;
                 }
                 tokio::time::sleep_until(start + period.mul_f64(i as f64)).await;
@@ -122,11 +125,14 @@ async fn paced_inner(
                     "INSERT INTO change_log (project_id, event_type, payload) VALUES ('bench', 'bench_tick', '{}');\n",
                     payload(unix_micros(), i, size)
                 );
-                stdin
-                    .write_all(line.as_bytes())
+                let write = async {
+                    stdin.write_all(line.as_bytes()).await?;
+                    stdin.flush().await
+                };
+                tokio::time::timeout(Duration::from_secs(10), write)
                     .await
+                    .map_err(|_| "sqlite3 stopped reading its input for 10 s".to_string())?
                     .map_err(|e| format!("sqlite3 stdin: {e}"))?;
-                stdin.flush().await.map_err(|e| e.to_string())?;
                 report.written += 1;
             }
             drop(stdin);
@@ -147,7 +153,7 @@ async fn paced_inner(
                 .await
                 .map_err(|e| format!("nchan publisher: {e}"))?;
             for i in 0..count {
-                if stop.load(Ordering::Relaxed) {
+                if stop() {
                     break;
                 }
                 tokio::time::sleep_until(start + period.mul_f64(i as f64)).await;
@@ -170,7 +176,9 @@ async fn paced_inner(
 
 /// Writes as fast as the subscribers keep up: never more than `window` events ahead of the
 /// average subscriber (`shared.events / subscribers`), until `duration` is over. sqlx writes go
-/// in transactions of `batch` rows; Nchan gets `publishers` concurrent keep-alive POSTers.
+/// in transactions of 100 rows; Nchan gets `BENCH_NCHAN_PUBLISHERS` (default 1, like the single SQLite writer;
+/// more were slower on 2 cores) concurrent
+/// keep-alive POSTers.
 pub fn flow_controlled(
     sink: Sink,
     shared: Arc<Shared>,
@@ -212,7 +220,11 @@ pub fn flow_controlled(
                     }
                 }
                 Sink::Nchan(addr, channel) => {
-                    let publishers = 4;
+                    let publishers: usize = std::env::var("BENCH_NCHAN_PUBLISHERS")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1)
+                        .max(1);
                     let mut tasks = Vec::new();
                     for _ in 0..publishers {
                         let mut publisher = Publisher::connect(addr, &format!("/pub/{channel}"))
