@@ -395,4 +395,21 @@ mod tests {
         assert!(check_database_url("sqlite://changefeed.db").is_ok());
         assert!(check_database_url("sqlite:changefeed.db").is_ok());
     }
+
+    #[test]
+    fn client_subcommands_parse() {
+        let cli = Cli::try_parse_from(["changefeed", "tail", "--project", "a", "--types", "pr_*"])
+            .unwrap();
+        let Command::Tail(args) = cli.command else {
+            panic!("tail expected");
+        };
+        assert_eq!(args.projects, ["a"]);
+        let cli =
+            Cli::try_parse_from(["changefeed", "contract-service", "--port", "8111"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::ContractService(ContractServiceArgs { port: 8111 })
+        ));
+        assert!(Cli::try_parse_from(["changefeed", "contract-service"]).is_err());
+    }
 }

@@ -185,6 +185,10 @@ enum Fault {
     Crash,
     Restart,
     Latency(usize, u64),
+    /// Partition the server from every client.
+    Isolate,
+    /// Repair every server–client link.
+    Heal,
 }
 
 struct ClientPlan {
@@ -540,13 +544,17 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
     // Faults, chosen up front, all over by `quiet_at`.
     let mut faults: Vec<(Duration, Fault)> = Vec::new();
     let horizon = quiet_at.as_millis() as u64 + 1;
-    for _ in 0..rng.range(0, 6) {
+    for _ in 0..rng.range(0, 8) {
         let at = rng.below(horizon);
         let length = rng.range(50, 8_000);
         let end = Duration::from_millis((at + length).min(horizon));
         let at = Duration::from_millis(at);
         let c = rng.below(client_count as u64) as usize;
-        match rng.below(5) {
+        match rng.below(6) {
+            5 => {
+                faults.push((at, Fault::Isolate));
+                faults.push((end, Fault::Heal));
+            }
             0 => {
                 faults.push((at, Fault::Partition(c)));
                 faults.push((end, Fault::Repair(c)));
@@ -588,6 +596,15 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
                     Fault::Repair(c) => sim.repair(SERVER, format!("c{c}")),
                     Fault::Hold(c) => sim.hold(SERVER, format!("c{c}")),
                     Fault::Release(c) => sim.release(SERVER, format!("c{c}")),
+                    Fault::Isolate | Fault::Heal => {
+                        for c in 0..client_count {
+                            if matches!(fault, Fault::Isolate) {
+                                sim.partition(SERVER, format!("c{c}"));
+                            } else {
+                                sim.repair(SERVER, format!("c{c}"));
+                            }
+                        }
+                    }
                     Fault::Crash => {
                         if server_up {
                             sim.crash(SERVER);

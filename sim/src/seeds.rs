@@ -13,6 +13,12 @@ pub fn seeds() -> Vec<u64> {
     {
         return vec![seed];
     }
+    budget()
+}
+
+/// The run's seed budget, `0..SIM_SEEDS`, ignoring `SIM_SEED` (the mutant checks need a budget
+/// even while one seed is being replayed).
+pub fn budget() -> Vec<u64> {
     let count = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|text| text.trim().parse::<u64>().ok())

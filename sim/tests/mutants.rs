@@ -6,12 +6,12 @@
 
 use changefeed_sim::assembled::Variant;
 use changefeed_sim::scenario::{run, Options, ServerKind};
-use changefeed_sim::seeds::seeds;
+use changefeed_sim::seeds::{budget, seeds};
 use changefeed_sim::store::StoreFault;
 
 /// The first seed (of the budget) whose run fails, and why.
 fn first_detection(server: ServerKind, store_fault: StoreFault) -> Option<(u64, String)> {
-    seeds().into_iter().find_map(|seed| {
+    budget().into_iter().find_map(|seed| {
         run(Options {
             seed,
             server,
@@ -26,7 +26,7 @@ fn first_detection(server: ServerKind, store_fault: StoreFault) -> Option<(u64, 
 /// Asserts that some seed of the budget fails, and that it fails by the invariant the bug
 /// breaks (`expected` appears in the violation), not by some unrelated error.
 fn assert_caught(name: &str, server: ServerKind, store_fault: StoreFault, expected: &str) {
-    let budget = seeds().len();
+    let budget = budget().len();
     match first_detection(server, store_fault) {
         Some((seed, message)) => {
             println!("sim: mutant {name:?} caught at seed {seed}: {message}");
