@@ -186,15 +186,35 @@ impl<S> AppState<S> {
     }
 }
 
-/// The routes: `GET /api/v1/events`, `GET /healthz`, `GET /metrics`; JSON 404 and 405 otherwise.
+/// The live viewer: one static page that follows the public endpoint with `EventSource`.
+const VIEWER_PAGE: &str = include_str!("../static/viewer.html");
+
+/// The routes: `GET /` (the live viewer page), `GET /api/v1/events`, `GET /healthz`,
+/// `GET /metrics`; JSON 404 and 405 otherwise.
 pub fn app<S: Store>(state: AppState<S>) -> Router {
     Router::new()
+        .route("/", get(viewer))
         .route("/api/v1/events", get(events::<S>))
         .route("/healthz", get(healthz::<S>))
         .route("/metrics", get(metrics::<S>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+async fn viewer() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // The page loads nothing from elsewhere and inserts feed data only as text.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        VIEWER_PAGE,
+    )
 }
 
 /// Serves [`app`] on `listener` until the state's shutdown signal fires, then lets open streams

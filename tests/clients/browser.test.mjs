@@ -9,6 +9,16 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { Server, addProject, addSessions, waitFor } from "./harness.mjs";
 
+/** Debian's Chromium with a fresh profile; no browser download, no background networking. */
+function launch(profile) {
+  return chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+      "--no-first-run", "--disable-component-update", "--disable-sync"],
+  });
+}
+
 test("viewer page survives a server restart with no loss or duplicate", async () => {
   const server = new Server();
   const profile = mkdtempSync(join(tmpdir(), "changefeed-chromium-"));
@@ -17,19 +27,17 @@ test("viewer page survives a server restart with no loss or duplicate", async ()
     await server.start();
     addProject(server, "p1");
     addProject(server, "p2");
-    browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-        `--user-data-dir=${profile}`],
-    });
+    browser = await launch(profile);
     const page = await browser.newPage();
     await page.goto(`${server.url}/?projects=p1`);
     await page.waitForFunction(() => window.changefeed && window.changefeed.ready === 1);
 
     addSessions(server, "p1", 5);
     addSessions(server, "p2", 3);
-    addSessions(server, "p1", 1, `<img src=x onerror="document.title='pwned'">`);
+    // A session_updated payload carrying markup: the page must show it as text.
+    addSessions(server, "p1", 1);
+    server.sql(`UPDATE sessions SET display_name = '<img src=x onerror="document.title=''pwned''">'
+      WHERE rowid = (SELECT max(rowid) FROM sessions WHERE project_id = 'p1');`);
     const before = server.seqs("project_id = 'p1'");
     await page.waitForFunction((n) => window.changefeed.received.length >= n, before.length);
 
@@ -66,11 +74,7 @@ test("viewer page shows a visible notice on changefeed.reset", async () => {
     await server.start();
     addProject(server, "p1");
     addSessions(server, "p1", 2);
-    browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        `--user-data-dir=${profile}`],
-    });
+    browser = await launch(profile);
     const page = await browser.newPage();
     await page.goto(`${server.url}/?projects=p1`);
     await page.waitForFunction(() => window.changefeed && window.changefeed.ready === 1);

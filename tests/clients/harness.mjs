@@ -83,12 +83,11 @@ export class Server {
 
 let counter = 0;
 /** Inserts `n` sessions (one session_created event each) for `project`, via the sqlite3 CLI. */
-export function addSessions(server, project, n, displayName = null) {
+export function addSessions(server, project, n) {
   const rows = [];
   for (let i = 0; i < n; i++) {
     counter += 1;
-    const name = displayName === null ? "NULL" : `'${displayName.replaceAll("'", "''")}'`;
-    rows.push(`INSERT INTO sessions (id, project_id, display_name) VALUES ('${project}-s${process.pid}-${counter}', '${project}', ${name});`);
+    rows.push(`INSERT INTO sessions (id, project_id) VALUES ('${project}-s${process.pid}-${counter}', '${project}');`);
   }
   server.sql(`BEGIN; ${rows.join(" ")} COMMIT;`);
 }
