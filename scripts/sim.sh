@@ -2,9 +2,10 @@
 # The deterministic simulation (sim/): the real server and client on turmoil under seeded
 # faults, the determinism proof and the planted-bug (mutant) checks.
 #
-#   scripts/sim.sh                        # CI: seeds 0..SIM_SEEDS-1 (default 200)
+#   scripts/sim.sh                        # CI: 200 seeds (100 fixed, 100 random; the base is printed)
 #   SIM_SEEDS=10000 scripts/sim.sh        # a long exploration run
 #   SIM_SEED=1234 scripts/sim.sh          # replay one seed (SIM_TRACE=1 prints its whole trace)
+#   SIM_SEED_BASE=<n> scripts/sim.sh      # repeat a run's random seeds
 #
 # Built with --cfg tokio_unstable (turmoil then seeds tokio's RNG and forwards host panics) in
 # its own target directory, so the different RUSTFLAGS never invalidate the main build cache.
@@ -18,7 +19,7 @@ export CARGO_TARGET_DIR=target/sim
 if [ -n "${SIM_SEED:-}" ]; then
   echo "sim: replaying seed $SIM_SEED"
 else
-  echo "sim: seeds 0..$((SIM_SEEDS - 1))"
+  echo "sim: $SIM_SEEDS seeds per scenario"
 fi
 started=$SECONDS
 cargo build --profile fast -p changefeed-sim --tests --quiet

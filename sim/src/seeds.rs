@@ -1,27 +1,53 @@
-//! Which seeds a test runs: `SIM_SEED=<n>` runs exactly one; otherwise a fixed set plus
-//! `SIM_SEEDS` (default [`DEFAULT_SEEDS`]) seeds derived from the fixed base, so CI runs the
-//! same seeds every time and a long run (`SIM_SEEDS=10000`) explores more.
+//! Which seeds a test runs.
+//!
+//! - `SIM_SEED=<n>`: exactly that seed (a replay).
+//! - Otherwise `SIM_SEEDS` seeds (default [`DEFAULT_SEEDS`]): the fixed seeds `0..`
+//!   (at most [`FIXED_SEEDS`] of them, so CI always covers the same ground), then fresh random
+//!   seeds drawn from a base taken from the clock, or from `SIM_SEED_BASE` to repeat a run. The
+//!   base is printed; every failure prints its own seed and the `SIM_SEED=...` replay command.
 
-/// Seeds run when neither variable is set.
+use crate::rng::Rng;
+
+/// Seeds run when neither variable is set (plain `cargo test` / nextest; `scripts/sim.sh`
+/// sets more).
 pub const DEFAULT_SEEDS: u64 = 24;
+
+/// The fixed seeds at the start of every run.
+pub const FIXED_SEEDS: u64 = 100;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name)
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+}
 
 /// The seeds to run.
 pub fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("SIM_SEED")
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok())
-    {
+    if let Some(seed) = env_u64("SIM_SEED") {
         return vec![seed];
     }
-    budget()
+    let count = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let fixed = count.min(FIXED_SEEDS);
+    let mut seeds: Vec<u64> = (0..fixed).collect();
+    if count > fixed {
+        let base = env_u64("SIM_SEED_BASE").unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+        });
+        println!(
+            "sim: {fixed} fixed seeds, then {} random seeds from SIM_SEED_BASE={base}",
+            count - fixed
+        );
+        let mut rng = Rng::new(base);
+        // Random seeds above the fixed range, so the two never overlap.
+        seeds.extend((fixed..count).map(|_| FIXED_SEEDS + rng.next_u64() % (u64::MAX / 2)));
+    }
+    seeds
 }
 
-/// The run's seed budget, `0..SIM_SEEDS`, ignoring `SIM_SEED` (the mutant checks need a budget
-/// even while one seed is being replayed).
+/// The run's fixed seed budget, `0..SIM_SEEDS`, ignoring `SIM_SEED` (the mutant checks need a
+/// reproducible budget, also while one seed is being replayed).
 pub fn budget() -> Vec<u64> {
-    let count = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .unwrap_or(DEFAULT_SEEDS);
-    (0..count).collect()
+    (0..env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect()
 }
