@@ -59,11 +59,6 @@ pub struct Options {
     pub server: ServerKind,
     /// A planted store bug.
     pub store_fault: StoreFault,
-    /// Let retention prune rows the server has not published yet (above the published mark).
-    /// The product's janitor does this today, and live subscribers then skip the pruned rows
-    /// without a reset (a contract violation, reported); off by default so the other
-    /// invariants stay testable. `SIM_PRUNE_UNPUBLISHED=1` turns it on for [`Options::real`].
-    pub prune_unpublished: bool,
 }
 
 impl Options {
@@ -73,7 +68,6 @@ impl Options {
             seed,
             server: ServerKind::Real,
             store_fault: StoreFault::None,
-            prune_unpublished: std::env::var_os("SIM_PRUNE_UNPUBLISHED").is_some(),
         }
     }
 }
@@ -391,7 +385,6 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
     let writers_done = Arc::new(AtomicUsize::new(0));
     let clients_done = Arc::new(AtomicUsize::new(0));
     let prune_keep = rng.chance(35).then(|| rng.range(5, 60));
-    let prune_unpublished = options.prune_unpublished;
     let mut write_until = Duration::ZERO;
     for w in 0..writers {
         let mut wrng = rng.fork();
@@ -419,19 +412,8 @@ pub fn run(options: Options) -> Result<Outcome, Box<Failure>> {
                 }
                 if let Some(keep) = prune_keep {
                     if wrng.chance(30) {
-                        // Never above the published mark, unless asked to show the race.
-                        let unpublished = store
-                            .inner
-                            .bounds()
-                            .await?
-                            .head
-                            .0
-                            .saturating_sub(store.inner.published().0);
-                        let keep = if prune_unpublished {
-                            keep
-                        } else {
-                            keep.max(unpublished)
-                        };
+                        // The store itself never prunes above its published mark (a
+                        // row live subscribers were not sent yet); the checks would see it.
                         let retention = Retention {
                             days: None,
                             rows: Some(keep),

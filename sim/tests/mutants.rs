@@ -16,7 +16,6 @@ fn first_detection(server: ServerKind, store_fault: StoreFault) -> Option<(u64, 
             seed,
             server,
             store_fault,
-            prune_unpublished: false,
         })
         .err()
         .map(|failure| (seed, failure.message))
@@ -86,7 +85,6 @@ fn assembled_control_passes() {
             seed,
             server: ServerKind::Assembled(Variant::Correct),
             store_fault: StoreFault::None,
-            prune_unpublished: false,
         }) {
             panic!(
                 "the assembled shell without a planted bug failed: {failure}\nreplay with: \

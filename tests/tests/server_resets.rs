@@ -12,6 +12,7 @@ use changefeed::store::sqlite::SqliteStore;
 use changefeed::store::{Retention, Store};
 use changefeed::ServerConfig;
 use changefeed_core::sse::Item;
+use changefeed_core::Seq;
 use changefeed_tests::{
     data_json, log_rows, project_sql, seq_of, session_sql, sqlite_url, within, SseStream,
     TestServer,
@@ -94,6 +95,19 @@ async fn cursor_below_the_retention_floor_resets() {
         days: None,
         rows: Some(2),
     };
+    // Retention only removes rows the tailer has durably marked as published (within a second).
+    within("the tailer to mark all rows published", async {
+        loop {
+            let mut changes = server.store.changes();
+            if server.store.published().await.unwrap() >= Seq(10) {
+                break;
+            }
+            // The mark is written by the tailer's own commit; re-check on each change (the
+            // bounded wait only guards against a wake-up the watch does not report).
+            let _ = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
+        }
+    })
+    .await;
     assert_eq!(server.store.prune(keep_two, 500).await.unwrap(), 8);
     assert_eq!(server.store.bounds().await.unwrap().floor.0, 8);
     let requested = server.cursor(3);

@@ -763,6 +763,10 @@ async fn prune_deletes_small_batches_by_age_and_by_count_and_raises_the_floor() 
         days: Some(1),
         rows: None,
     };
+    // Nothing above the published mark goes: live subscribers have not been sent it yet.
+    assert_eq!(store.prune(by_age, 10).await.unwrap(), 0);
+    assert_eq!(floor(&store).await, Seq(0));
+    store.mark_published(Seq(10)).await.unwrap();
     assert_eq!(store.prune(by_age, 2).await.unwrap(), 2, "batch respected");
     assert_eq!(floor(&store).await, Seq(2));
     assert_eq!(store.prune(by_age, 2).await.unwrap(), 2);

@@ -300,6 +300,11 @@ impl Store for MemoryStore {
         // As in SQLite: only a prefix in seq order goes, so the floor stays exact.
         let mut last = None;
         for (index, (seq, stored)) in state.rows.iter().take(batch).enumerate() {
+            // Never above the published mark: live subscribers have not seen those rows, and
+            // deleting them would skip them without a reset.
+            if *seq > state.published {
+                break;
+            }
             let beyond_rows = retention
                 .rows
                 .is_some_and(|keep| (index as u64) < total.saturating_sub(keep));
@@ -528,7 +533,13 @@ mod tests {
             days: None,
             rows: Some(4),
         };
-        assert_eq!(store.prune(keep_four, 4).await.unwrap(), 4);
+        // Only up to the published mark: rows live subscribers were not sent yet stay.
+        assert_eq!(store.prune(keep_four, 10).await.unwrap(), 0);
+        store.mark_published(Seq(2)).await.unwrap();
+        assert_eq!(store.prune(keep_four, 10).await.unwrap(), 2);
+        assert_eq!(store.bounds().await.unwrap().floor, Seq(2));
+        store.mark_published(Seq(10)).await.unwrap();
+        assert_eq!(store.prune(keep_four, 2).await.unwrap(), 2);
         assert_eq!(store.bounds().await.unwrap().floor, Seq(4));
         assert_eq!(store.prune(keep_four, 4).await.unwrap(), 2);
         assert_eq!(store.bounds().await.unwrap().floor, Seq(6));
@@ -551,6 +562,7 @@ mod tests {
             days: Some(1),
             rows: None,
         };
+        store.mark_published(Seq(3)).await.unwrap();
         assert_eq!(store.prune(one_day, 1).await.unwrap(), 1);
         assert_eq!(store.prune(one_day, 10).await.unwrap(), 1);
         assert_eq!(store.prune(one_day, 10).await.unwrap(), 0);

@@ -94,6 +94,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// newest `retain_rows`) and raises the floor to the highest seq deleted. Returns how many
     /// rows were deleted (0 when nothing is due). Implementations delete a prefix in seq order,
     /// stopping at the first row retention keeps, so no row above the floor is ever pruned.
+    /// Rows above the published mark ([`Store::mark_published`]) are never pruned: live
+    /// subscribers have not been sent them, and deleting them would skip them without a reset.
     fn prune(
         &self,
         retention: Retention,

@@ -350,12 +350,14 @@ impl Store for SqliteStore {
         // One short write transaction touching at most `batch` rows.
         let mut transaction = begin_immediate(&self.inner.write).await?;
         // julianday() reads both our RFC 3339 text and SQLite's 'YYYY-MM-DD HH:MM:SS'; text it
-        // cannot read is never due by age.
+        // cannot read is never due by age. A row above the published mark is never due: live
+        // subscribers have not seen it yet, and deleting it would skip it without a reset.
         let age_modifier = retention.days.map(|days| format!("-{days} days"));
         let oldest: Vec<(i64, bool)> = sqlx::query_as(
             "SELECT seq, \
-                 COALESCE(seq <= ?1, 0) \
-                 OR COALESCE(julianday(created_at) < julianday('now', ?2), 0) \
+                 seq <= (SELECT CAST(value AS INTEGER) FROM changefeed_meta WHERE key = 'published') \
+                 AND (COALESCE(seq <= ?1, 0) \
+                      OR COALESCE(julianday(created_at) < julianday('now', ?2), 0)) \
              FROM change_log ORDER BY seq LIMIT ?3",
         )
         .bind(rows_cutoff)
