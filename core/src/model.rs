@@ -527,12 +527,12 @@ impl Harness {
             Action::DeliverLive => {
                 if let Some(event) = self.connection.live.pop_front() {
                     self.connection.last_live = Some(event.clone());
-                    self.connection.subscription.handle_live(event, self.now);
+                    self.connection.subscription.handle_live(&event, self.now);
                 }
             }
             Action::DuplicateLive => {
                 if let Some(event) = self.connection.last_live.clone() {
-                    self.connection.subscription.handle_live(event, self.now);
+                    self.connection.subscription.handle_live(&event, self.now);
                 }
             }
             Action::Lag(n) => {

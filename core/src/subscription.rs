@@ -379,8 +379,9 @@ impl Subscription {
     }
 
     /// A live event from the broadcaster (in publish order; duplicates and events already
-    /// covered by replay are dropped here).
-    pub fn handle_live(&mut self, event: Event, now: Duration) {
+    /// covered by replay are dropped here). Borrowed: the broadcaster's copy is shared by every
+    /// subscriber, and only a matching event's frame (or a held event) is cloned.
+    pub fn handle_live(&mut self, event: &Event, now: Duration) {
         self.expire(now);
         if event.seq <= self.live_high.max(self.scanned) {
             return;
@@ -394,7 +395,7 @@ impl Subscription {
                     if held.is_empty() {
                         *target = Some(event.seq.prev());
                     }
-                    held.push_back(event);
+                    held.push_back(event.clone());
                 } else {
                     held.clear();
                     *target = None;
@@ -406,13 +407,13 @@ impl Subscription {
     }
 
     /// Emits a live event above `scanned` (in the Live phase, or held events on joining).
-    fn forward_live(&mut self, event: Event, now: Duration) {
+    fn forward_live(&mut self, event: &Event, now: Duration) {
         if event.seq <= self.scanned {
             return;
         }
         self.scanned = event.seq;
         if self.filter.matches(&event.project_id, &event.kind) {
-            self.emit_change(event.frame, now);
+            self.emit_change(event.frame.clone(), now);
         }
     }
 
@@ -506,7 +507,7 @@ impl Subscription {
                     Some(target) if self.scanned >= target => {
                         let held = std::mem::take(held);
                         self.state = State::Live;
-                        for event in held {
+                        for event in &held {
                             self.forward_live(event, now);
                         }
                         if !self.ready_sent {

@@ -129,7 +129,10 @@ fn run_script(script: &str) -> String {
                 match command {
                     "live" => {
                         let seq = number(parts.next().unwrap());
-                        sub.handle_live(row(seq, parts.next().unwrap(), parts.next().unwrap()), now)
+                        sub.handle_live(
+                            &row(seq, parts.next().unwrap(), parts.next().unwrap()),
+                            now,
+                        )
                     }
                     "lagged" => sub.handle_lagged(now),
                     "timeout" => sub.handle_timeout(now),

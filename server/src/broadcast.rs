@@ -12,7 +12,7 @@
 //! the publisher never waits for anybody, so memory is bounded by the ring whatever a client
 //! does.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use changefeed_core::{Event, Seq};
 use tokio::sync::broadcast;
@@ -29,8 +29,12 @@ pub struct Broadcaster {
 #[derive(Debug)]
 struct Inner {
     published: Seq,
-    sender: broadcast::Sender<Event>,
+    sender: broadcast::Sender<LiveEvent>,
 }
+
+/// What subscribers receive: one shared allocation per event, so handing an event to each of
+/// N subscribers costs one reference-count increment each (not one per field).
+pub type LiveEvent = Arc<Event>;
 
 impl Broadcaster {
     /// A feed whose last published seq is `published` (the log's head when the server starts:
@@ -48,7 +52,7 @@ impl Broadcaster {
     }
 
     /// A receiver of every event published from now on, and `P` read atomically with it.
-    pub fn subscribe(&self) -> (broadcast::Receiver<Event>, Seq) {
+    pub fn subscribe(&self) -> (broadcast::Receiver<LiveEvent>, Seq) {
         let inner = self.lock();
         (inner.sender.subscribe(), inner.published)
     }
@@ -68,7 +72,7 @@ impl Broadcaster {
         }
         inner.published = event.seq;
         // An error only means nobody is subscribed right now.
-        let _ = inner.sender.send(event);
+        let _ = inner.sender.send(Arc::new(event));
     }
 
     /// `P`: the last published seq.

@@ -40,7 +40,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::broadcast::Receiver;
 use tokio::time::Instant;
 
-use crate::broadcast::{Broadcaster, DEFAULT_CAPACITY};
+use crate::broadcast::{Broadcaster, LiveEvent, DEFAULT_CAPACITY};
 use crate::janitor::JanitorConfig;
 use crate::metrics::{Metrics, SubscriberGuard};
 use crate::shutdown::ShutdownSignal;
@@ -450,7 +450,7 @@ async fn events<S: Store>(
 struct EventStream<S: Store> {
     subscription: Subscription,
     filter: Filter,
-    receiver: Receiver<Event>,
+    receiver: Receiver<LiveEvent>,
     state: AppState<S>,
     shutdown: ShutdownSignal,
     /// A fetch taken from the subscription but not yet answered (answered after the frames
@@ -557,7 +557,7 @@ impl<S: Store> EventStream<S> {
                     let now = self.state.now();
                     match received {
                         Ok(event) => {
-                            self.subscription.handle_live(event, now);
+                            self.subscription.handle_live(&event, now);
                             self.take_ready_events(now);
                         }
                         Err(RecvError::Lagged(_)) => self.subscription.handle_lagged(now),
@@ -576,7 +576,7 @@ impl<S: Store> EventStream<S> {
     fn take_ready_events(&mut self, now: Duration) {
         for _ in 0..self.state.config().live_drain {
             match self.receiver.try_recv() {
-                Ok(event) => self.subscription.handle_live(event, now),
+                Ok(event) => self.subscription.handle_live(&event, now),
                 Err(TryRecvError::Lagged(_)) => self.subscription.handle_lagged(now),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => break,
             }

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use changefeed::broadcast::Broadcaster;
+use changefeed::broadcast::{Broadcaster, LiveEvent};
 use changefeed::store::Store;
 use changefeed_core::{
     Event, EventsQuery, Filter, LogPosition, Output, Phase, ReplayPage, Subscription,
@@ -139,7 +139,7 @@ struct Stream<S> {
     state: Arc<Assembled<S>>,
     filter: Filter,
     subscription: Subscription,
-    receiver: Receiver<Event>,
+    receiver: Receiver<LiveEvent>,
     /// A frame the bypassing variant writes itself.
     raw: Option<Bytes>,
 }
@@ -192,7 +192,7 @@ impl<S: Store> Stream<S> {
                                             self.raw = Some(event.frame.clone());
                                         }
                                     } else {
-                                        self.subscription.handle_live(event, now);
+                                        self.subscription.handle_live(&event, now);
                                     }
                                 }
                                 Err(RecvError::Lagged(_)) => self.subscription.handle_lagged(now),
