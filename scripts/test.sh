@@ -12,8 +12,9 @@ step() { printf '\n==> %s (%ds)\n' "$*" "$((SECONDS - started))"; }
 step "toolchain and system packages"
 scripts/install-deps.sh
 
-step "cargo fmt --check"
+step "cargo fmt --check (workspace and the fuzz crate outside it)"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 
 step "clippy -D warnings"
 cargo clippy --workspace --all-targets --profile fast -- -D warnings
