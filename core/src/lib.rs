@@ -34,5 +34,5 @@ pub use position::{Cursor, CursorError, Epoch, Seq};
 pub use request::{ErrorCode, EventsQuery, RequestError, Start};
 pub use subscription::{
     FetchRequest, LogPosition, Output, Phase, ReplayPage, ResetReason, Subscription,
-    SubscriptionConfig, TimeoutReason,
+    SubscriptionConfig, TimeoutReason, READY_EVENT, RESET_EVENT,
 };

@@ -172,6 +172,22 @@ impl EventsQuery {
     }
 }
 
+impl EventsQuery {
+    /// [`EventsQuery::start`] for the header's raw bytes: a value that is not UTF-8 cannot be a
+    /// cursor, so it is malformed (a reset), never a reason to ignore the header.
+    pub fn start_from_header(&self, last_event_id: Option<&[u8]>) -> Start {
+        match last_event_id {
+            None => self.start(None),
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => self.start(Some(text)),
+                Err(_) => Start::Invalid {
+                    raw: String::from_utf8_lossy(bytes).into_owned(),
+                },
+            },
+        }
+    }
+}
+
 /// Where a subscription starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
@@ -289,5 +305,13 @@ mod tests {
             }
         );
         assert_eq!(EventsQuery::parse(None).unwrap().start(None), Start::Head);
+        assert_eq!(
+            query.start_from_header(Some(b"12\xff")),
+            Start::Invalid {
+                raw: "12\u{fffd}".into()
+            }
+        );
+        assert_eq!(query.start_from_header(Some(b"0000000000000001:9")), at(9));
+        assert_eq!(query.start_from_header(None), query.start(None));
     }
 }

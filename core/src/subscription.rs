@@ -43,6 +43,11 @@ use crate::position::{Cursor, Epoch, Seq};
 use crate::request::Start;
 use crate::sse::FrameBuilder;
 
+/// The event name of the frame that says a cursor could not be honoured.
+pub const RESET_EVENT: &str = "changefeed.reset";
+/// The event name of the frame that says replay caught up and the stream is live.
+pub const READY_EVENT: &str = "changefeed.ready";
+
 /// Tunables of one subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionConfig {
@@ -479,7 +484,7 @@ impl Subscription {
         );
         frame
             .id(&after)
-            .event("changefeed.reset")
+            .event(RESET_EVENT)
             .data_line(data.as_bytes())
             .finish()
     }
@@ -549,7 +554,7 @@ impl Subscription {
         );
         FrameBuilder::new()
             .id(&after)
-            .event("changefeed.ready")
+            .event(READY_EVENT)
             .data_line(data.as_bytes())
             .finish()
     }

@@ -34,7 +34,7 @@ use bytes::{Bytes, BytesMut};
 use changefeed_core::subscription::SubscriptionStats;
 use changefeed_core::{
     Epoch, ErrorCode, Event, EventsQuery, FetchRequest, Filter, LogPosition, Output, ReplayPage,
-    RequestError, Start, Subscription, SubscriptionConfig,
+    RequestError, Subscription, SubscriptionConfig,
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::broadcast::Receiver;
@@ -367,16 +367,7 @@ async fn events<S: Store>(
             Err(error) => return unavailable(state.metrics(), &error),
         }
     }
-    let start = match headers.get("last-event-id") {
-        None => query.start(None),
-        Some(value) => match std::str::from_utf8(value.as_bytes()) {
-            Ok(text) => query.start(Some(text)),
-            // Not text at all: malformed, answered with a reset like any other bad header.
-            Err(_) => Start::Invalid {
-                raw: String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            },
-        },
-    };
+    let start = query.start_from_header(headers.get("last-event-id").map(|v| v.as_bytes()));
 
     // Subscribe first, learning P atomically with it; then read the bounds (head >= P).
     let (receiver, published) = state.feed().subscribe();

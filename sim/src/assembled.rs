@@ -85,10 +85,7 @@ async fn events<S: Store>(
             Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "{}".into()),
         }
     }
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok());
-    let start = query.start(last_event_id);
+    let start = query.start_from_header(headers.get("last-event-id").map(|v| v.as_bytes()));
     let (receiver, published, bounds) = match state.variant {
         Variant::SubscribeLate => {
             let Ok(bounds) = state.store.bounds().await else {

@@ -908,7 +908,7 @@ impl AnyClient {
                     SseItem::Event(event) => {
                         let id = event.last_event_id;
                         match event.event_type.as_str() {
-                            "changefeed.reset" => {
+                            changefeed_core::RESET_EVENT => {
                                 let data: serde_json::Value =
                                     serde_json::from_str(&event.data).unwrap_or_default();
                                 Seen::Reset {
@@ -917,7 +917,7 @@ impl AnyClient {
                                     reason: data["reason"].as_str().unwrap_or("").to_owned(),
                                 }
                             }
-                            "changefeed.ready" => Seen::Ready { id },
+                            changefeed_core::READY_EVENT => Seen::Ready { id },
                             _ => Seen::Change {
                                 id,
                                 kind: event.event_type,

@@ -8,10 +8,7 @@ use serde::Deserialize;
 use super::source::{Disconnect, EventSource, SseItem};
 use super::{ClientConfig, ClientError, Connector};
 
-/// The event type of the reset control frame.
-const RESET: &str = "changefeed.reset";
-/// The event type of the ready control frame.
-const READY: &str = "changefeed.ready";
+use changefeed_core::{READY_EVENT as READY, RESET_EVENT as RESET};
 
 /// One change from the log, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
