@@ -1,11 +1,15 @@
-//! The in-memory store of the deterministic simulation: the same [`Store`] contract as SQLite,
-//! with no IO, no threads and no clock but `tokio::time`.
+//! The simulation's durable log: an in-memory [`Store`] keeping the same contract as SQLite
+//! (proven by the same conformance suite, `tests/store_conformance.rs`), with no IO, no threads
+//! and no clock but `tokio::time`.
 //!
 //! A [`MemoryStore`] is a cheap [`Clone`] handle over one shared log, so the log outlives a
 //! simulated server crash: the simulation keeps a handle, hands clones to each incarnation of the
 //! server, writes through [`MemoryStore::append`] as the domain writers' triggers would, and
-//! calls [`MemoryStore::restart`] when a server comes back (the start-up epoch rule of
-//! [`SqliteStore::open`](super::sqlite::SqliteStore::open)).
+//! calls [`MemoryStore::restart`] when a server comes back (the store contract's start-up epoch
+//! rule, [`epoch_at_start`]).
+//!
+//! One writer at a time (appends take the lock), so the watermark is the highest seq allocated,
+//! as on SQLite.
 //!
 //! Determinism: state sits behind one `std::sync::Mutex` never held across an `.await`; rows and
 //! projects live in ordered maps (no hash iteration decides anything); a rotated epoch is derived
@@ -15,12 +19,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use changefeed::metrics::parse_timestamp_millis;
+use changefeed::store::{
+    epoch_at_start, prunable_prefix, ChangeNotifier, ChangeWatch, EpochDecision, LogBounds,
+    PruneCandidate, Retention, Rows, Store, StoreError,
+};
 use changefeed_core::filter::is_kind;
-use changefeed_core::{Epoch, EventRow, Filter, Seq};
-use tokio::sync::watch;
+use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, Seq};
 use tokio::time::Instant;
-
-use super::{bump, ChangeWatch, LogBounds, Retention, Store, StoreError, WindowRows};
 
 /// 2026-01-01T00:00:00Z in Unix milliseconds: the wall-clock time the simulated clock starts at
 /// (the first time the store reads `tokio::time`), unless [`MemoryStore::with_wall_origin`]
@@ -36,7 +42,7 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    changes: watch::Sender<u64>,
+    changes: ChangeNotifier,
 }
 
 #[derive(Debug)]
@@ -46,19 +52,12 @@ struct State {
     head: u64,
     published: u64,
     floor: u64,
-    rows: BTreeMap<u64, StoredRow>,
+    rows: BTreeMap<u64, EventRow>,
     projects: BTreeSet<String>,
     wall_origin_ms: u64,
     /// The `tokio::time` instant that [`State::wall_origin_ms`] corresponds to, fixed at the first
     /// read of the clock.
     clock_origin: Option<Instant>,
-}
-
-#[derive(Debug)]
-struct StoredRow {
-    row: EventRow,
-    /// When it was appended, as time since `clock_origin` (what the age rule of `prune` reads).
-    age_origin: Duration,
 }
 
 impl State {
@@ -67,6 +66,13 @@ impl State {
         let now = Instant::now();
         let origin = *self.clock_origin.get_or_insert(now);
         now.saturating_duration_since(origin)
+    }
+
+    /// The simulated wall clock, in Unix milliseconds.
+    fn wall_ms(&mut self) -> u64 {
+        let elapsed = self.elapsed();
+        self.wall_origin_ms
+            .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
     }
 
     fn bounds(&self) -> LogBounds {
@@ -87,7 +93,7 @@ impl MemoryStore {
     /// An empty log whose `created_at` timestamps start at `wall_origin_ms` (Unix milliseconds)
     /// when the store first reads the clock, advancing with `tokio::time`.
     pub fn with_wall_origin(epoch: Epoch, wall_origin_ms: u64) -> MemoryStore {
-        let (changes, _) = watch::channel(0u64);
+        let changes = ChangeNotifier::default();
         MemoryStore {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -128,46 +134,55 @@ impl MemoryStore {
         kind: &str,
         payload_json: &str,
     ) -> Result<Seq, StoreError> {
+        self.append_at(project_id, session_id, kind, payload_json, None)
+    }
+
+    /// [`MemoryStore::append`] with the timestamp as a writer stored it (`None`: now).
+    pub fn append_at(
+        &self,
+        project_id: &str,
+        session_id: Option<&str>,
+        kind: &str,
+        payload_json: &str,
+        created_at: Option<&str>,
+    ) -> Result<Seq, StoreError> {
         if !is_kind(kind) {
-            return Err(StoreError(format!(
+            return Err(StoreError::fatal(format!(
                 "CHECK constraint failed: event_type {kind:?} is not [a-z][a-z0-9_]*"
             )));
         }
         if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(payload_json) {
-            return Err(StoreError(format!(
+            return Err(StoreError::fatal(format!(
                 "CHECK constraint failed: payload is not valid JSON ({error})"
             )));
         }
         let seq = {
             let mut state = self.state();
             if state.head >= Seq::MAX.0 {
-                return Err(StoreError("database or disk is full: seq exhausted".into()));
+                return Err(StoreError::transient(
+                    "database or disk is full: seq exhausted",
+                ));
             }
-            let elapsed = state.elapsed();
-            let created_at = rfc3339_millis(
-                state
-                    .wall_origin_ms
-                    .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)),
-            );
+            let created_at = match created_at {
+                Some(text) => text.to_owned(),
+                None => rfc3339_millis(state.wall_ms()),
+            };
             state.head += 1;
-            let seq = state.head;
+            let seq = Seq(state.head);
             state.rows.insert(
-                seq,
-                StoredRow {
-                    row: EventRow {
-                        seq: Seq(seq),
-                        project_id: project_id.to_owned(),
-                        session_id: session_id.map(str::to_owned),
-                        kind: kind.to_owned(),
-                        payload: payload_json.to_owned(),
-                        created_at,
-                    },
-                    age_origin: elapsed,
+                seq.0,
+                EventRow {
+                    seq,
+                    project_id: project_id.to_owned(),
+                    session_id: session_id.map(str::to_owned),
+                    kind: kind.to_owned(),
+                    payload: payload_json.to_owned(),
+                    created_at,
                 },
             );
-            Seq(seq)
+            seq
         };
-        bump(&self.shared.changes);
+        self.shared.changes.notify();
         Ok(seq)
     }
 
@@ -176,7 +191,7 @@ impl MemoryStore {
     pub fn delete(&self, seq: Seq) -> bool {
         let removed = self.state().rows.remove(&seq.0).is_some();
         if removed {
-            bump(&self.shared.changes);
+            self.shared.changes.notify();
         }
         removed
     }
@@ -190,24 +205,24 @@ impl MemoryStore {
             state.rows.split_off(&(to.0.saturating_add(1)));
             state.head = state.head.min(to.0);
         }
-        bump(&self.shared.changes);
+        self.shared.changes.notify();
     }
 
-    /// The start-up epoch rule, as [`SqliteStore::open`](super::sqlite::SqliteStore::open)
-    /// applies it: if head is below the published mark, the epoch rotates (derived from the old
-    /// one, deterministically), the mark resets to head and the floor is capped at head. Returns
-    /// whether the epoch rotated.
+    /// What a restarting server's store does at open: the start-up epoch rule
+    /// ([`epoch_at_start`]); a rotated epoch is derived from the old one, deterministically.
+    /// Returns whether the epoch rotated.
     pub fn restart(&self) -> bool {
         {
             let mut state = self.state();
-            if state.head >= state.published {
+            let decision = epoch_at_start(Seq(state.head), Seq(state.floor), Seq(state.published));
+            let EpochDecision::Rotate { published, floor } = decision else {
                 return false;
-            }
+            };
             state.epoch = Epoch(splitmix64(state.epoch.0));
-            state.published = state.head;
-            state.floor = state.floor.min(state.head);
+            state.published = published.0;
+            state.floor = floor.0;
         }
-        bump(&self.shared.changes);
+        self.shared.changes.notify();
         true
     }
 
@@ -232,38 +247,31 @@ impl Store for MemoryStore {
         Ok(self.state().bounds())
     }
 
-    async fn window(
-        &self,
-        filter: &Filter,
-        after: Seq,
-        upto: Seq,
-    ) -> Result<WindowRows, StoreError> {
+    async fn window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
         let state = self.state();
-        let rows = if upto <= after {
+        let rows = if range.upto <= range.after {
             Vec::new()
         } else {
             state
                 .rows
-                .range(after.0.saturating_add(1)..=upto.0)
-                .map(|(_, stored)| &stored.row)
+                .range(range.after.0.saturating_add(1)..=range.upto.0)
+                .map(|(_, row)| row)
                 .filter(|row| filter.matches(&row.project_id, &row.kind))
                 .cloned()
                 .collect()
         };
-        Ok(WindowRows {
-            rows,
-            bounds: state.bounds(),
-        })
+        Ok(Rows::new(rows, state.bounds()))
     }
 
-    async fn rows_after(&self, after: Seq, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+    async fn rows_after(&self, after: Seq, limit: usize) -> Result<Rows, StoreError> {
         let state = self.state();
-        Ok(state
+        let rows = state
             .rows
             .range(after.0.saturating_add(1)..)
             .take(limit)
-            .map(|(_, stored)| stored.row.clone())
-            .collect())
+            .map(|(_, row)| row.clone())
+            .collect();
+        Ok(Rows::new(rows, state.bounds()))
     }
 
     async fn missing_projects(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
@@ -277,7 +285,7 @@ impl Store for MemoryStore {
     }
 
     fn changes(&self) -> ChangeWatch {
-        ChangeWatch::new(self.shared.changes.subscribe())
+        self.shared.changes.watch()
     }
 
     async fn mark_published(&self, seq: Seq) -> Result<(), StoreError> {
@@ -287,40 +295,36 @@ impl Store for MemoryStore {
     }
 
     async fn prune(&self, retention: Retention, batch: usize) -> Result<u64, StoreError> {
-        if batch == 0 || (retention.days.is_none() && retention.rows.is_none()) {
+        if batch == 0 || retention.keeps_everything() {
             return Ok(0);
         }
         let mut state = self.state();
-        let now = state.elapsed();
-        let total = state.rows.len() as u64;
-        // Rows older than this (appended before `now - days`) are due by age.
-        let max_age = retention
-            .days
-            .map(|days| Duration::from_secs(days.saturating_mul(86_400)));
-        // As in SQLite: only a prefix in seq order goes, so the floor stays exact.
-        let mut last = None;
-        for (index, (seq, stored)) in state.rows.iter().take(batch).enumerate() {
-            // Never above the published mark: live subscribers have not seen those rows, and
-            // deleting them would skip them without a reset.
-            if *seq > state.published {
-                break;
-            }
-            let beyond_rows = retention
-                .rows
-                .is_some_and(|keep| (index as u64) < total.saturating_sub(keep));
-            let too_old =
-                max_age.is_some_and(|max_age| now.saturating_sub(stored.age_origin) > max_age);
-            if !(beyond_rows || too_old) {
-                break;
-            }
-            last = Some(*seq);
-        }
-        let Some(last) = last else {
+        let now_ms = state.wall_ms();
+        // The (rows+1)-th newest row and everything older are beyond the newest `rows`.
+        let beyond_rows = retention.rows.and_then(|keep| {
+            let keep = usize::try_from(keep).unwrap_or(usize::MAX);
+            state.rows.keys().rev().nth(keep).map(|seq| Seq(*seq))
+        });
+        let max_age_ms = retention.days.map(|days| days.saturating_mul(86_400_000));
+        let candidates: Vec<PruneCandidate> = state
+            .rows
+            .values()
+            .take(batch)
+            .map(|row| PruneCandidate {
+                seq: row.seq,
+                // As on SQLite: a timestamp that cannot be read is never due by age.
+                older_than_days: max_age_ms.is_some_and(|max_age| {
+                    parse_timestamp_millis(&row.created_at)
+                        .is_some_and(|created| now_ms.saturating_sub(created) > max_age)
+                }),
+            })
+            .collect();
+        let Some(last) = prunable_prefix(candidates, Seq(state.published), beyond_rows) else {
             return Ok(0);
         };
-        let kept = state.rows.split_off(&(last + 1));
+        let kept = state.rows.split_off(&(last.0 + 1));
         let deleted = std::mem::replace(&mut state.rows, kept).len() as u64;
-        state.floor = state.floor.max(last);
+        state.floor = state.floor.max(last.0);
         Ok(deleted)
     }
 }
@@ -359,27 +363,11 @@ fn rfc3339_millis(unix_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use changefeed_core::TypePattern;
 
     const EPOCH: Epoch = Epoch(0x0123_4567_89ab_cdef);
 
-    fn store_with(rows: &[(&str, &str)]) -> MemoryStore {
-        let store = MemoryStore::new(EPOCH);
-        for (project, kind) in rows {
-            store.append(project, Some("s"), kind, "{}").unwrap();
-        }
-        store
-    }
-
-    fn seqs(rows: &[EventRow]) -> Vec<u64> {
-        rows.iter().map(|row| row.seq.0).collect()
-    }
-
-    fn filter(projects: Option<&[&str]>, types: Option<&[&str]>) -> Filter {
-        Filter {
-            projects: projects.map(|p| p.iter().map(|s| s.to_string()).collect()),
-            types: types.map(|t| t.iter().map(|s| TypePattern::parse(s).unwrap()).collect()),
-        }
+    fn seqs(rows: &Rows) -> Vec<u64> {
+        rows.rows().iter().map(|row| row.seq.0).collect()
     }
 
     #[test]
@@ -397,167 +385,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn append_allocates_seqs_and_rejects_what_sqlite_rejects() {
+    async fn append_rejects_what_sqlite_rejects() {
         let store = MemoryStore::new(EPOCH);
         assert_eq!(
             store.append("p", None, "pr_updated", "{\"a\":1}").unwrap(),
             Seq(1)
         );
-        assert_eq!(store.append("p", Some("s"), "x9_y", "[]").unwrap(), Seq(2));
         for bad in ["", "Pr", "1x", "pr-x", "pr x", "prè"] {
             assert!(store.append("p", None, bad, "{}").is_err(), "{bad:?}");
         }
         for bad in ["", "{", "{'a':1}", "nope"] {
             assert!(store.append("p", None, "k", bad).is_err(), "{bad:?}");
         }
-        let rows = store.rows_after(Seq::ZERO, 10).await.unwrap();
-        assert_eq!(seqs(&rows), [1, 2]);
-        assert_eq!(rows[0].session_id, None);
-        assert_eq!(rows[1].session_id.as_deref(), Some("s"));
-        assert_eq!(rows[0].created_at, "2026-01-01T00:00:00.000Z");
-        assert_eq!(store.bounds().await.unwrap().head, Seq(2));
-    }
-
-    #[tokio::test]
-    async fn head_survives_deleting_the_newest_rows() {
-        let store = store_with(&[("p", "a"), ("p", "b"), ("p", "c")]);
-        assert!(store.delete(Seq(3)));
-        assert!(store.delete(Seq(2)));
-        assert!(!store.delete(Seq(2)));
-        let bounds = store.bounds().await.unwrap();
-        assert_eq!(bounds.head, Seq(3));
-        assert_eq!(bounds.epoch, EPOCH);
-        assert_eq!(store.append("p", None, "d", "{}").unwrap(), Seq(4));
-    }
-
-    #[tokio::test]
-    async fn window_applies_projects_kinds_and_bounds() {
-        let store = store_with(&[
-            ("a", "pr_updated"),
-            ("a", "project_created"),
-            ("b", "pr_created"),
-            ("a", "session_created"),
-            ("c", "pr_updated"),
-        ]);
-        store.delete(Seq(4));
-        let all = store.window(&Filter::all(), Seq(0), Seq(5)).await.unwrap();
-        assert_eq!(seqs(&all.rows), [1, 2, 3, 5]);
-        assert_eq!(all.bounds.head, Seq(5));
-        let prs = filter(None, Some(&["pr_*"]));
-        let window = store.window(&prs, Seq(0), Seq(5)).await.unwrap();
-        assert_eq!(
-            seqs(&window.rows),
-            [1, 3, 5],
-            "pr_* must not match project_created"
-        );
-        let scoped = filter(Some(&["a", "b"]), Some(&["pr_*", "session_created"]));
-        let window = store.window(&scoped, Seq(1), Seq(4)).await.unwrap();
-        assert_eq!(seqs(&window.rows), [3]);
-        let empty = store.window(&Filter::all(), Seq(3), Seq(3)).await.unwrap();
-        assert!(empty.rows.is_empty());
-        assert_eq!(empty.bounds.head, Seq(5));
-        assert_eq!(seqs(&store.rows_after(Seq(1), 2).await.unwrap()), [2, 3]);
-    }
-
-    #[tokio::test]
-    async fn missing_projects_lists_unknown_ids_once_in_order() {
-        let store = MemoryStore::new(EPOCH);
-        assert!(store.create_project("a"));
-        assert!(!store.create_project("a"));
-        let ids: Vec<String> = ["z", "a", "y", "z"].map(String::from).into();
-        assert_eq!(store.missing_projects(&ids).await.unwrap(), ["z", "y"]);
-        assert!(store.missing_projects(&[]).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn changes_wake_every_waiter_and_lose_nothing_between_calls() {
-        let store = MemoryStore::new(EPOCH);
-        let mut first = store.changes();
-        let mut second = first.clone();
-        assert!(!first.has_changed());
-        // A commit between subscribing (or the previous wake) and waiting is not lost.
-        store.append("p", None, "k", "{}").unwrap();
-        assert!(first.has_changed());
-        first.changed().await;
-        second.changed().await;
-        assert!(!first.has_changed());
-        let waiter = tokio::spawn(async move {
-            first.changed().await;
-        });
-        tokio::task::yield_now().await;
-        store.append("p", None, "k", "{}").unwrap();
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("waiter woke")
-            .unwrap();
-        // A watch taken after the commit does not see it as a change.
-        assert!(!store.changes().has_changed());
-    }
-
-    #[tokio::test]
-    async fn published_mark_only_rises_and_restart_rotates_when_head_is_behind() {
-        let store = store_with(&[("p", "a"), ("p", "b"), ("p", "c")]);
-        store.mark_published(Seq(3)).await.unwrap();
-        store.mark_published(Seq(2)).await.unwrap();
-        assert_eq!(store.published(), Seq(3));
-        assert!(!store.restart(), "head == published: same log");
-        assert_eq!(store.bounds().await.unwrap().epoch, EPOCH);
-
-        // Rows 2 and 3 are lost (and floor was at 3): seqs 2 and 3 will be allocated again.
-        store
-            .prune(
-                Retention {
-                    days: None,
-                    rows: Some(0),
-                },
-                3,
-            )
-            .await
-            .unwrap();
-        assert_eq!(store.bounds().await.unwrap().floor, Seq(3));
-        store.rollback(Seq(1));
-        assert!(store.restart());
-        let bounds = store.bounds().await.unwrap();
-        assert_ne!(bounds.epoch, EPOCH);
-        assert_eq!(bounds.head, Seq(1));
-        assert_eq!(bounds.floor, Seq(1));
-        assert_eq!(store.published(), Seq(1));
-        assert_eq!(store.append("p", None, "d", "{}").unwrap(), Seq(2));
-        assert!(!store.restart());
-    }
-
-    #[tokio::test]
-    async fn prune_by_rows_respects_batch_and_raises_floor() {
-        let store = store_with(&[("p", "a"); 10]);
-        let keep_four = Retention {
-            days: None,
-            rows: Some(4),
-        };
-        // Only up to the published mark: rows live subscribers were not sent yet stay.
-        assert_eq!(store.prune(keep_four, 10).await.unwrap(), 0);
-        store.mark_published(Seq(2)).await.unwrap();
-        assert_eq!(store.prune(keep_four, 10).await.unwrap(), 2);
-        assert_eq!(store.bounds().await.unwrap().floor, Seq(2));
-        store.mark_published(Seq(10)).await.unwrap();
-        assert_eq!(store.prune(keep_four, 2).await.unwrap(), 2);
-        assert_eq!(store.bounds().await.unwrap().floor, Seq(4));
-        assert_eq!(store.prune(keep_four, 4).await.unwrap(), 2);
-        assert_eq!(store.bounds().await.unwrap().floor, Seq(6));
-        assert_eq!(store.prune(keep_four, 4).await.unwrap(), 0);
-        assert_eq!(store.len(), 4);
-        assert_eq!(store.prune(Retention::default(), 4).await.unwrap(), 0);
-        assert_eq!(store.prune(keep_four, 0).await.unwrap(), 0);
-        let bounds = store.bounds().await.unwrap();
-        assert_eq!((bounds.floor, bounds.head), (Seq(6), Seq(10)));
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.bounds().await.unwrap().head, Seq(1));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn prune_by_days_uses_tokio_time() {
-        let store = store_with(&[("p", "old"), ("p", "old")]);
+    async fn timestamps_and_ages_follow_the_simulated_clock() {
+        let store = MemoryStore::new(EPOCH);
+        store.append("p", None, "old", "{}").unwrap();
+        store.append("p", None, "old", "{}").unwrap();
         tokio::time::advance(Duration::from_secs(2 * 86_400)).await;
         store.append("p", None, "new", "{}").unwrap();
-        let rows = store.rows_after(Seq(2), 1).await.unwrap();
-        assert_eq!(rows[0].created_at, "2026-01-03T00:00:00.000Z");
+        let (rows, _) = store.rows_after(Seq::ZERO, 10).await.unwrap().into_parts();
+        assert_eq!(rows[0].created_at, "2026-01-01T00:00:00.000Z");
+        assert_eq!(rows[2].created_at, "2026-01-03T00:00:00.000Z");
         let one_day = Retention {
             days: Some(1),
             rows: None,
@@ -568,18 +421,26 @@ mod tests {
         assert_eq!(store.prune(one_day, 10).await.unwrap(), 0);
         let bounds = store.bounds().await.unwrap();
         assert_eq!((bounds.floor, bounds.head), (Seq(2), Seq(3)));
-        assert_eq!(store.len(), 1);
     }
 
     #[tokio::test]
-    async fn clones_share_one_log() {
+    async fn clones_share_one_log_and_restart_derives_the_new_epoch() {
         let store = MemoryStore::new(EPOCH);
         let server = store.clone();
         let mut changes = server.changes();
         store.append("p", None, "k", "{}").unwrap();
+        store.append("p", None, "k", "{}").unwrap();
         changes.changed().await;
+        server.mark_published(Seq(2)).await.unwrap();
         drop(server);
-        assert_eq!(store.len(), 1);
-        assert_eq!(store.clone().bounds().await.unwrap().head, Seq(1));
+        assert_eq!(
+            seqs(&store.rows_after(Seq::ZERO, 10).await.unwrap()),
+            [1, 2]
+        );
+        store.rollback(Seq(1));
+        assert!(store.restart());
+        let rotated = store.bounds().await.unwrap().epoch;
+        assert_eq!(rotated, Epoch(splitmix64(EPOCH.0)), "deterministic");
+        assert!(!store.restart());
     }
 }
