@@ -147,11 +147,7 @@ pub async fn open<S: Store, F: LiveFeed>(
 
 fn store_failed<S, F>(state: &AppState<S, F>, error: StoreError) -> OpenError {
     state.metrics().store_error();
-    if error.is_transient() {
-        tracing::warn!(%error, "event stream: the store cannot be read right now");
-    } else {
-        tracing::error!(%error, "event stream: the store cannot be read");
-    }
+    tracing::warn!(%error, "event stream: the store cannot be read; not opening the stream");
     OpenError::Store(error)
 }
 
@@ -170,17 +166,6 @@ pub struct EventStream<S, F: LiveFeed> {
     /// The subscription counters already added to the metrics.
     reported: SubscriptionStats,
     _guard: SubscriberGuard,
-}
-
-impl<S, F: LiveFeed> std::fmt::Debug for EventStream<S, F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventStream")
-            .field("position", &self.subscription.position())
-            .field("phase", &self.subscription.phase())
-            .field("fetch", &self.fetch)
-            .field("done", &self.done)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Frames waiting to go out as one chunk.
@@ -315,12 +300,11 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
     fn replay_failed(&mut self, error: &StoreError) {
         self.done = true;
         self.state.metrics().store_error();
-        let position = self.subscription.position();
-        if error.is_transient() {
-            tracing::warn!(%error, %position, "event stream: replay read failed; ending the stream (the client resumes from its last id)");
-        } else {
-            tracing::error!(%error, %position, "event stream: replay read failed; ending the stream (the client resumes from its last id)");
-        }
+        tracing::warn!(
+            %error,
+            position = %self.subscription.position(),
+            "event stream: replay read failed; ending the stream (the client resumes from its last id)"
+        );
     }
 }
 
@@ -370,5 +354,349 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver against a real SQLite log and the real wiring, one chunk at a time. The tests
+    //! run on the current-thread runtime, so whatever the tailer publishes in one go is in the
+    //! ring before the stream looks.
+
+    use std::time::Duration;
+
+    use changefeed_core::Seq;
+
+    use super::*;
+    use crate::app::{self, App};
+    use crate::shutdown::{self, ShutdownTrigger};
+    use crate::store::sqlite::SqliteStore;
+    use crate::ServerConfig;
+
+    struct Fixture {
+        server: App<SqliteStore>,
+        store: SqliteStore,
+        trigger: ShutdownTrigger,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        async fn new(config: ServerConfig) -> Fixture {
+            Fixture::with_rows(config, &[]).await
+        }
+
+        /// A log holding `rows` (project, kind) before the server starts.
+        async fn with_rows(config: ServerConfig, rows: &[(&str, &str)]) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("stream.db").display());
+            let store = SqliteStore::open(&url).await.unwrap();
+            store
+                .execute_write("INSERT INTO projects (id, name) VALUES ('p', 'P'), ('q', 'Q')")
+                .await
+                .unwrap();
+            append(&store, rows).await;
+            let (trigger, signal) = shutdown::channel();
+            let server = app::start(store.clone(), config, signal).await.unwrap();
+            Fixture {
+                server,
+                store,
+                trigger,
+                _dir: dir,
+            }
+        }
+
+        fn state(&self) -> &AppState<SqliteStore> {
+            self.server.state()
+        }
+
+        async fn open(
+            &self,
+            query: &str,
+        ) -> EventStream<SqliteStore, crate::broadcast::Broadcaster> {
+            open(self.state(), Some(query), None).await.unwrap()
+        }
+
+        /// Appends rows and waits until the tailer published them.
+        async fn publish(&self, rows: &[(&str, &str)]) {
+            let head = append(&self.store, rows).await;
+            while self.state().feed().published() < head {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    async fn append(store: &SqliteStore, rows: &[(&str, &str)]) -> Seq {
+        for (project, kind) in rows {
+            store
+                .execute_write(&format!(
+                    "INSERT INTO change_log (project_id, event_type, payload) \
+                     VALUES ('{project}', '{kind}', '{{}}')"
+                ))
+                .await
+                .unwrap();
+        }
+        store.bounds().await.unwrap().head
+    }
+
+    fn config() -> ServerConfig {
+        let mut config = ServerConfig::default();
+        config.tailer.mark_interval = Duration::from_secs(3600);
+        config
+    }
+
+    /// What a chunk holds, frame by frame: `c<seq>` per change, `ready`, `reset`, `id` (an
+    /// id-only checkpoint), `:` (a comment), `retry` (the first frame, then `reset` if it is one).
+    fn kinds(chunk: &[u8]) -> Vec<String> {
+        let text = std::str::from_utf8(chunk).unwrap();
+        assert!(
+            text.ends_with("\n\n"),
+            "a chunk holds whole frames: {text:?}"
+        );
+        let mut kinds = Vec::new();
+        for frame in text.split_terminator("\n\n") {
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            if frame.starts_with(':') {
+                kinds.push(":".to_owned());
+                continue;
+            }
+            if field("retry: ").is_some() {
+                kinds.push("retry".to_owned());
+            }
+            match (field("event: ").as_deref(), field("id: ")) {
+                (Some("changefeed.ready"), _) => kinds.push("ready".to_owned()),
+                (Some("changefeed.reset"), _) => kinds.push("reset".to_owned()),
+                (Some(_), Some(id)) => kinds.push(format!("c{}", id.rsplit(':').next().unwrap())),
+                (None, Some(_)) if field("retry: ").is_none() => kinds.push("id".to_owned()),
+                _ => {}
+            }
+        }
+        kinds
+    }
+
+    async fn chunk(
+        stream: &mut EventStream<SqliteStore, crate::broadcast::Broadcaster>,
+    ) -> Vec<String> {
+        let bytes = tokio::time::timeout(Duration::from_secs(10), stream.next_chunk())
+            .await
+            .expect("a chunk within the failure bound")
+            .expect("a chunk, not the end");
+        kinds(&bytes)
+    }
+
+    #[tokio::test]
+    async fn the_first_frame_goes_out_before_replay_then_replay_and_ready_in_one_chunk() {
+        let fx = Fixture::with_rows(config(), &[("p", "a"), ("q", "b"), ("p", "c")]).await;
+        let mut stream = fx.open("after=0&project=p").await;
+        assert_eq!(stream.start_cursor().seq, Seq(0));
+        assert_eq!(chunk(&mut stream).await, ["retry"]);
+        assert_eq!(chunk(&mut stream).await, ["c1", "c3", "ready"]);
+        let metrics = fx.state().metrics().snapshot();
+        assert_eq!(metrics.subscribers, 1);
+        assert_eq!(metrics.replayed_rows, 2, "q's row is filtered in the query");
+        assert_eq!(metrics.frames_sent, 4);
+        drop(stream);
+        assert_eq!(fx.state().metrics().snapshot().subscribers, 0);
+        assert_eq!(fx.state().feed().receiver_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn coalescing_stops_at_the_configured_size() {
+        let mut config = config();
+        config.coalesce_bytes = 1;
+        let fx = Fixture::with_rows(config, &[("p", "a"), ("p", "b")]).await;
+        let mut stream = fx.open("after=0").await;
+        for expected in [&["retry"][..], &["c1"], &["c2"], &["ready"]] {
+            assert_eq!(chunk(&mut stream).await, expected);
+        }
+        assert_eq!(
+            fx.state().metrics().snapshot().replayed_rows,
+            2,
+            "counted once"
+        );
+    }
+
+    #[tokio::test]
+    async fn live_events_already_in_the_ring_are_taken_up_to_the_drain_budget() {
+        let mut config = config();
+        config.live_drain = 2;
+        let fx = Fixture::new(config).await;
+        let mut stream = fx.open("").await;
+        // At the head nothing is to replay: the first frame and ready go out together.
+        assert_eq!(chunk(&mut stream).await, ["retry", "ready"]);
+        fx.publish(&[("p", "a"), ("p", "b"), ("p", "c"), ("p", "d"), ("p", "e")])
+            .await;
+        // One woke the stream, two more came without waiting; then the rest.
+        assert_eq!(chunk(&mut stream).await, ["c1", "c2", "c3"]);
+        assert_eq!(chunk(&mut stream).await, ["c4", "c5"]);
+    }
+
+    #[tokio::test]
+    async fn without_a_drain_budget_each_live_event_is_its_own_chunk() {
+        let mut config = config();
+        config.live_drain = 0;
+        let fx = Fixture::new(config).await;
+        let mut stream = fx.open("project=p").await;
+        assert_eq!(chunk(&mut stream).await, ["retry", "ready"]);
+        fx.publish(&[("p", "a"), ("q", "b"), ("p", "c")]).await;
+        assert_eq!(chunk(&mut stream).await, ["c1"]);
+        // q's event moves the position without a frame; the next frame is p's.
+        assert_eq!(chunk(&mut stream).await, ["c3"]);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_stream_replays_the_gap_once() {
+        let mut config = config();
+        config.broadcast_capacity = 1;
+        let fx = Fixture::new(config).await;
+        let mut stream = fx.open("").await;
+        assert_eq!(chunk(&mut stream).await, ["retry", "ready"]);
+        fx.publish(&[("p", "a"), ("p", "b"), ("p", "c"), ("p", "d")])
+            .await;
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            seen.extend(chunk(&mut stream).await);
+        }
+        assert_eq!(seen, ["c1", "c2", "c3", "c4"]);
+        let metrics = fx.state().metrics().snapshot();
+        assert_eq!(metrics.lag_fallbacks, 1);
+        assert!(metrics.replayed_rows >= 3, "{metrics:?}");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_stream_gets_its_heartbeat_at_the_deadline() {
+        let mut config = config();
+        config.subscription.heartbeat = Duration::from_millis(30);
+        let fx = Fixture::new(config).await;
+        let mut stream = fx.open("").await;
+        assert_eq!(chunk(&mut stream).await, ["retry", "ready"]);
+        assert_eq!(chunk(&mut stream).await, [":"]);
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_the_stream_with_a_final_checkpoint() {
+        let fx = Fixture::with_rows(config(), &[("p", "a")]).await;
+        let mut stream = fx.open("").await;
+        assert_eq!(chunk(&mut stream).await, ["retry", "ready"]);
+        fx.trigger.trigger();
+        assert_eq!(chunk(&mut stream).await, ["id"]);
+        assert_eq!(stream.next_chunk().await, None);
+        assert_eq!(stream.next_chunk().await, None, "and stays ended");
+    }
+
+    #[tokio::test]
+    async fn shutdown_during_replay_skips_the_rest_of_it() {
+        let mut config = config();
+        config.subscription.replay_window = 1;
+        let fx = Fixture::with_rows(config, &[("p", "a"), ("p", "b"), ("p", "c")]).await;
+        let mut stream = fx.open("after=0").await;
+        assert_eq!(chunk(&mut stream).await, ["retry"]);
+        assert_eq!(chunk(&mut stream).await, ["c1"]);
+        fx.trigger.trigger();
+        assert_eq!(chunk(&mut stream).await, ["id"]);
+        assert_eq!(stream.next_chunk().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_replay_read_ends_the_stream() {
+        let fx = Fixture::with_rows(config(), &[("p", "a")]).await;
+        let mut stream = fx.open("after=0").await;
+        assert_eq!(chunk(&mut stream).await, ["retry"]);
+        fx.store.close().await;
+        let errors = fx.state().metrics().snapshot().store_errors;
+        assert_eq!(stream.next_chunk().await, None);
+        assert_eq!(fx.state().metrics().snapshot().store_errors, errors + 1);
+        assert_eq!(stream.next_chunk().await, None);
+    }
+
+    async fn refused(state: &AppState<SqliteStore>, query: Option<&str>) -> OpenError {
+        match open(state, query, None).await {
+            Ok(_) => panic!("{query:?} opened a stream"),
+            Err(error) => error,
+        }
+    }
+
+    #[tokio::test]
+    async fn open_refuses_bad_requests_unknown_projects_and_a_replaced_log() {
+        let fx = Fixture::new(config()).await;
+        let state = fx.state();
+        match refused(state, Some("nope=1")).await {
+            OpenError::Request(error) => assert_eq!(error.code, ErrorCode::UnknownParameter),
+            other => panic!("{other:?}"),
+        }
+        match refused(state, Some("project=p&project=x&project=y")).await {
+            OpenError::Request(error) => {
+                assert_eq!(error.code, ErrorCode::UnknownProject);
+                assert_eq!(error.message, r#"no such project: "x", "y""#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(open(state, Some("project=p&project=q"), None).await.is_ok());
+        fx.store
+            .execute_write(
+                "UPDATE changefeed_meta SET value = '00000000000000aa' WHERE key = 'epoch'",
+            )
+            .await
+            .unwrap();
+        let error = refused(state, None).await;
+        assert_eq!(
+            error,
+            OpenError::EpochChanged {
+                serving: state.epoch(),
+                store: Epoch(0xaa),
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the log's epoch changed from {} to 00000000000000aa under the running server",
+                state.epoch()
+            )
+        );
+        fx.store.close().await;
+        let errors = state.metrics().snapshot().store_errors;
+        let error = refused(state, Some("project=p")).await;
+        assert!(matches!(&error, OpenError::Store(_)), "{error:?}");
+        assert!(error.to_string().contains("error"), "{error}");
+        assert!(matches!(refused(state, None).await, OpenError::Store(_)));
+        assert_eq!(state.metrics().snapshot().store_errors, errors + 2);
+        assert_eq!(
+            state.metrics().snapshot().subscribers,
+            0,
+            "a refused open leaves no subscriber behind"
+        );
+        assert_eq!(state.feed().receiver_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_last_event_id_header_decides_where_the_stream_starts() {
+        let fx = Fixture::with_rows(config(), &[("p", "a"), ("p", "b")]).await;
+        let epoch = fx.state().epoch();
+        let header = format!("{epoch}:1");
+        let mut stream = open(fx.state(), Some("after=0"), Some(header.as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(stream.start_cursor().to_string(), header);
+        chunk(&mut stream).await;
+        assert_eq!(chunk(&mut stream).await, ["c2", "ready"]);
+        let mut reset = open(fx.state(), None, Some(b"garbage")).await.unwrap();
+        assert_eq!(chunk(&mut reset).await, ["retry", "reset", "ready"]);
+    }
+
+    #[test]
+    fn a_single_frame_is_sent_without_a_copy() {
+        let frame = Bytes::from_static(b"data: x\n\n");
+        let mut chunk = Chunk::default();
+        chunk.push(frame.clone());
+        assert_eq!(chunk.into_bytes().as_ptr(), frame.as_ptr());
+        let mut chunk = Chunk::default();
+        chunk.push(frame.clone());
+        chunk.push(Bytes::from_static(b": hb\n\n"));
+        assert_eq!(chunk.bytes, 15);
+        assert_eq!(&chunk.into_bytes()[..], b"data: x\n\n: hb\n\n");
     }
 }

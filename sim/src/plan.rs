@@ -52,14 +52,14 @@ pub struct Scenario {
     pub epoch: Epoch,
     /// The server's configuration: small buffers, so bursts overflow them.
     pub server: ServerConfig,
+    /// Faults, in time order, all over by `quiet_at`.
+    pub faults: Vec<(Duration, Fault)>,
     /// The writers.
     pub writers: Vec<WriterPlan>,
     /// Writers prune the log down to this many rows now and then (`None`: never).
     pub prune_keep: Option<u64>,
     /// The clients.
     pub clients: Vec<ClientPlan>,
-    /// Faults, in time order, all over by `quiet_at`.
-    pub faults: Vec<(Duration, Fault)>,
     /// When the network is made whole and the server brought up for good.
     pub quiet_at: Duration,
     /// By when every client that stayed must have caught up with the final head.

@@ -563,23 +563,21 @@ mod tests {
     use super::*;
 
     fn range(after: u64, upto: u64) -> FetchRequest {
-        FetchRequest {
-            after: Seq(after),
-            upto: Seq(upto),
-        }
+        let (after, upto) = (Seq(after), Seq(upto));
+        FetchRequest { after, upto }
     }
 
-    fn filter(projects: Option<&[&str]>, types: Option<&[&str]>) -> Filter {
-        Filter {
-            projects: projects.map(|p| p.iter().map(|s| s.to_string()).collect()),
-            types: types.map(|t| t.iter().map(|s| TypePattern::parse(s).unwrap()).collect()),
-        }
+    /// The filter of a query string, as the endpoint parses it.
+    fn query(text: &str) -> Filter {
+        changefeed_core::EventsQuery::parse(Some(text))
+            .unwrap()
+            .filter
     }
 
     #[test]
     fn window_query_pushes_the_filter_down() {
         let query = WindowQuery::new(
-            &filter(Some(&["a", "b"]), Some(&["pr_*", "session_created"])),
+            &query("project=a&project=b&types=pr_*,session_created"),
             range(1, 9),
         )
         .unwrap();
@@ -594,8 +592,8 @@ mod tests {
 
     #[test]
     fn window_query_skips_the_kind_clause_for_all_types() {
-        for types in [None, Some(&["*"][..]), Some(&["pr_*", "*"][..])] {
-            let query = WindowQuery::new(&filter(None, types), range(0, 5)).unwrap();
+        for text in ["", "types=*", "types=pr_*,*"] {
+            let query = WindowQuery::new(&query(text), range(0, 5)).unwrap();
             let clauses = query.sql.split(" WHERE ").nth(1).unwrap();
             assert!(!clauses.contains("event_type"), "{}", query.sql);
             assert!(query.binds.is_empty());
@@ -605,8 +603,16 @@ mod tests {
     #[test]
     fn window_query_is_none_when_nothing_can_match() {
         assert!(WindowQuery::new(&Filter::all(), range(5, 5)).is_none());
-        assert!(WindowQuery::new(&filter(Some(&[]), None), range(0, 5)).is_none());
-        assert!(WindowQuery::new(&filter(None, Some(&[])), range(0, 5)).is_none());
+        let no_project = Filter {
+            projects: Some(BTreeSet::new()),
+            types: None,
+        };
+        let no_type = Filter {
+            projects: None,
+            types: Some(Vec::new()),
+        };
+        assert!(WindowQuery::new(&no_project, range(0, 5)).is_none());
+        assert!(WindowQuery::new(&no_type, range(0, 5)).is_none());
     }
 
     #[tokio::test]
@@ -614,9 +620,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("plan.db").display());
         let store = SqliteStore::open(&url).await.unwrap();
-        for projects in [&["a"][..], &["a", "b", "c"][..]] {
+        for projects in ["project=a", "project=a&project=b&project=c"] {
             let query = WindowQuery::new(
-                &filter(Some(projects), Some(&["pr_*", "session_created"])),
+                &query(&format!("{projects}&types=pr_*,session_created")),
                 range(0, 100),
             )
             .unwrap();
