@@ -24,7 +24,7 @@ use axum::routing::get;
 use axum::serve::Listener;
 use axum::Router;
 use bytes::Bytes;
-use changefeed_core::RequestError;
+use changefeed_core::{ApiError, ErrorCode};
 
 use crate::app::AppState;
 use crate::broadcast::LiveFeed;
@@ -129,21 +129,20 @@ fn json_response(status: StatusCode, body: String) -> Response {
     response
 }
 
-fn error_json(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    json_response(status, body.to_string())
+/// The contract's error body (the core's [`ApiError`]) with the status its code has.
+fn api_error(error: &ApiError) -> Response {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, error.to_json())
 }
 
-fn request_error(error: &RequestError) -> Response {
-    let status = StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    json_response(status, error.to_json())
+fn error_json(code: ErrorCode, message: impl Into<String>) -> Response {
+    api_error(&ApiError::new(code, message))
 }
 
 /// A store failure: 503, and `Retry-After` when retrying soon may work.
 fn unavailable(error: &StoreError) -> Response {
     let mut response = error_json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
+        ErrorCode::Unavailable,
         match error.kind {
             StoreErrorKind::Transient => "the change log cannot be read right now; retry later",
             StoreErrorKind::Fatal | StoreErrorKind::BadData => {
@@ -161,11 +160,10 @@ fn unavailable(error: &StoreError) -> Response {
 
 fn open_error(error: &OpenError) -> Response {
     match error {
-        OpenError::Request(error) => request_error(error),
+        OpenError::Request(error) => api_error(error),
         OpenError::Store(error) => unavailable(error),
         OpenError::EpochChanged { .. } => error_json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ErrorCode::Unavailable,
             "the change log was replaced; the server must be restarted",
         ),
     }
@@ -179,17 +177,15 @@ fn store_unavailable(metrics: &Metrics, error: &StoreError) -> Response {
 
 async fn not_found(method: Method, uri: Uri) -> Response {
     error_json(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        &format!("no route for {method} {}", uri.path()),
+        ErrorCode::NotFound,
+        format!("no route for {method} {}", uri.path()),
     )
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     let mut response = error_json(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        &format!("{method} is not allowed on {} (use GET)", uri.path()),
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed on {} (use GET)", uri.path()),
     );
     response
         .headers_mut()
@@ -208,9 +204,8 @@ async fn healthz<S: Store, F: LiveFeed>(State(state): State<AppState<S, F>>) -> 
     let fault = state.tailer_health().fault();
     if let Some(fault) = fault.as_ref().filter(|fault| !fault.error.is_transient()) {
         return error_json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            &format!(
+            ErrorCode::Unavailable,
+            format!(
                 "the feed cannot advance past seq {} ({} store error for {} ms): {}",
                 fault.published.0,
                 fault.error.kind.as_str(),

@@ -26,8 +26,8 @@
 use bytes::{Bytes, BytesMut};
 use changefeed_core::subscription::SubscriptionStats;
 use changefeed_core::{
-    Cursor, Epoch, ErrorCode, Event, EventsQuery, FetchRequest, Filter, LogPosition, Output,
-    ReplayPage, RequestError, Subscription,
+    Cursor, Epoch, ErrorCode, EventsQuery, FetchRequest, Filter, LogPosition, Output, ReplayPage,
+    RequestError, Subscription,
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
@@ -291,7 +291,7 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
     /// Reads one replay window and gives it to the subscription.
     async fn answer(&mut self, fetch: FetchRequest) -> Result<(), StoreError> {
         let rows = self.state.store().window(&self.filter, fetch).await?;
-        let page = replay_page(rows, self.state.epoch());
+        let page = replay_page(rows);
         self.subscription.handle_page(page, self.state.now());
         Ok(())
     }
@@ -328,11 +328,12 @@ impl<S, F: LiveFeed> EventStream<S, F> {
     }
 }
 
-/// The one place where store rows become a replay page for the core.
-fn replay_page(rows: Rows, epoch: Epoch) -> ReplayPage {
+/// The one place where store rows become a replay page: the rows go to the core as they are
+/// (it encodes the matching ones with its own epoch), with the bounds of their snapshot.
+fn replay_page(rows: Rows) -> ReplayPage {
     let (rows, bounds) = rows.into_parts();
     ReplayPage {
-        rows: rows.iter().map(|row| Event::encode(row, epoch)).collect(),
+        rows,
         head: bounds.head,
         floor: bounds.floor,
     }

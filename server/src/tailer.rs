@@ -23,7 +23,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use changefeed_core::{Epoch, Event, EventRow, Seq};
+use changefeed_core::{Epoch, EventEncoder, EventRow, Seq};
 use tokio::time::Instant;
 
 use crate::broadcast::LiveFeed;
@@ -125,6 +125,7 @@ impl<S: Store, F: LiveFeed> Tailer<S, F> {
             health,
             config,
         } = self;
+        let encoder = EventEncoder::new(epoch);
         let batch = config.batch.max(1);
         let mut changes = store.changes();
         let mut published = feed.published();
@@ -177,7 +178,7 @@ impl<S: Store, F: LiveFeed> Tailer<S, F> {
                             ));
                         }
                     }
-                    feed.publish(Event::encode(row, epoch));
+                    feed.publish(encoder.encode(row));
                     published = row.seq;
                 }
                 metrics.published(published.0, count);

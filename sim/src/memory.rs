@@ -19,13 +19,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use changefeed::metrics::parse_timestamp_millis;
 use changefeed::store::{
     epoch_at_start, prunable_prefix, ChangeNotifier, ChangeWatch, EpochDecision, LogBounds,
     PruneCandidate, Retention, Rows, Store, StoreError,
 };
 use changefeed_core::filter::is_kind;
-use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, Seq};
+use changefeed_core::{timestamp, Epoch, EventRow, FetchRequest, Filter, PayloadCheck, Seq};
 use tokio::time::Instant;
 
 /// 2026-01-01T00:00:00Z in Unix milliseconds: the wall-clock time the simulated clock starts at
@@ -165,7 +164,11 @@ impl MemoryStore {
             }
             let created_at = match created_at {
                 Some(text) => text.to_owned(),
-                None => rfc3339_millis(state.wall_ms()),
+                // Beyond the year 9999 the row gets no timestamp (encoded as a degraded null).
+                None => i64::try_from(state.wall_ms())
+                    .ok()
+                    .and_then(timestamp::format_unix_millis)
+                    .unwrap_or_default(),
             };
             state.head += 1;
             let seq = Seq(state.head);
@@ -177,6 +180,8 @@ impl MemoryStore {
                     session_id: session_id.map(str::to_owned),
                     kind: kind.to_owned(),
                     payload: payload_json.to_owned(),
+                    // Appends do not check the payload, so the encoder does.
+                    payload_check: PayloadCheck::Unchecked,
                     created_at,
                 },
             );
@@ -314,8 +319,9 @@ impl Store for MemoryStore {
                 seq: row.seq,
                 // As on SQLite: a timestamp that cannot be read is never due by age.
                 older_than_days: max_age_ms.is_some_and(|max_age| {
-                    parse_timestamp_millis(&row.created_at)
-                        .is_some_and(|created| now_ms.saturating_sub(created) > max_age)
+                    timestamp::parse_unix_millis(&row.created_at).is_some_and(|created| {
+                        i128::from(now_ms) - i128::from(created) > i128::from(max_age)
+                    })
                 }),
             })
             .collect();
@@ -337,29 +343,6 @@ fn splitmix64(value: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (proleptic Gregorian, UTC).
-fn rfc3339_millis(unix_ms: u64) -> String {
-    let millis = unix_ms % 1000;
-    let secs = unix_ms / 1000;
-    let (days, day_secs) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        day_secs / 3600,
-        day_secs / 60 % 60,
-        day_secs % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,20 +351,6 @@ mod tests {
 
     fn seqs(rows: &Rows) -> Vec<u64> {
         rows.rows().iter().map(|row| row.seq.0).collect()
-    }
-
-    #[test]
-    fn formats_rfc3339_with_millis() {
-        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339_millis(DEFAULT_WALL_ORIGIN_MS),
-            "2026-01-01T00:00:00.000Z"
-        );
-        assert_eq!(rfc3339_millis(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(
-            rfc3339_millis(1_795_727_587_123),
-            "2026-11-26T21:13:07.123Z"
-        );
     }
 
     #[tokio::test]

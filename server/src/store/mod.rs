@@ -449,6 +449,7 @@ mod tests {
             session_id: None,
             kind: text(),
             payload: text(),
+            payload_check: changefeed_core::PayloadCheck::Unchecked,
             created_at: text(),
         }
     }

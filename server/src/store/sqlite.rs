@@ -32,7 +32,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, Seq, TypePattern};
+use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, PayloadCheck, Seq, TypePattern};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -545,6 +545,8 @@ fn row_from(row: &SqliteRow) -> Result<EventRow, StoreError> {
         session_id: row.try_get(2).map_err(at_seq)?,
         kind: row.try_get(3).map_err(at_seq)?,
         payload: row.try_get(4).map_err(at_seq)?,
+        // The schema's `CHECK (json_valid(payload))` vouches for it.
+        payload_check: PayloadCheck::Valid,
         created_at: row.try_get(5).map_err(at_seq)?,
     })
 }
