@@ -563,19 +563,74 @@ mod tests {
             seen.extend(chunk(&mut stream).await);
         }
         assert_eq!(seen, ["c1", "c2", "c3", "c4"]);
+        drop(stream);
         let metrics = fx.state().metrics().snapshot();
-        assert_eq!(metrics.lag_fallbacks, 1);
+        assert_eq!(
+            metrics.lag_fallbacks, 1,
+            "counted once, also after the drop"
+        );
         assert!(metrics.replayed_rows >= 3, "{metrics:?}");
     }
 
     #[tokio::test]
-    async fn a_quiet_stream_gets_its_heartbeat_at_the_deadline() {
+    async fn counters_of_a_stream_that_ends_without_a_chunk_still_count() {
         let mut config = config();
-        config.subscription.heartbeat = Duration::from_millis(30);
+        config.broadcast_capacity = 1;
         let fx = Fixture::new(config).await;
         let mut stream = fx.open("").await;
         assert_eq!(chunk(&mut stream).await, ["retry", "ready"]);
-        assert_eq!(chunk(&mut stream).await, [":"]);
+        fx.publish(&[("p", "a"), ("p", "b"), ("p", "c")]).await;
+        fx.store.close().await;
+        // Lagged, and the replay of the gap fails: the stream ends without another chunk.
+        assert_eq!(stream.next_chunk().await, None);
+        assert_eq!(fx.state().metrics().snapshot().lag_fallbacks, 0);
+        drop(stream);
+        assert_eq!(fx.state().metrics().snapshot().lag_fallbacks, 1);
+    }
+
+    /// Runs a test body on its own thread and runtime, failing if it does not finish: a driver
+    /// that spins without ever waiting would otherwise hang the test instead of failing it.
+    fn watched<F: std::future::Future<Output = ()> + 'static>(body: fn() -> F) {
+        let (done, finished) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(body());
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(Duration::from_secs(20)) {
+            Ok(()) => thread.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(thread.join().unwrap_err())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the stream never waited: it spun or hung")
+            }
+        }
+    }
+
+    #[test]
+    fn a_quiet_stream_waits_for_its_deadline_then_sends_the_heartbeat() {
+        watched(|| async {
+            let mut config = config();
+            // Below the failure bound of `chunk`, whose timer runs on the same clock.
+            config.subscription.heartbeat = Duration::from_secs(5);
+            let fx = Fixture::new(config).await;
+            let mut stream = fx.open("").await;
+            assert_eq!(chunk(&mut stream).await, ["retry", "ready"]);
+            // On a paused clock time moves only while everything waits: a stream that polls
+            // its deadline in a loop instead of sleeping until it never gets there.
+            tokio::time::pause();
+            let before = tokio::time::Instant::now();
+            assert_eq!(chunk(&mut stream).await, [":"]);
+            let waited = before.elapsed();
+            assert!(
+                waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+                "{waited:?}"
+            );
+        });
     }
 
     #[tokio::test]
@@ -586,7 +641,8 @@ mod tests {
         fx.trigger.trigger();
         assert_eq!(chunk(&mut stream).await, ["id"]);
         assert_eq!(stream.next_chunk().await, None);
-        assert_eq!(stream.next_chunk().await, None, "and stays ended");
+        let again = tokio::time::timeout(Duration::from_secs(10), stream.next_chunk()).await;
+        assert_eq!(again, Ok(None), "and stays ended");
     }
 
     #[tokio::test]
@@ -611,7 +667,8 @@ mod tests {
         let errors = fx.state().metrics().snapshot().store_errors;
         assert_eq!(stream.next_chunk().await, None);
         assert_eq!(fx.state().metrics().snapshot().store_errors, errors + 1);
-        assert_eq!(stream.next_chunk().await, None);
+        let again = tokio::time::timeout(Duration::from_secs(10), stream.next_chunk()).await;
+        assert_eq!(again, Ok(None), "and stays ended");
     }
 
     async fn refused(state: &AppState<SqliteStore>, query: Option<&str>) -> OpenError {
@@ -686,6 +743,8 @@ mod tests {
         assert_eq!(chunk(&mut stream).await, ["c2", "ready"]);
         let mut reset = open(fx.state(), None, Some(b"garbage")).await.unwrap();
         assert_eq!(chunk(&mut reset).await, ["retry", "reset", "ready"]);
+        drop(reset);
+        assert_eq!(fx.state().metrics().snapshot().resets, 1, "counted once");
     }
 
     #[test]
