@@ -3,16 +3,19 @@
 //!
 //! Every failure is one line on stderr and a non-zero exit: 2 for usage errors (bad flags, an
 //! unsupported database URL), 1 for runtime failures (database cannot be opened, address in
-//! use). Never a panic or a backtrace.
+//! use); `tail --once` adds 3 (caught up after a reset) and 130 (interrupted before catching
+//! up). Never a panic or a backtrace.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use changefeed_client::tail::{self, TailError, TailFormat, TailOptions};
+use changefeed_core::Cursor;
 use clap::{Args, Parser, Subcommand};
 
 use crate::broadcast::DEFAULT_CAPACITY;
-use crate::client::{run_tail, TailArgs, TailError};
 use crate::demo::{self, DemoConfig};
 use crate::http::{AppState, ServerConfig};
 use crate::shutdown;
@@ -35,10 +38,105 @@ pub enum Command {
     Serve(ServeArgs),
     /// Serve, and write realistic demo activity into the same database.
     Demo(DemoArgs),
-    /// Print a changefeed stream, one line per event, resumable through a cursor file.
+    /// Print a changefeed stream, one line per event: follow it, or catch up and stop
+    /// (--once); resumable through a cursor file.
     Tail(TailArgs),
     /// Run the client under the SSE contract-test harness's service protocol.
     ContractService(ContractServiceArgs),
+}
+
+/// Flags of `changefeed tail`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+#[command(after_help = "\
+Output: one line per event on stdout and nothing else; resets, reconnects and errors on \
+stderr. On a terminal, stderr also shows notes and, during a replay, a progress line \
+(events so far against the head, rate, time left).
+
+Exit status: 0 done (with --once: caught up); 1 the stream failed; 2 bad arguments; \
+3 --once caught up after a changefeed.reset (events may have been skipped: refetch state \
+built from earlier events); 130 --once interrupted before catching up.
+
+Examples:
+  changefeed tail http://127.0.0.1:7467 --once --after 0            # everything, then exit
+  changefeed tail --project p1 --types 'pr_*' --format pretty      # follow, for people
+  changefeed tail --once --cursor-file feed.cursor >> events.jsonl # cron: append what is new")]
+pub struct TailArgs {
+    /// The server (`http://host:port`, to which /api/v1/events is appended) or the full
+    /// event stream URL; http or https.
+    #[arg(default_value = tail::DEFAULT_SERVER, value_parser = parse_stream_url)]
+    pub url: String,
+    /// Only events of this project; repeat for several (default: all projects).
+    #[arg(long = "project", value_name = "ID", value_parser = non_empty)]
+    pub projects: Vec<String>,
+    /// Only these kinds: comma-separated, with `prefix*` patterns (default: all kinds).
+    #[arg(long, value_name = "LIST", value_parser = non_empty)]
+    pub types: Option<String>,
+    /// Start after this cursor (`<epoch>:<seq>`, or `<seq>`; `0` is the beginning) instead of
+    /// at the head.
+    #[arg(long, value_name = "CURSOR", value_parser = parse_cursor)]
+    pub after: Option<String>,
+    /// Keep the position in this file: read at start (it wins over --after) and replaced
+    /// atomically after each printed event, so the next run continues exactly after the last
+    /// printed event.
+    #[arg(long, value_name = "PATH")]
+    pub cursor_file: Option<PathBuf>,
+    /// Output format: the event JSON as received, or a readable line (colour only on a
+    /// terminal, never with NO_COLOR).
+    #[arg(long, default_value = "json", value_parser = parse_format)]
+    pub format: TailFormat,
+    /// Replay what exists (after the cursor, with the filters), print it and exit at
+    /// changefeed.ready instead of following.
+    #[arg(long)]
+    pub once: bool,
+    /// For https: trust only the CA certificates in this PEM file (default: the system's).
+    #[arg(long, value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
+}
+
+impl TailArgs {
+    /// The client library's options for these flags.
+    pub fn options(&self) -> TailOptions {
+        TailOptions {
+            url: self.url.clone(),
+            projects: self.projects.clone(),
+            types: self.types.clone(),
+            after: self.after.clone(),
+            cursor_file: self.cursor_file.clone(),
+            format: self.format,
+            once: self.once,
+            cacert: self.cacert.clone(),
+            // A bearer token for servers that check them goes here, as `Authorization`.
+            headers: Vec::new(),
+        }
+    }
+}
+
+fn parse_stream_url(text: &str) -> Result<String, String> {
+    let options = TailOptions {
+        url: text.to_owned(),
+        ..TailOptions::default()
+    };
+    tail::stream_url(&options)
+        .map(|_| text.to_owned())
+        .map_err(|error| error.to_string())
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("the value must not be empty".into())
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+fn parse_cursor(text: &str) -> Result<String, String> {
+    Cursor::parse(text)
+        .map(|_| text.to_owned())
+        .map_err(|error| format!("{error} (expected <epoch>:<seq> or <seq>)"))
+}
+
+fn parse_format(text: &str) -> Result<TailFormat, String> {
+    text.parse()
 }
 
 /// Flags of `changefeed contract-service`.
@@ -250,13 +348,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 };
                 serve(args.serve, Some(demo)).await
             }
-            Command::Tail(args) => run_tail(args).await.map_err(|error| match error {
-                TailError::InvalidArgs(_) => CliError::usage(error.to_string()),
-                other => CliError::runtime(other.to_string()),
-            }),
+            Command::Tail(args) => run_tail(args).await,
             Command::ContractService(args) => {
                 let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.port);
-                crate::contract::run_contract_service(addr)
+                changefeed_client::contract::run_contract_service(addr)
                     .await
                     .map_err(|error| {
                         CliError::runtime(format!("contract service on {addr}: {error}"))
@@ -264,6 +359,31 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
     })
+}
+
+async fn run_tail(args: TailArgs) -> Result<(), CliError> {
+    let options = args.options();
+    let summary = tail::run_tail(options.clone())
+        .await
+        .map_err(|error| match error {
+            TailError::InvalidArgs(_) => CliError::usage(error.to_string()),
+            other => CliError::runtime(other.to_string()),
+        })?;
+    match summary.exit_code(&options) {
+        0 => Ok(()),
+        tail::EXIT_RESET => Err(CliError {
+            message: format!(
+                "tail: caught up after {} reset(s): events may have been skipped; refetch \
+                 state built from earlier events",
+                summary.resets
+            ),
+            code: tail::EXIT_RESET,
+        }),
+        code => Err(CliError {
+            message: "tail: interrupted before catching up".into(),
+            code,
+        }),
+    }
 }
 
 /// Checks that `url` names a database this build can serve.
@@ -411,5 +531,70 @@ mod tests {
             Command::ContractService(ContractServiceArgs { port: 8111 })
         ));
         assert!(Cli::try_parse_from(["changefeed", "contract-service"]).is_err());
+    }
+
+    #[test]
+    fn tail_flags_fill_the_client_options() {
+        let cli = Cli::try_parse_from([
+            "changefeed",
+            "tail",
+            "https://feed.example:8443",
+            "--project",
+            "p1",
+            "--project",
+            "p 2",
+            "--types",
+            "pr_*,session_created",
+            "--after",
+            "00000000000000ab:7",
+            "--cursor-file",
+            "feed.cursor",
+            "--format",
+            "pretty",
+            "--once",
+            "--cacert",
+            "ca.pem",
+        ])
+        .unwrap();
+        let Command::Tail(args) = cli.command else {
+            panic!("tail expected");
+        };
+        let options = args.options();
+        assert_eq!(
+            options,
+            TailOptions {
+                url: "https://feed.example:8443".into(),
+                projects: vec!["p1".into(), "p 2".into()],
+                types: Some("pr_*,session_created".into()),
+                after: Some("00000000000000ab:7".into()),
+                cursor_file: Some("feed.cursor".into()),
+                format: TailFormat::Pretty,
+                once: true,
+                cacert: Some("ca.pem".into()),
+                headers: Vec::new(),
+            }
+        );
+        let bare = Cli::try_parse_from(["changefeed", "tail"]).unwrap();
+        let Command::Tail(bare) = bare.command else {
+            panic!("tail expected");
+        };
+        assert_eq!(bare.options(), TailOptions::default());
+    }
+
+    #[test]
+    fn bad_tail_flags_are_usage_errors() {
+        for args in [
+            &["changefeed", "tail", "--after", "x"][..],
+            &["changefeed", "tail", "--after", "012"],
+            &["changefeed", "tail", "--project", ""],
+            &["changefeed", "tail", "--types", ""],
+            &["changefeed", "tail", "--format", "xml"],
+            &["changefeed", "tail", "ftp://h/e"],
+            &["changefeed", "tail", "127.0.0.1:7467"],
+            &["changefeed", "tail", "--once=maybe"],
+            &["changefeed", "tail", "--bogus"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 }

@@ -401,6 +401,8 @@ async fn events<S: Store>(
         state.now(),
     );
     let cursor = subscription.start_cursor().to_string();
+    // The newest position when the stream opened: how far a replay has to go (progress lines).
+    let head = changefeed_core::Cursor::new(state.epoch(), published).to_string();
     tracing::debug!(
         cursor,
         projects = ?filter.projects,
@@ -433,6 +435,9 @@ async fn events<S: Store>(
     response_headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Ok(value) = HeaderValue::from_str(&cursor) {
         response_headers.insert("changefeed-cursor", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&head) {
+        response_headers.insert("changefeed-head", value);
     }
     response
 }

@@ -17,8 +17,6 @@
 
 pub mod broadcast;
 pub mod cli;
-pub mod client;
-pub mod contract;
 pub mod demo;
 pub mod http;
 pub mod janitor;

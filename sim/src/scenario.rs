@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use changefeed::broadcast::Broadcaster;
-use changefeed::client::{Client, ClientConfig, ClientItem, EventSource, SseItem};
+use changefeed_client::{Client, ClientConfig, ClientItem, EventSource, SseItem};
 use changefeed::http::{AppState, ServerConfig};
 use changefeed::metrics::Metrics;
 use changefeed::shutdown;
@@ -898,7 +898,7 @@ enum AnyClient {
 }
 
 impl AnyClient {
-    async fn next(&mut self) -> Option<Result<Seen, changefeed::client::ClientError>> {
+    async fn next(&mut self) -> Option<Result<Seen, changefeed_client::ClientError>> {
         Some(Ok(match self {
             AnyClient::Raw(source) => match source.next().await? {
                 Ok(item) => match item {

@@ -6,7 +6,7 @@
 
 mod client_support;
 
-use changefeed::contract::{serve_contract_service, CAPABILITIES};
+use changefeed_client::contract::{serve_contract_service, CAPABILITIES};
 use client_support::{bounded, http, Callbacks, ScriptServer, REAL};
 use serde_json::json;
 

@@ -9,7 +9,7 @@ mod client_support;
 use std::io;
 use std::time::Duration;
 
-use changefeed::client::{
+use changefeed_client::{
     ChangeEvent, Client, ClientConfig, ClientError, ClientItem, Disconnect, GiveUpReason,
     TcpConnector,
 };
@@ -687,7 +687,7 @@ async fn the_cursor_advances_item_by_item_within_one_chunk() {
     assert_eq!(client.last_cursor(), Some(&*cursor(9)));
 }
 
-async fn next_item<C: changefeed::client::Connector>(client: &mut Client<C>) -> ClientItem {
+async fn next_item<C: changefeed_client::Connector>(client: &mut Client<C>) -> ClientItem {
     client_support::bounded("an item", REAL, client.next())
         .await
         .expect("an item")

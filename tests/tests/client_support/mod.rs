@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use changefeed::client::{Client, ClientError, ClientItem, Connector};
+use changefeed_client::{Client, ClientError, ClientItem, Connector};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
