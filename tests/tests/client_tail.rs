@@ -285,7 +285,9 @@ async fn tail_once_prints_what_exists_then_the_next_run_continues_after_it() {
 #[tokio::test]
 async fn tail_once_reports_a_reset_and_counts_it_in_the_exit_code() {
     let server = TestServer::start().await;
-    server.write(&project_sql("a")).await;
+    server
+        .write(&format!("{}{}", project_sql("a"), project_sql("b")))
+        .await;
     add_sessions(&server, 1, 10).await;
     server.settle().await;
     let head = server.head().await.0;
@@ -318,7 +320,9 @@ async fn tail_once_reports_a_reset_and_counts_it_in_the_exit_code() {
 #[tokio::test]
 async fn the_stream_announces_where_it_starts_and_the_head() {
     let server = TestServer::start().await;
-    server.write(&project_sql("a")).await;
+    server
+        .write(&format!("{}{}", project_sql("a"), project_sql("b")))
+        .await;
     add_sessions(&server, 1, 6).await;
     server.settle().await;
     let head = server.head().await.0;

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 
+use changefeed_core::Cursor;
 use url::Url;
 
 pub use output::TailFormat;
@@ -63,7 +64,8 @@ pub struct TailOptions {
     pub cursor_file: Option<PathBuf>,
     /// How events are printed.
     pub format: TailFormat,
-    /// Replay what exists, print it, and stop at `changefeed.ready`.
+    /// Replay what exists, print it, and stop at `changefeed.ready` (or, when the server
+    /// announced a head beyond it with `Changefeed-Head`, once the stream passes that head).
     pub once: bool,
     /// Trust only the CA certificates of this PEM file for `https` (else the platform's).
     pub cacert: Option<PathBuf>,
@@ -269,6 +271,12 @@ where
     let mut summary = TailSummary::default();
     let mut client = Client::new(config, connector);
     let mut shutdown = std::pin::pin!(shutdown);
+    // `--once` past `changefeed.ready`: rows committed before the stream opened but not yet
+    // published at that moment are still to come; read until the position passes the head the
+    // server announced (id-only checkpoints move it silently, so it is also checked on a tick).
+    let mut head: Option<Cursor> = None;
+    let mut draining = false;
+    let mut drain_tick = tokio::time::interval(DRAIN_CHECK);
     // Records the position after an item was fully handled (printed and flushed).
     let persist = |file: &mut Option<CursorFile>, cursor: Option<&str>| match file {
         Some(file) => file.persist(cursor),
@@ -279,6 +287,13 @@ where
             biased;
             () = &mut shutdown => break,
             item = client.next() => item,
+            _ = drain_tick.tick(), if draining => {
+                if reached(client.last_cursor(), head) {
+                    caught_up(&mut summary, &mut progress, &mut err);
+                    break;
+                }
+                continue;
+            }
         };
         let item = match item {
             None => break,
@@ -324,12 +339,15 @@ where
             } => {
                 persist(&mut cursor_file, client.last_cursor())?;
                 progress.advanced(client.last_cursor(), false);
-                progress.stop_replaying();
                 if options.once {
-                    summary.caught_up = true;
-                    progress.finish(&mut err);
-                    break;
+                    if reached(client.last_cursor(), head) {
+                        caught_up(&mut summary, &mut progress, &mut err);
+                        break;
+                    }
+                    draining = true;
+                    continue;
                 }
+                progress.stop_replaying();
                 progress.clear(&mut err);
                 note(
                     &mut err,
@@ -346,10 +364,9 @@ where
                         .and_then(|value| value.to_str().ok())
                         .map(str::to_owned)
                 };
-                progress.connected(
-                    header("changefeed-cursor").as_deref(),
-                    header("changefeed-head").as_deref(),
-                );
+                let announced = header("changefeed-head");
+                head = announced.as_deref().and_then(|text| Cursor::parse(text).ok());
+                progress.connected(header("changefeed-cursor").as_deref(), announced.as_deref());
             }
             ClientItem::Disconnected { reason, retry_in } => {
                 progress.clear(&mut err);
@@ -376,6 +393,10 @@ where
                 progress.tick(&mut err);
             }
         }
+        if draining && reached(client.last_cursor(), head) {
+            caught_up(&mut summary, &mut progress, &mut err);
+            break;
+        }
     }
     progress.clear(&mut err);
     if summary.reader_gone {
@@ -388,6 +409,30 @@ where
     persist(&mut cursor_file, client.last_cursor())?;
     summary.cursor = client.last_cursor().map(str::to_owned);
     Ok(summary)
+}
+
+/// How often a `--once` run past `changefeed.ready` checks whether it reached the head.
+const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The position is at or past the announced head (or there is none to wait for).
+fn reached(position: Option<&str>, head: Option<Cursor>) -> bool {
+    let Some(head) = head else {
+        return true;
+    };
+    match position.and_then(|text| Cursor::parse(text).ok()) {
+        Some(position) if position.epoch.is_none() || position.epoch == head.epoch => {
+            position.seq >= head.seq
+        }
+        // Another log's position (a reset follows) or none: nothing to compare.
+        Some(_) => true,
+        None => head.seq.0 == 0,
+    }
+}
+
+fn caught_up(summary: &mut TailSummary, progress: &mut Progress, err: &mut impl Write) {
+    summary.caught_up = true;
+    progress.stop_replaying();
+    progress.finish(err);
 }
 
 /// Prints one event and flushes; `Ok(false)` when the reader is gone.
