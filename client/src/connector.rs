@@ -82,7 +82,10 @@ fn target(uri: &::http::Uri, tls_supported: bool) -> io::Result<Target> {
     let host = uri
         .host()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the URL has no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     Ok(Target { host, port, tls })
 }
@@ -274,21 +277,22 @@ fn handshake_error(target: &Target, roots: &TrustRoots, error: io::Error) -> io:
     };
     let authority = format!("{}:{}", target.host, target.port);
     let hint = match tls {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
-            match roots {
-                TrustRoots::PemFile(path) => format!(
-                    ": the server's certificate is not signed by the CA in {}",
-                    path.display()
-                ),
-                _ => ": the server's certificate is not signed by a trusted CA (for a private \
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => match roots {
+            TrustRoots::PemFile(path) => format!(
+                ": the server's certificate is not signed by the CA in {}",
+                path.display()
+            ),
+            _ => ": the server's certificate is not signed by a trusted CA (for a private \
                        CA, trust its certificate file, e.g. `--cacert FILE`)"
-                    .to_owned(),
-            }
-        }
+                .to_owned(),
+        },
         rustls::Error::InvalidCertificate(
             rustls::CertificateError::NotValidForName
             | rustls::CertificateError::NotValidForNameContext { .. },
-        ) => format!(": the server's certificate is not valid for {:?}", target.host),
+        ) => format!(
+            ": the server's certificate is not valid for {:?}",
+            target.host
+        ),
         rustls::Error::InvalidCertificate(
             rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. },
         ) => ": the server's certificate has expired".to_owned(),

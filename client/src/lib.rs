@@ -84,7 +84,9 @@ use std::time::Duration;
 
 pub use changefeed_core::reconnect::{GiveUpReason, ReconnectConfig};
 pub use changefeed_core::sse::{ParseError, ParserLimits, SseEvent};
-pub use connector::{Connector, HttpsConnector, MaybeTlsStream, TcpConnector, TlsError, TrustRoots};
+pub use connector::{
+    Connector, HttpsConnector, MaybeTlsStream, TcpConnector, TlsError, TrustRoots,
+};
 pub use source::{Disconnect, EventSource, SseItem};
 pub use typed::{ChangeEvent, Client, ClientItem};
 

@@ -325,9 +325,9 @@ async fn send<C: Connector>(
         .connect(uri)
         .await
         .map_err(|error| match error.kind() {
-            io::ErrorKind::Unsupported | io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => {
-                OpenError::Fatal(ClientError::Connector(error))
-            }
+            io::ErrorKind::Unsupported
+            | io::ErrorKind::InvalidInput
+            | io::ErrorKind::InvalidData => OpenError::Fatal(ClientError::Connector(error)),
             _ => OpenError::Retry(format!("cannot connect to {authority}: {error}")),
         })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)

@@ -353,7 +353,8 @@ impl<C: Connector> EventSource<C> {
                 let seed = self.machine.last_event_id().unwrap_or_default();
                 self.parser = Parser::with_limits(seed, self.limits);
                 let url = redacted(&opened.url);
-                self.queue.push_back(Queued::Item(SseItem::Connected { url: url.clone() }));
+                self.queue
+                    .push_back(Queued::Item(SseItem::Connected { url: url.clone() }));
                 self.response = Some(opened.head);
                 self.conn = Conn::Streaming {
                     body: opened.body,

@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use changefeed::broadcast::Broadcaster;
-use changefeed_client::{Client, ClientConfig, ClientItem, EventSource, SseItem};
 use changefeed::http::{AppState, ServerConfig};
 use changefeed::metrics::Metrics;
 use changefeed::shutdown;
 use changefeed::store::memory::MemoryStore;
 use changefeed::store::{Retention, Store};
 use changefeed::tailer::{Tailer, TailerConfig};
+use changefeed_client::{Client, ClientConfig, ClientItem, EventSource, SseItem};
 use changefeed_core::{Epoch, Filter, Seq, SubscriptionConfig, TypePattern};
 use tokio::time::Instant;
 

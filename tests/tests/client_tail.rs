@@ -299,7 +299,10 @@ async fn tail_once_reports_a_reset_and_counts_it_in_the_exit_code() {
     let (summary, printed, stderr) = run_once(options.clone(), Console::default()).await;
     assert_eq!(summary.resets, 1);
     assert!(summary.caught_up);
-    assert_eq!(summary.exit_code(&options), changefeed_client::tail::EXIT_RESET);
+    assert_eq!(
+        summary.exit_code(&options),
+        changefeed_client::tail::EXIT_RESET
+    );
     assert!(printed.is_empty(), "{printed:?}");
     // Reported even off a terminal, with the reason and the new cursor.
     assert!(
@@ -328,5 +331,8 @@ async fn the_stream_announces_where_it_starts_and_the_head() {
     let head = server.head().await.0;
     let stream = server.stream("/api/v1/events?after=2").await;
     assert_eq!(stream.header("changefeed-cursor"), Some(&*server.cursor(2)));
-    assert_eq!(stream.header("changefeed-head"), Some(&*server.cursor(head)));
+    assert_eq!(
+        stream.header("changefeed-head"),
+        Some(&*server.cursor(head))
+    );
 }

@@ -16,7 +16,10 @@ fn main() -> ExitCode {
             _ => return usage(&format!("unexpected argument {arg:?}")),
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("changefeed-contract-service: cannot start the async runtime: {error}");
@@ -35,6 +38,8 @@ fn main() -> ExitCode {
 }
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("changefeed-contract-service: {problem} (usage: changefeed-contract-service [--port N])");
+    eprintln!(
+        "changefeed-contract-service: {problem} (usage: changefeed-contract-service [--port N])"
+    );
     ExitCode::from(2)
 }

@@ -252,7 +252,11 @@ where
     config
         .validate()
         .map_err(|e| TailError::InvalidArgs(e.to_string()))?;
-    let mut cursor_file = options.cursor_file.clone().map(CursorFile::open).transpose()?;
+    let mut cursor_file = options
+        .cursor_file
+        .clone()
+        .map(CursorFile::open)
+        .transpose()?;
     let saved = cursor_file
         .as_ref()
         .and_then(|file| file.saved().map(str::to_owned));
@@ -365,7 +369,9 @@ where
                         .map(str::to_owned)
                 };
                 let announced = header("changefeed-head");
-                head = announced.as_deref().and_then(|text| Cursor::parse(text).ok());
+                head = announced
+                    .as_deref()
+                    .and_then(|text| Cursor::parse(text).ok());
                 progress.connected(header("changefeed-cursor").as_deref(), announced.as_deref());
             }
             ClientItem::Disconnected { reason, retry_in } => {
@@ -503,8 +509,14 @@ mod tests {
     #[test]
     fn a_server_address_gets_the_events_path_and_other_paths_are_kept() {
         for (given, expected) in [
-            ("http://127.0.0.1:7467", "http://127.0.0.1:7467/api/v1/events"),
-            ("http://127.0.0.1:7467/", "http://127.0.0.1:7467/api/v1/events"),
+            (
+                "http://127.0.0.1:7467",
+                "http://127.0.0.1:7467/api/v1/events",
+            ),
+            (
+                "http://127.0.0.1:7467/",
+                "http://127.0.0.1:7467/api/v1/events",
+            ),
             ("https://feed.example", "https://feed.example/api/v1/events"),
             ("http://h:1/e", "http://h:1/e"),
             ("http://h:1/api/v1/events", "http://h:1/api/v1/events"),

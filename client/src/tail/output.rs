@@ -27,7 +27,9 @@ impl FromStr for TailFormat {
         match text {
             "json" => Ok(TailFormat::Json),
             "pretty" => Ok(TailFormat::Pretty),
-            other => Err(format!("unknown format {other:?} (expected json or pretty)")),
+            other => Err(format!(
+                "unknown format {other:?} (expected json or pretty)"
+            )),
         }
     }
 }
@@ -144,7 +146,10 @@ mod tests {
             r#"2026-11-26 21:13:07.123Z  p1  s1  pr_updated  #42  {"url":"u"}"#
         );
         let coloured = line(&event, TailFormat::Pretty, true);
-        assert!(coloured.contains("\x1b[1;33mpr_updated\x1b[0m"), "{coloured:?}");
+        assert!(
+            coloured.contains("\x1b[1;33mpr_updated\x1b[0m"),
+            "{coloured:?}"
+        );
         assert!(coloured.contains("\x1b[36mp1\x1b[0m"), "{coloured:?}");
         // The JSON format never colours and is the data as received.
         assert_eq!(line(&event, TailFormat::Json, true), event.data);

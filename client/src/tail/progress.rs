@@ -131,23 +131,25 @@ impl Progress {
             let seq = seq.min(head);
             let span = head - first;
             let done = seq - first;
-            let percent = if span == 0 {
-                100
-            } else {
-                done * 100 / span
-            };
+            let percent = if span == 0 { 100 } else { done * 100 / span };
             parts.push(format!(
                 "seq {} of {} ({percent}%)",
                 thousands(seq),
                 thousands(head)
             ));
-            parts.push(format!("{} events/s", thousands(rate(self.printed, elapsed))));
+            parts.push(format!(
+                "{} events/s",
+                thousands(rate(self.printed, elapsed))
+            ));
             if label == "replaying" && done > 0 && seq < head {
                 let left = (head - seq) as f64 * elapsed / done as f64;
                 parts.push(format!("~{} left", duration(left)));
             }
         } else {
-            parts.push(format!("{} events/s", thousands(rate(self.printed, elapsed))));
+            parts.push(format!(
+                "{} events/s",
+                thousands(rate(self.printed, elapsed))
+            ));
         }
         if label != "replaying" {
             parts.push(format!("in {}", duration(elapsed)));
