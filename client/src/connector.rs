@@ -277,7 +277,9 @@ fn handshake_error(target: &Target, roots: &TrustRoots, error: io::Error) -> io:
     };
     let authority = format!("{}:{}", target.host, target.port);
     let hint = match tls {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => match roots {
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+        ) => match roots {
             TrustRoots::PemFile(path) => format!(
                 ": the server's certificate is not signed by the CA in {}",
                 path.display()
