@@ -99,7 +99,7 @@ async fn run_tail(
     };
     let console = Console {
         chatty_stderr: true,
-        color: false,
+        ..Console::default()
     };
     let run = tail(args, TcpConnector, console, out, status.clone(), shutdown);
     let watch = async {
@@ -265,7 +265,7 @@ async fn tail_once_prints_what_exists_then_the_next_run_continues_after_it() {
     let second_batch = add_sessions(&server, 40, 70).await;
     let chatty = Console {
         chatty_stderr: true,
-        color: false,
+        ..Console::default()
     };
     let (summary, printed, stderr) = run_once(once_options(&server, &cursor_file), chatty).await;
     let sessions: Vec<String> = printed.iter().map(|l| session_of(l)).collect();

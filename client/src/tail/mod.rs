@@ -97,6 +97,9 @@ pub struct Console {
     pub chatty_stderr: bool,
     /// Colour in the pretty format on stdout.
     pub color: bool,
+    /// stdout is a terminal (perhaps the same as stderr's): the progress line is lifted off
+    /// the screen while an event is printed, and put back after it.
+    pub stdout_terminal: bool,
 }
 
 impl Console {
@@ -104,9 +107,11 @@ impl Console {
     /// stdout is a terminal and `NO_COLOR` is unset or empty.
     pub fn detect() -> Console {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+        let stdout_terminal = io::stdout().is_terminal();
         Console {
             chatty_stderr: io::stderr().is_terminal(),
-            color: io::stdout().is_terminal() && !no_color,
+            color: stdout_terminal && !no_color,
+            stdout_terminal,
         }
     }
 }
@@ -281,6 +286,10 @@ where
     let mut head: Option<Cursor> = None;
     let mut draining = false;
     let mut drain_tick = tokio::time::interval(DRAIN_CHECK);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The progress line also moves while nothing arrives (a slow server: the rate drops).
+    let mut redraw_tick = tokio::time::interval(progress::REDRAW_EVERY);
+    redraw_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Records the position after an item was fully handled (printed and flushed).
     let persist = |file: &mut Option<CursorFile>, cursor: Option<&str>| match file {
         Some(file) => file.persist(cursor),
@@ -291,6 +300,10 @@ where
             biased;
             () = &mut shutdown => break,
             item = client.next() => item,
+            _ = redraw_tick.tick(), if progress.showing() => {
+                progress.tick(&mut err);
+                continue;
+            }
             _ = drain_tick.tick(), if draining => {
                 if reached(client.last_cursor(), head) {
                     caught_up(&mut summary, &mut progress, &mut err);
@@ -310,7 +323,7 @@ where
         };
         match item {
             ClientItem::Event(event) => {
-                progress.clear(&mut err);
+                let lifted = console.stdout_terminal && progress.clear(&mut err);
                 if !print(&mut out, &event, options.format, color)? {
                     // The reader went away (`tail | head`): stop quietly; the event was not
                     // delivered, so the cursor stays before it.
@@ -320,7 +333,11 @@ where
                 summary.printed += 1;
                 persist(&mut cursor_file, client.last_cursor())?;
                 progress.advanced(client.last_cursor(), true);
-                progress.tick(&mut err);
+                if lifted {
+                    progress.redraw(&mut err);
+                } else {
+                    progress.tick(&mut err);
+                }
             }
             ClientItem::Reset {
                 requested,

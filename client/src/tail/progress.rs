@@ -11,7 +11,7 @@ use tokio::time::Instant;
 /// How long a replay runs before the line appears (short replays stay quiet).
 const SHOW_AFTER: Duration = Duration::from_millis(200);
 /// The least time between two redraws.
-const REDRAW_EVERY: Duration = Duration::from_millis(100);
+pub(super) const REDRAW_EVERY: Duration = Duration::from_millis(100);
 /// Erases the terminal line the cursor is on and returns to its start.
 const CLEAR: &str = "\r\x1b[2K";
 
@@ -72,17 +72,32 @@ impl Progress {
         }
     }
 
+    /// A replay is running on a terminal: the line wants redrawing now and then.
+    pub(super) fn showing(&self) -> bool {
+        self.enabled && self.replaying
+    }
+
     /// Replay caught up (`changefeed.ready`), or the connection ended.
     pub(super) fn stop_replaying(&mut self) {
         self.replaying = false;
     }
 
-    /// Removes the line from the screen (before other output reaches the terminal).
-    pub(super) fn clear(&mut self, err: &mut impl Write) {
-        if self.visible {
-            let _ = write!(err, "{CLEAR}");
-            let _ = err.flush();
-            self.visible = false;
+    /// Removes the line from the screen (before other output reaches the terminal); whether
+    /// it was there.
+    pub(super) fn clear(&mut self, err: &mut impl Write) -> bool {
+        if !self.visible {
+            return false;
+        }
+        let _ = write!(err, "{CLEAR}");
+        let _ = err.flush();
+        self.visible = false;
+        true
+    }
+
+    /// Puts a lifted line back at once.
+    pub(super) fn redraw(&mut self, err: &mut impl Write) {
+        if self.enabled && self.replaying {
+            self.draw(err, Instant::now(), "replaying");
         }
     }
 
@@ -175,8 +190,11 @@ fn thousands(n: u64) -> String {
     out
 }
 
-/// Seconds as `0.4s`, `42s`, `3m05s`, `2h01m`.
+/// Seconds as `46ms`, `4.2s`, `42s`, `3m05s`, `2h01m`.
 fn duration(seconds: f64) -> String {
+    if seconds < 1.0 {
+        return format!("{}ms", (seconds * 1000.0).round() as u64);
+    }
     if seconds < 10.0 {
         return format!("{seconds:.1}s");
     }
@@ -198,7 +216,8 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
-        assert_eq!(duration(0.42), "0.4s");
+        assert_eq!(duration(0.046), "46ms");
+        assert_eq!(duration(4.24), "4.2s");
         assert_eq!(duration(42.0), "42s");
         assert_eq!(duration(185.0), "3m05s");
         assert_eq!(duration(7260.0), "2h01m");
@@ -227,8 +246,8 @@ mod tests {
         // Redraws are throttled; a clear erases the line once.
         progress.tick(&mut screen);
         assert_eq!(screen.len(), text.len());
-        progress.clear(&mut screen);
-        progress.clear(&mut screen);
+        assert!(progress.clear(&mut screen));
+        assert!(!progress.clear(&mut screen));
         assert_eq!(&screen[text.len()..], CLEAR.as_bytes());
         // A disabled line (stderr not a terminal) never draws.
         let mut quiet = Progress::new(false);
