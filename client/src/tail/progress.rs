@@ -145,8 +145,11 @@ impl Progress {
             let first = self.first_seq.unwrap_or(0).min(head);
             let seq = seq.min(head);
             let span = head - first;
-            let done = seq - first;
-            let percent = if span == 0 { 100 } else { done * 100 / span };
+            // A reset may move the position back before where this run started.
+            let done = seq.saturating_sub(first);
+            let percent = (u128::from(done) * 100)
+                .checked_div(u128::from(span))
+                .unwrap_or(100);
             parts.push(format!(
                 "seq {} of {} ({percent}%)",
                 thousands(seq),
