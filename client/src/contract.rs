@@ -36,7 +36,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
-use crate::{request_once, ClientConfig, Disconnect, EventSource, SseItem, TcpConnector};
+use crate::{
+    request_once, ClientConfig, Disconnect, EventSource, HttpsConnector, SseItem, TcpConnector,
+};
 
 /// What the client supports, spelled as the harness spells it. Not declared:
 /// `event-type-listeners`, which means the client's API *requires* a listener per event type;
@@ -71,7 +73,14 @@ pub async fn run_contract_service(addr: SocketAddr) -> io::Result<()> {
 
 /// Serves the contract-test protocol on `listener` until `DELETE /`; then stops every client.
 pub async fn serve_contract_service(listener: TcpListener) -> io::Result<()> {
-    let service = Arc::new(Service::default());
+    // Stream URLs may be `https` (trusting the platform's roots); callbacks are plain `http`.
+    let connector = HttpsConnector::new().map_err(io::Error::other)?;
+    let service = Arc::new(Service {
+        connector,
+        entities: Mutex::default(),
+        next_id: AtomicU64::default(),
+        stop: Notify::new(),
+    });
     let (stopping, stop_signal) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     loop {
@@ -115,8 +124,8 @@ pub async fn serve_contract_service(listener: TcpListener) -> io::Result<()> {
     Ok(())
 }
 
-#[derive(Default)]
 struct Service {
+    connector: HttpsConnector,
     entities: Mutex<HashMap<u64, Entity>>,
     next_id: AtomicU64,
     stop: Notify,
@@ -241,7 +250,7 @@ fn create(service: &Service, host: Option<&str>, body: &[u8]) -> Reply {
         base: params.callback_url,
         counter: 0,
     };
-    let source = EventSource::new(config, TcpConnector);
+    let source = EventSource::new(config, service.connector.clone());
     let task = tokio::spawn(run_entity(source, receiver, callback));
     service.lock().insert(id, Entity { commands, task });
 
@@ -292,7 +301,7 @@ fn close(service: &Service, id: u64) -> Reply {
 
 /// One stream entity: forwards what the client sees to the harness, and obeys commands.
 async fn run_entity(
-    mut source: EventSource<TcpConnector>,
+    mut source: EventSource<HttpsConnector>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut callback: Callback,
 ) {

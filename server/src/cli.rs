@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use changefeed_client::tail::{self, TailError, TailFormat, TailOptions};
 use changefeed_core::Cursor;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand};
 
 use crate::broadcast::DEFAULT_CAPACITY;
@@ -82,7 +83,12 @@ pub struct TailArgs {
     pub cursor_file: Option<PathBuf>,
     /// Output format: the event JSON as received, or a readable line (colour only on a
     /// terminal, never with NO_COLOR).
-    #[arg(long, default_value = "json", value_parser = parse_format)]
+    #[arg(
+        long,
+        default_value = "json",
+        value_parser = PossibleValuesParser::new(TailFormat::NAMES)
+            .try_map(|name| name.parse::<TailFormat>())
+    )]
     pub format: TailFormat,
     /// Replay what exists (after the cursor, with the filters), print it and exit at
     /// changefeed.ready instead of following.
@@ -133,10 +139,6 @@ fn parse_cursor(text: &str) -> Result<String, String> {
     Cursor::parse(text)
         .map(|_| text.to_owned())
         .map_err(|error| format!("{error} (expected <epoch>:<seq> or <seq>)"))
-}
-
-fn parse_format(text: &str) -> Result<TailFormat, String> {
-    text.parse()
 }
 
 /// Flags of `changefeed contract-service`.
