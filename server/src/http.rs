@@ -401,9 +401,9 @@ async fn events<S: Store>(
         state.now(),
     );
     let cursor = subscription.start_cursor().to_string();
-    // The newest committed position when the stream opened: how far a replay has to go
-    // (progress lines; `tail --once` reads at least this far).
-    let head = changefeed_core::Cursor::new(state.epoch(), bounds.head).to_string();
+    // The newest position published when the stream opened: a replay reaches at least this
+    // far before `changefeed.ready` (progress lines).
+    let head = changefeed_core::Cursor::new(state.epoch(), published).to_string();
     tracing::debug!(
         cursor,
         projects = ?filter.projects,

@@ -53,7 +53,7 @@ async fn the_service_drives_the_client_for_the_harness() {
     assert_eq!(status, 200);
     let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(status, json!({ "capabilities": CAPABILITIES }));
-    // Spelled as the harness spells them (its `ssetests` and `docs/optional_features.md`).
+    // Spelled as the public `sse-contract-tests` harness spells them.
     for capability in [
         "bom",
         "comments",

@@ -1,7 +1,7 @@
 //! Proves the library half of `changefeed tail` against the real server: with `--cursor-file`,
 //! runs stopped part-way and restarted print exactly the filtered log, each event once, in
-//! order, and the file wins over `--after`; `--once` prints what exists and stops at
-//! `changefeed.ready`, and the next `--once` run continues exactly after it; a reset is reported
+//! order, and the file wins over `--after`; `--once` prints what the server has published and
+//! stops at `changefeed.ready`, and the next `--once` run continues exactly after it; a reset is reported
 //! on stderr (with the reason and the new cursor) and counted for the exit code; off a terminal
 //! stderr carries no notes or progress line; the server announces the head for the progress
 //! line (`Changefeed-Head`).
@@ -244,6 +244,8 @@ async fn tail_once_prints_what_exists_then_the_next_run_continues_after_it() {
     let quiet = Console::default();
 
     let first_batch = add_sessions(&server, 0, 40).await;
+    // `--once` prints what the server has published when it connects.
+    server.settle().await;
     let (summary, printed, stderr) = run_once(once_options(&server, &cursor_file), quiet).await;
     let sessions: Vec<String> = printed.iter().map(|l| session_of(l)).collect();
     assert_eq!(sessions, first_batch);
@@ -263,6 +265,7 @@ async fn tail_once_prints_what_exists_then_the_next_run_continues_after_it() {
 
     // New writes (and writes the filter excludes): exactly the new matching events.
     let second_batch = add_sessions(&server, 40, 70).await;
+    server.settle().await;
     let chatty = Console {
         chatty_stderr: true,
         ..Console::default()
@@ -313,6 +316,7 @@ async fn tail_once_reports_a_reset_and_counts_it_in_the_exit_code() {
     // The new cursor is kept: the next run resumes from it with no reset.
     assert_eq!(read_file(&cursor_file).trim(), server.cursor(head));
     let expected = add_sessions(&server, 10, 14).await;
+    server.settle().await;
     let (summary, printed, _) = run_once(options.clone(), Console::default()).await;
     assert_eq!(summary.resets, 0);
     assert_eq!(summary.exit_code(&options), 0);

@@ -22,7 +22,6 @@ use std::future::Future;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 
-use changefeed_core::Cursor;
 use url::Url;
 
 pub use output::TailFormat;
@@ -64,8 +63,8 @@ pub struct TailOptions {
     pub cursor_file: Option<PathBuf>,
     /// How events are printed.
     pub format: TailFormat,
-    /// Replay what exists, print it, and stop at `changefeed.ready` (or, when the server
-    /// announced a head beyond it with `Changefeed-Head`, once the stream passes that head).
+    /// Replay what exists (what the server had published when the stream opened), print it,
+    /// and stop at `changefeed.ready`.
     pub once: bool,
     /// Trust only the CA certificates of this PEM file for `https` (else the platform's).
     pub cacert: Option<PathBuf>,
@@ -280,13 +279,6 @@ where
     let mut summary = TailSummary::default();
     let mut client = Client::new(config, connector);
     let mut shutdown = std::pin::pin!(shutdown);
-    // `--once` past `changefeed.ready`: rows committed before the stream opened but not yet
-    // published at that moment are still to come; read until the position passes the head the
-    // server announced (id-only checkpoints move it silently, so it is also checked on a tick).
-    let mut head: Option<Cursor> = None;
-    let mut draining = false;
-    let mut drain_tick = tokio::time::interval(DRAIN_CHECK);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The progress line also moves while nothing arrives (a slow server: the rate drops).
     let mut redraw_tick = tokio::time::interval(progress::REDRAW_EVERY);
     redraw_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -302,13 +294,6 @@ where
             item = client.next() => item,
             _ = redraw_tick.tick(), if progress.showing() => {
                 progress.tick(&mut err);
-                continue;
-            }
-            _ = drain_tick.tick(), if draining => {
-                if reached(client.last_cursor(), head) {
-                    caught_up(&mut summary, &mut progress, &mut err);
-                    break;
-                }
                 continue;
             }
         };
@@ -360,15 +345,12 @@ where
             } => {
                 persist(&mut cursor_file, client.last_cursor())?;
                 progress.advanced(client.last_cursor(), false);
-                if options.once {
-                    if reached(client.last_cursor(), head) {
-                        caught_up(&mut summary, &mut progress, &mut err);
-                        break;
-                    }
-                    draining = true;
-                    continue;
-                }
                 progress.stop_replaying();
+                if options.once {
+                    summary.caught_up = true;
+                    progress.finish(&mut err);
+                    break;
+                }
                 progress.clear(&mut err);
                 note(
                     &mut err,
@@ -385,11 +367,10 @@ where
                         .and_then(|value| value.to_str().ok())
                         .map(str::to_owned)
                 };
-                let announced = header("changefeed-head");
-                head = announced
-                    .as_deref()
-                    .and_then(|text| Cursor::parse(text).ok());
-                progress.connected(header("changefeed-cursor").as_deref(), announced.as_deref());
+                progress.connected(
+                    header("changefeed-cursor").as_deref(),
+                    header("changefeed-head").as_deref(),
+                );
             }
             ClientItem::Disconnected { reason, retry_in } => {
                 progress.clear(&mut err);
@@ -416,10 +397,6 @@ where
                 progress.tick(&mut err);
             }
         }
-        if draining && reached(client.last_cursor(), head) {
-            caught_up(&mut summary, &mut progress, &mut err);
-            break;
-        }
     }
     progress.clear(&mut err);
     if summary.reader_gone {
@@ -432,30 +409,6 @@ where
     persist(&mut cursor_file, client.last_cursor())?;
     summary.cursor = client.last_cursor().map(str::to_owned);
     Ok(summary)
-}
-
-/// How often a `--once` run past `changefeed.ready` checks whether it reached the head.
-const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// The position is at or past the announced head (or there is none to wait for).
-fn reached(position: Option<&str>, head: Option<Cursor>) -> bool {
-    let Some(head) = head else {
-        return true;
-    };
-    match position.and_then(|text| Cursor::parse(text).ok()) {
-        Some(position) if position.epoch.is_none() || position.epoch == head.epoch => {
-            position.seq >= head.seq
-        }
-        // Another log's position (a reset follows) or none: nothing to compare.
-        Some(_) => true,
-        None => head.seq.0 == 0,
-    }
-}
-
-fn caught_up(summary: &mut TailSummary, progress: &mut Progress, err: &mut impl Write) {
-    summary.caught_up = true;
-    progress.stop_replaying();
-    progress.finish(err);
 }
 
 /// Prints one event and flushes; `Ok(false)` when the reader is gone.
