@@ -53,7 +53,8 @@ Output: one line per event on stdout and nothing else; resets, reconnects and er
 stderr. On a terminal, stderr also shows notes and, during a replay, a progress line \
 (events so far against the head, rate, time left).
 
-Exit status: 0 done (with --once: caught up); 1 the stream failed; 2 bad arguments; \
+Exit status: 0 done (with --once: caught up); 1 the stream failed (with --once, also 5 failed \
+connection attempts in a row); 2 bad arguments; \
 3 --once caught up after a changefeed.reset (events may have been skipped: refetch state \
 built from earlier events); 130 --once interrupted before catching up.
 

@@ -3,16 +3,21 @@
 //! order, and the file wins over `--after`; `--once` prints what the server has published and
 //! stops at `changefeed.ready`, and the next `--once` run continues exactly after it; a reset is reported
 //! on stderr (with the reason and the new cursor) and counted for the exit code; off a terminal
-//! stderr carries no notes or progress line; the server announces the head for the progress
-//! line (`Changefeed-Head`).
+//! stderr carries no notes or progress line; `--once` gives up on a server it cannot reach
+//! (following retries forever); the server announces the head for the progress line
+//! (`Changefeed-Head`).
 
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use changefeed_client::tail::{tail, Console, TailFormat, TailOptions, TailSummary};
+use changefeed_client::tail::{
+    tail, Console, TailError, TailFormat, TailOptions, TailSummary, ONCE_MAX_FAILED_ATTEMPTS,
+};
 use changefeed_client::TcpConnector;
 use changefeed_tests::{project_sql, session_sql, within, TestServer};
+
+mod client_support;
 use tokio::sync::{mpsc, oneshot};
 
 /// An output that hands each complete line to the test.
@@ -339,4 +344,60 @@ async fn the_stream_announces_where_it_starts_and_the_head() {
         stream.header("changefeed-head"),
         Some(&*server.cursor(head))
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn tail_once_gives_up_on_an_unreachable_server_and_following_does_not() {
+    let (mut server, connector) = client_support::ScriptServer::memory();
+    for _ in 0..2 * ONCE_MAX_FAILED_ATTEMPTS {
+        connector.fail_next(io::ErrorKind::ConnectionRefused);
+    }
+    let options = TailOptions {
+        url: "http://changefeed.test".into(),
+        once: true,
+        ..TailOptions::default()
+    };
+    let status = Text::default();
+    let result = tail(
+        options,
+        connector.clone(),
+        Console::default(),
+        io::sink(),
+        status.clone(),
+        std::future::pending(),
+    )
+    .await;
+    match result {
+        Err(error @ TailError::Unreachable { attempts, .. }) => {
+            assert_eq!(attempts, ONCE_MAX_FAILED_ATTEMPTS);
+            assert!(error.to_string().contains("ConnectionRefused"), "{error}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    // Each failure but the last was reported with its backoff.
+    let reported = status.text().matches("reconnecting in").count() as u32;
+    assert_eq!(reported, ONCE_MAX_FAILED_ATTEMPTS - 1, "{}", status.text());
+
+    // Following retries through the remaining failures and connects.
+    let (stop, stopped) = oneshot::channel::<()>();
+    let follow = tokio::spawn(tail(
+        TailOptions {
+            url: "http://changefeed.test".into(),
+            ..TailOptions::default()
+        },
+        connector,
+        Console::default(),
+        io::sink(),
+        io::sink(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let conn = server.accept().await;
+    assert_eq!(conn.request.target, "/api/v1/events");
+    let _ = stop.send(());
+    follow
+        .await
+        .expect("tail task")
+        .expect("follow mode ends cleanly");
 }

@@ -27,8 +27,8 @@ use url::Url;
 pub use output::TailFormat;
 
 use crate::{
-    ChangeEvent, Client, ClientConfig, ClientError, ClientItem, Connector, HttpsConnector,
-    TrustRoots,
+    ChangeEvent, Client, ClientConfig, ClientError, ClientItem, Connector, Disconnect,
+    HttpsConnector, TrustRoots,
 };
 use cursor_file::CursorFile;
 use progress::Progress;
@@ -42,6 +42,11 @@ pub const EVENTS_PATH: &str = "/api/v1/events";
 /// The exit status of a `--once` run that caught up after a `changefeed.reset`: events may have
 /// been skipped, so state built from earlier events must be refetched.
 pub const EXIT_RESET: u8 = 3;
+
+/// How many connection attempts in a row may fail before a `--once` run gives up (with the
+/// client's backoff, 15 to 30 seconds): a script must stop, not wait forever for a server
+/// that is down. Following (without `--once`) retries forever.
+pub const ONCE_MAX_FAILED_ATTEMPTS: u32 = 5;
 
 /// The exit status of a `--once` run stopped (Ctrl-C, SIGTERM) before it caught up.
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -154,6 +159,13 @@ pub enum TailError {
     InvalidArgs(String),
     /// The stream ended for good (the server refused it, for instance).
     Client(ClientError),
+    /// `--once` could not reach the server: this many attempts in a row failed (with backoff).
+    Unreachable {
+        /// The attempts made.
+        attempts: u32,
+        /// Why the last one failed.
+        last: String,
+    },
     /// The cursor file could not be read or written.
     CursorFile {
         /// The file.
@@ -170,6 +182,12 @@ impl fmt::Display for TailError {
         match self {
             TailError::InvalidArgs(problem) => f.write_str(problem),
             TailError::Client(error) => write!(f, "{error}"),
+            TailError::Unreachable { attempts, last } => {
+                write!(
+                    f,
+                    "gave up after {attempts} failed connection attempts: {last}"
+                )
+            }
             TailError::CursorFile { path, source } => {
                 write!(f, "cursor file {}: {source}", path.display())
             }
@@ -184,7 +202,7 @@ impl std::error::Error for TailError {
             TailError::Client(error) => Some(error),
             TailError::CursorFile { source, .. } => Some(source),
             TailError::Output(error) => Some(error),
-            TailError::InvalidArgs(_) => None,
+            TailError::InvalidArgs(_) | TailError::Unreachable { .. } => None,
         }
     }
 }
@@ -277,6 +295,8 @@ where
     let color = console.color && options.format == TailFormat::Pretty;
     let mut progress = Progress::new(console.chatty_stderr);
     let mut summary = TailSummary::default();
+    // Connection attempts that failed in a row (no stream accepted in between).
+    let mut failed_attempts = 0;
     let mut client = Client::new(config, connector);
     let mut shutdown = std::pin::pin!(shutdown);
     // The progress line also moves while nothing arrives (a slow server: the rate drops).
@@ -358,6 +378,7 @@ where
                 );
             }
             ClientItem::Connected { url } => {
+                failed_attempts = 0;
                 progress.clear(&mut err);
                 note(&mut err, format_args!("connected to {url}"));
                 let header = |name: &str| {
@@ -375,6 +396,16 @@ where
             ClientItem::Disconnected { reason, retry_in } => {
                 progress.clear(&mut err);
                 progress.stop_replaying();
+                if matches!(reason, Disconnect::Connect(_) | Disconnect::Status { .. }) {
+                    failed_attempts += 1;
+                    if options.once && failed_attempts >= ONCE_MAX_FAILED_ATTEMPTS {
+                        persist(&mut cursor_file, client.last_cursor())?;
+                        return Err(TailError::Unreachable {
+                            attempts: failed_attempts,
+                            last: reason.to_string(),
+                        });
+                    }
+                }
                 let _ = writeln!(
                     err,
                     "changefeed tail: {reason}; reconnecting in {:.1}s",
