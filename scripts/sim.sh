@@ -7,14 +7,13 @@
 #   SIM_SEED=1234 scripts/sim.sh          # replay one seed (SIM_TRACE=1 prints its whole trace)
 #   SIM_SEED_BASE=<n> scripts/sim.sh      # repeat a run's random seeds
 #
-# Built with --cfg tokio_unstable (turmoil then seeds tokio's RNG and forwards host panics) in
-# its own target directory, so the different RUSTFLAGS never invalidate the main build cache.
+# Needs --cfg tokio_unstable (turmoil then seeds tokio's RNG and forwards host panics), which
+# .cargo/config.toml sets for every build of the workspace: the simulation shares the `fast`
+# build with the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export SIM_SEEDS=${SIM_SEEDS:-200}
-export RUSTFLAGS="--cfg tokio_unstable"
-export CARGO_TARGET_DIR=target/sim
 
 if [ -n "${SIM_SEED:-}" ]; then
   echo "sim: replaying seed $SIM_SEED"
