@@ -23,6 +23,7 @@ missing=()
 command -v cc >/dev/null || missing+=(gcc libc6-dev)          # linker and the bundled SQLite
 [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)  # cargo's HTTPS
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
+command -v curl >/dev/null || missing+=(curl)                 # the CLI test runs the demo's curl line
 command -v chromium >/dev/null || missing+=(chromium)
 [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || missing+=(nginx-light libnginx-mod-nchan)
 command -v perf >/dev/null || missing+=(linux-perf)
