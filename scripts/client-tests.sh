@@ -11,6 +11,7 @@ node_bin=$(scripts/node.sh)
 export PATH="$node_bin:$PATH"
 echo "node $(node --version), npm $(npm --version)"
 cd tests/clients
+export npm_config_update_notifier=false
 # `npm ci` installs exactly the lockfile; skipped when node_modules already matches it.
 if ! cmp -s package-lock.json node_modules/.changefeed-lock 2>/dev/null; then
   npm ci --no-audit --no-fund
