@@ -1,5 +1,6 @@
 //! The results: one markdown table (stdout and `OUT/results.md`) and an SVG latency chart
-//! (`OUT/latency.svg`, hand-written).
+//! (`OUT/latency.svg`, hand-written). Scenarios add rows through [`Compare::row`], the one
+//! helper for a side-by-side row (changefeed, peer, ratio).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -13,15 +14,6 @@ pub enum Cell {
     Text(String),
     Error(String),
     NotRun,
-}
-
-impl From<Result<f64, &String>> for Cell {
-    fn from(result: Result<f64, &String>) -> Cell {
-        match result {
-            Ok(value) => Cell::Value(value),
-            Err(error) => Cell::Error(error.clone()),
-        }
-    }
 }
 
 impl Cell {
