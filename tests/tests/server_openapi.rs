@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 
 use changefeed_core::sse::SseEvent;
+use changefeed_core::wire::ErrorCode;
 use changefeed_tests::{data_json, project_sql, request, session_sql, HttpResponse, TestServer};
 use serde_json::{json, Value};
 
@@ -214,6 +215,16 @@ async fn every_error_is_documented_and_every_documented_code_is_real() {
         .iter()
         .map(|code| code.as_str().unwrap().to_owned())
         .collect();
+    // The document lists exactly the core's codes, each with its status where it can occur.
+    let core: BTreeSet<String> = ErrorCode::ALL
+        .iter()
+        .map(|code| code.as_str().to_owned())
+        .collect();
+    assert_eq!(documented, core);
+    for (path_and_query, status, code) in cases {
+        let code = ErrorCode::parse(code).expect("a core error code");
+        assert_eq!(code.status(), status, "{path_and_query}");
+    }
     // `unavailable` needs a failing store; every other documented code was just produced.
     let mut expected = seen.clone();
     expected.insert("unavailable".to_owned());
