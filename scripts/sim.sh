@@ -32,7 +32,7 @@ status=0
 "${run[@]}" --cargo-quiet --hide-progress-bar --success-output final --failure-output final \
   --status-level fail --final-status-level fail >"$log" 2>&1 || status=$?
 # The per-seed lines are noise on success; everything else (summaries, failures) is shown.
-grep -v -E '^ *sim: (seed [0-9]+$|determinism of seed)' "$log" \
+grep -v -E '^ *sim: (seed [0-9]+(: .*)?$|determinism of seed)' "$log" \
   | grep -E '^ *(sim: |thread |seed |replay with|failures:|FAIL|  +Summary)|^      ' || true
 if [ "$status" != 0 ]; then
   echo "sim: FAILED: the seed and the replay command are above" >&2
