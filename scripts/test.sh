@@ -7,7 +7,15 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 started=$SECONDS
 
-step() { printf '\n==> %s (%ds)\n' "$*" "$((SECONDS - started))"; }
+timings=()
+last_step=""
+last_start=$SECONDS
+step() {
+  if [ -n "$last_step" ]; then timings+=("$(printf '%5ds  %s' "$((SECONDS - last_start))" "$last_step")"); fi
+  last_step=$*
+  last_start=$SECONDS
+  printf '\n==> %s (%ds)\n' "$*" "$((SECONDS - started))"
+}
 
 step "toolchain and system packages"
 scripts/install-deps.sh
@@ -55,3 +63,4 @@ if [ -x scripts/bench.sh ]; then
 fi
 
 step "all checks passed in $((SECONDS - started))s"
+printf '%s\n' "${timings[@]}"

@@ -6,15 +6,17 @@
 //! use); `tail --once` adds 3 (caught up after a reset) and 130 (interrupted before catching
 //! up). Never a panic or a backtrace.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
 use changefeed_client::tail::{self, TailError, TailFormat, TailOptions};
 use changefeed_core::Cursor;
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::broadcast::DEFAULT_CAPACITY;
 use crate::demo::{self, DemoConfig};
@@ -25,11 +27,105 @@ use crate::store::Retention;
 
 /// Streams a SQLite change_log to HTTP clients as Server-Sent Events, with exact resume.
 #[derive(Debug, Parser)]
-#[command(name = "changefeed", version, arg_required_else_help = true)]
+#[command(
+    name = "changefeed",
+    version,
+    arg_required_else_help = true,
+    after_help = "Each command's flags: changefeed <COMMAND> --help (e.g. changefeed serve --help).\n\
+                  Logs go to stderr; RUST_LOG sets the level (default info)."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON formatter).
+    Json,
+}
+
+/// Where to listen: `HOST:PORT`, `localhost:PORT`, `:PORT` (every IPv4 interface) or
+/// `[IPV6]:PORT`. A host name is resolved when the server binds; `localhost` is 127.0.0.1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr {
+    host: Option<String>,
+    port: u16,
+}
+
+impl ListenAddr {
+    /// The address to bind: the first one `host` resolves to.
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        let host = match self.host.as_deref() {
+            None => {
+                return Ok(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    self.port,
+                ))
+            }
+            Some(host) if host.eq_ignore_ascii_case("localhost") => {
+                return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.port))
+            }
+            Some(host) => host,
+        };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        (host, self.port)
+            .to_socket_addrs()
+            .map_err(|error| format!("cannot resolve {host:?}: {error}"))?
+            .next()
+            .ok_or_else(|| format!("{host:?} resolves to no address"))
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ListenAddr, String> {
+        let expected = || format!("{text:?} is not HOST:PORT, :PORT or [IPV6]:PORT");
+        let (host, port) = text.rsplit_once(':').ok_or_else(expected)?;
+        let port: u16 = port.parse().map_err(|_| expected())?;
+        let host = if host.is_empty() {
+            None
+        } else if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            inner
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("{inner:?} in {text:?} is not an IPv6 address"))?;
+            Some(inner.to_owned())
+        } else if host.contains(':') {
+            // A bare IPv6 address is ambiguous with the port separator.
+            return Err(format!(
+                "{text:?}: write an IPv6 address in brackets, e.g. [::1]:7467"
+            ));
+        } else if host.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        }) {
+            Some(host.to_owned())
+        } else {
+            return Err(expected());
+        };
+        Ok(ListenAddr { host, port })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            None => write!(f, ":{}", self.port),
+            Some(host) if host.contains(':') => write!(f, "[{host}]:{}", self.port),
+            Some(host) => write!(f, "{host}:{}", self.port),
+        }
+    }
 }
 
 /// The subcommands.
@@ -162,9 +258,10 @@ pub struct ServeArgs {
     )]
     pub database: String,
 
-    /// The address to listen on.
+    /// The address to listen on: HOST:PORT, localhost:PORT, :PORT (every IPv4 interface) or
+    /// [IPV6]:PORT.
     #[arg(long, default_value = "127.0.0.1:7467", value_name = "ADDR")]
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
 
     /// Seconds of silence after which a stream gets a heartbeat (a comment, or an id-only
     /// checkpoint when it moved past events it was not shown).
@@ -180,13 +277,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = parse_seconds)]
     pub max_stream_secs: Option<Duration>,
 
-    /// Delete log rows older than this many days (in small batches). Keeps everything when
-    /// absent.
+    /// Delete log rows older than this many days. Checked whenever the log changes (at most
+    /// once a second) and every 30 s otherwise, deleting in batches of 500; rows not yet sent
+    /// to live clients are never deleted. Keeps everything when absent.
     #[arg(long, value_name = "D", value_parser = clap::value_parser!(u64).range(1..))]
     pub retain_days: Option<u64>,
 
-    /// Keep at most this many of the newest log rows (older ones are deleted in small
-    /// batches). Keeps everything when absent.
+    /// Keep the newest N log rows. Older rows are deleted about a second after they are
+    /// published to live clients (pruning runs whenever the log changes, at most once a second,
+    /// in batches of 500), so the table holds N rows plus at most the last couple of seconds of
+    /// writes. Keeps everything when absent.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub retain_rows: Option<u64>,
 
@@ -301,7 +401,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -324,14 +424,18 @@ fn first_line(error: &clap::Error) -> String {
     line.strip_prefix("error: ").unwrap_or(&line).to_owned()
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Runs a parsed command line to completion.
@@ -408,7 +512,11 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
     let store = SqliteStore::open(&args.database).await.map_err(|error| {
         CliError::runtime(format!("cannot open database {}: {error}", args.database))
     })?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let addr = args
+        .listen
+        .resolve()
+        .map_err(|error| CliError::runtime(format!("cannot listen on {}: {error}", args.listen)))?;
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|error| CliError::runtime(format!("cannot listen on {}: {error}", args.listen)))?;
     let local = listener
@@ -434,11 +542,13 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
             local
         };
         println!(
-            "demo: writing {} changes/s to {} project(s)",
+            "demo: writing {} changes/s to projects demo-1 … demo-{}",
             config.rate, config.projects
         );
-        println!("watch: curl -N http://{shown}/api/v1/events");
-        println!("       curl -N 'http://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'");
+        println!("viewer: http://{shown}/");
+        println!(
+            "watch:  curl -N 'http://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'"
+        );
         tokio::spawn(demo::run(store.clone(), config, signal.clone()))
     });
     let signals = tokio::spawn(async move {
@@ -517,6 +627,96 @@ mod tests {
         assert_eq!(check_database_url("mysql://h/db").unwrap_err().code, 2);
         assert!(check_database_url("sqlite://changefeed.db").is_ok());
         assert!(check_database_url("sqlite:changefeed.db").is_ok());
+    }
+
+    #[test]
+    fn listen_takes_host_port_localhost_port_and_port_alone() {
+        let resolved = |text: &str| text.parse::<ListenAddr>().unwrap().resolve().unwrap();
+        assert_eq!(
+            resolved("127.0.0.1:7467"),
+            "127.0.0.1:7467".parse().unwrap()
+        );
+        assert_eq!(
+            resolved("localhost:7467"),
+            "127.0.0.1:7467".parse().unwrap()
+        );
+        assert_eq!(resolved("LOCALHOST:1"), "127.0.0.1:1".parse().unwrap());
+        assert_eq!(resolved(":7467"), "0.0.0.0:7467".parse().unwrap());
+        assert_eq!(resolved("[::1]:7467"), "[::1]:7467".parse().unwrap());
+        assert_eq!(resolved("0.0.0.0:0"), "0.0.0.0:0".parse().unwrap());
+        for text in [
+            "localhost:7467",
+            ":7467",
+            "[::1]:7467",
+            "10.1.2.3:80",
+            "db-1.example:5",
+        ] {
+            assert_eq!(text.parse::<ListenAddr>().unwrap().to_string(), text);
+        }
+        for bad in [
+            "7467",
+            "localhost",
+            "localhost:",
+            "localhost:http",
+            ":70000",
+            "::1:7467",
+            "[localhost]:7467",
+            "a b:1",
+            "host..x:1",
+        ] {
+            let error = bad.parse::<ListenAddr>().unwrap_err();
+            assert!(error.contains(bad), "{bad:?}: {error}");
+        }
+        let cli = Cli::try_parse_from(["changefeed", "serve", "--listen", ":8080"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        assert_eq!(args.listen.resolve().unwrap().port(), 8080);
+    }
+
+    #[test]
+    fn help_lists_every_subcommand_and_where_its_flags_are() {
+        let help = Cli::command().render_help().to_string();
+        for line in [
+            "serve ",
+            "demo ",
+            "tail ",
+            "contract-service ",
+            "changefeed <COMMAND> --help",
+            "--log-format",
+        ] {
+            assert!(help.contains(line), "{line:?} missing from:\n{help}");
+        }
+        let mut command = Cli::command();
+        let serve = command.find_subcommand_mut("serve").unwrap();
+        let serve_help = serve.render_long_help().to_string();
+        for flag in [
+            "--database",
+            "--listen",
+            "--retain-rows",
+            "--retain-days",
+            "--heartbeat",
+        ] {
+            assert!(
+                serve_help.contains(flag),
+                "{flag} missing from:\n{serve_help}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_format_is_text_or_json_anywhere_on_the_line() {
+        let cli = Cli::try_parse_from(["changefeed", "serve", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let cli = Cli::try_parse_from(["changefeed", "--log-format", "json", "serve"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(
+            Cli::try_parse_from(["changefeed", "serve"])
+                .unwrap()
+                .log_format,
+            LogFormat::Text
+        );
+        assert!(Cli::try_parse_from(["changefeed", "serve", "--log-format", "xml"]).is_err());
     }
 
     #[test]

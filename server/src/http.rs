@@ -189,14 +189,19 @@ impl<S> AppState<S> {
 /// The live viewer: one static page that follows the public endpoint with `EventSource`.
 const VIEWER_PAGE: &str = include_str!("../static/viewer.html");
 
+/// The HTTP API in OpenAPI 3.1, served at `GET /openapi.json` (checked against the real
+/// responses by `tests/tests/server_openapi.rs`).
+pub const OPENAPI_JSON: &str = include_str!("../static/openapi.json");
+
 /// The routes: `GET /` (the live viewer page), `GET /api/v1/events`, `GET /healthz`,
-/// `GET /metrics`; JSON 404 and 405 otherwise.
+/// `GET /metrics`, `GET /openapi.json`; JSON 404 and 405 otherwise.
 pub fn app<S: Store>(state: AppState<S>) -> Router {
     Router::new()
         .route("/", get(viewer))
         .route("/api/v1/events", get(events::<S>))
         .route("/healthz", get(healthz::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -215,6 +220,10 @@ async fn viewer() -> impl IntoResponse {
         ],
         VIEWER_PAGE,
     )
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
 /// Serves [`app`] on `listener` until the state's shutdown signal fires, then lets open streams
@@ -334,7 +343,7 @@ async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Response {
     let mut response = state.metrics().render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     response
 }
