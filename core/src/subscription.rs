@@ -1,8 +1,11 @@
 //! One client's stream as a sans-IO state machine: replay from the store, join the live feed
 //! without loss or duplicate, heartbeats, resets and the end of the stream.
 //!
+//! The wire contract it implements is `PROTOCOL.md` at the repository root.
+//!
 //! The shell creates a [`Subscription`] right after subscribing to the live feed, passing the
-//! last published seq `P` it read *atomically with that subscription* ([`LogPosition`]). It then
+//! last published seq `P` it read *atomically with that subscription* and the store's head read
+//! *after* it ([`LogPosition`]). It then
 //! feeds inputs (`handle_*`) and, after every input, drains [`Subscription::poll_output`] until
 //! it returns `None`: frames to write, [`FetchRequest`]s to answer with
 //! [`Subscription::handle_page`], or [`Output::Close`]. It sleeps until
@@ -21,10 +24,16 @@
 //! 3. A cursor that cannot be honoured exactly produces exactly one `changefeed.reset` frame
 //!    before anything else; events are never skipped without one.
 //! 4. Memory is bounded: at most [`SubscriptionConfig::max_held`] live events are held.
+//! 5. `changefeed.ready` comes once, when `scanned` has reached the head read at open: every
+//!    matching row committed before the response started is sent before it.
 //!
 //! ## The join rule (replay-to-live handoff)
 //! The replay target is `P` while no live event is held; once live events are held it is
-//! `first_held.seq − 1`. Replay pages are seq windows `(scanned, min(scanned + W, target)]`.
+//! `first_held.seq − 1`. Until ready is sent the target is at least the head read at open
+//! (`P` lags commits by the tailer's wake-up): live events up to that head are not held, since
+//! replay sends them, and their live copies are dropped as duplicates. A cursor-less stream,
+//! and one reset to head, starts at that head. Replay pages are seq windows
+//! `(scanned, min(scanned + W, target)]`.
 //! The subscription goes live only when `scanned` reaches the target, then emits the held
 //! events above `scanned`. On overflow of the held buffer or a lag signal it drops what it
 //! holds and the target becomes unknown: the next live event that arrives sets it, or, if none
@@ -76,7 +85,9 @@ impl Default for SubscriptionConfig {
 pub struct LogPosition {
     /// The log's epoch.
     pub epoch: Epoch,
-    /// The store's head: highest seq ever allocated.
+    /// The store's head, read after `P`: every row at or below it is committed or will never
+    /// exist. Cursor-less streams start here and `changefeed.ready` waits until replay reaches
+    /// it.
     pub head: Seq,
     /// The retention floor: a cursor below it cannot be honoured.
     pub floor: Seq,
@@ -183,6 +194,9 @@ pub struct Subscription {
     start: Cursor,
     requested: Option<String>,
     ready_sent: bool,
+    /// The head read when the stream opened: `changefeed.ready` waits until `scanned` reaches
+    /// it, so every row committed before the response started is sent before ready.
+    ready_at: Seq,
     change_frames_before_ready: u64,
     started_at: Duration,
     last_write: Duration,
@@ -203,7 +217,7 @@ impl Subscription {
         now: Duration,
     ) -> Subscription {
         let head = log.head.max(log.published);
-        let at_head = log.published;
+        let at_head = head;
         let (begin, reset, requested) = match start {
             Start::Head => (at_head, None, None),
             Start::Invalid { raw } => (at_head, Some(ResetReason::InvalidCursor), Some(raw)),
@@ -238,6 +252,7 @@ impl Subscription {
             start: Cursor::new(log.epoch, begin),
             requested,
             ready_sent: false,
+            ready_at: head,
             change_frames_before_ready: 0,
             started_at: now,
             last_write: now,
@@ -317,6 +332,7 @@ impl Subscription {
     /// is ignored; rows outside the requested window are ignored.
     pub fn handle_page(&mut self, page: ReplayPage, now: Duration) {
         self.expire(now);
+        let owed = self.owed();
         let State::Replaying {
             target, in_flight, ..
         } = &mut self.state
@@ -329,7 +345,7 @@ impl Subscription {
         if page.floor > fetch.after {
             // Retention pruned rows this replay still needed: say so, then continue from the
             // join target (or the store's head when the target is not known yet).
-            let resume = target.unwrap_or(page.head).max(self.scanned);
+            let resume = target.unwrap_or(page.head).max(owed).max(self.scanned);
             self.scanned = resume;
             let frame = self.reset_frame(FrameBuilder::new(), ResetReason::Pruned);
             self.write(frame, now);
@@ -373,11 +389,18 @@ impl Subscription {
             return;
         }
         self.live_high = event.seq;
+        let owed = self.owed();
         match &mut self.state {
             State::Closed => {}
             State::Live => self.forward_live(event, now),
             State::Replaying { target, held, .. } => {
-                if held.len() < self.config.max_held {
+                if event.seq <= owed {
+                    // Replay sends it before ready anyway: it is not held, it only shows where
+                    // the live feed is (after a lag, the gap ends right before it).
+                    if target.is_none() {
+                        *target = Some(event.seq.prev());
+                    }
+                } else if held.len() < self.config.max_held {
                     if held.is_empty() {
                         *target = Some(event.seq.prev());
                     }
@@ -469,6 +492,17 @@ impl Subscription {
             .finish()
     }
 
+    /// Before ready, every join target is at least the head read at open (see
+    /// `changefeed.ready` in `PROTOCOL.md`): replay goes on to it even when the live feed is
+    /// behind, and the dedup drops the live copies of what replay sent.
+    fn owed(&self) -> Seq {
+        if self.ready_sent {
+            Seq::ZERO
+        } else {
+            self.ready_at
+        }
+    }
+
     fn drop_covered_held(&mut self) {
         let scanned = self.scanned;
         if let State::Replaying { held, .. } = &mut self.state {
@@ -481,6 +515,7 @@ impl Subscription {
     /// After every input: go live when the join rule allows, else ask for the next page; then
     /// fire any timer that is already due.
     fn advance(&mut self, now: Duration) {
+        let owed = self.owed();
         if let State::Replaying {
             target,
             held,
@@ -488,7 +523,8 @@ impl Subscription {
         } = &mut self.state
         {
             if in_flight.is_none() {
-                match *target {
+                let target = target.map(|target| target.max(owed));
+                match target {
                     Some(target) if self.scanned >= target => {
                         let held = std::mem::take(held);
                         self.state = State::Live;
@@ -506,7 +542,7 @@ impl Subscription {
                             .scanned
                             .0
                             .saturating_add(self.config.replay_window.max(1)));
-                        let upto = match *target {
+                        let upto = match target {
                             Some(target) => target.min(window_end),
                             None => window_end,
                         };
