@@ -1,4 +1,5 @@
-//! The `GET /api/v1/events` request: query-string parsing, validation and where to start.
+//! The `GET /api/v1/events` request: query-string parsing, validation and where to start
+//! (`PROTOCOL.md`, "Parameters" and "Where a stream starts").
 
 use std::collections::BTreeSet;
 

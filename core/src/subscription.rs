@@ -56,7 +56,7 @@ pub use crate::wire::{ResetReason, READY_EVENT, RESET_EVENT};
 /// Tunables of one subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionConfig {
-    /// Silence after which a heartbeat is written (contract default 15 s).
+    /// Silence after which a heartbeat is written (default 15 s, see `PROTOCOL.md`).
     pub heartbeat: Duration,
     /// The `retry:` the client is told to wait before reconnecting.
     pub retry: Duration,
