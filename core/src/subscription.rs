@@ -349,7 +349,6 @@ impl Subscription {
             self.scanned = resume;
             let frame = self.reset_frame(FrameBuilder::new(), ResetReason::Pruned);
             self.write(frame, now);
-            self.drop_covered_held();
             self.advance(now);
             return;
         }
@@ -376,7 +375,6 @@ impl Subscription {
                 *target = Some(self.scanned);
             }
         }
-        self.drop_covered_held();
         self.advance(now);
     }
 
@@ -416,6 +414,8 @@ impl Subscription {
     }
 
     /// Emits a live event above `scanned` (in the Live phase, or held events on joining).
+    /// Held events at or below `scanned` were sent by replay: a window asked for while the
+    /// target was unknown may reach past the first event held after it.
     fn forward_live(&mut self, event: &Event, now: Duration) {
         if event.seq <= self.scanned {
             return;
@@ -500,15 +500,6 @@ impl Subscription {
             Seq::ZERO
         } else {
             self.ready_at
-        }
-    }
-
-    fn drop_covered_held(&mut self) {
-        let scanned = self.scanned;
-        if let State::Replaying { held, .. } = &mut self.state {
-            while held.front().is_some_and(|event| event.seq <= scanned) {
-                held.pop_front();
-            }
         }
     }
 
@@ -619,5 +610,292 @@ impl Subscription {
         self.write(frame, now);
         self.state = State::Closed;
         self.output.push_back(Output::Close);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::PayloadCheck;
+    use crate::request::EventsQuery;
+
+    const EPOCH: Epoch = Epoch(0xe1);
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn row(seq: u64, project: &str, kind: &str) -> EventRow {
+        EventRow {
+            seq: Seq(seq),
+            project_id: project.into(),
+            session_id: None,
+            kind: kind.into(),
+            payload: "{}".into(),
+            payload_check: PayloadCheck::Valid,
+            created_at: "2026-11-26T00:00:00.000Z".into(),
+        }
+    }
+
+    fn live(seq: u64, project: &str) -> Event {
+        EventEncoder::new(EPOCH).encode(&row(seq, project, "pr_updated"))
+    }
+
+    fn log(head: u64, published: u64) -> LogPosition {
+        LogPosition {
+            epoch: EPOCH,
+            head: Seq(head),
+            floor: Seq::ZERO,
+            published: Seq(published),
+        }
+    }
+
+    fn config(heartbeat: u64, lifetime: Option<u64>) -> SubscriptionConfig {
+        SubscriptionConfig {
+            heartbeat: MS(heartbeat),
+            retry: MS(250),
+            max_lifetime: lifetime.map(MS),
+            replay_window: 4,
+            max_held: 2,
+        }
+    }
+
+    fn after(seq: u64) -> Start {
+        EventsQuery::parse(Some(&format!("after={seq}")))
+            .unwrap()
+            .start(None)
+    }
+
+    fn project(name: &str) -> Filter {
+        EventsQuery::parse(Some(&format!("project={name}")))
+            .unwrap()
+            .filter
+    }
+
+    /// Every output as text: frames verbatim, fetches as `fetch (a, b]`, `close`.
+    fn drain(sub: &mut Subscription) -> Vec<String> {
+        std::iter::from_fn(|| sub.poll_output())
+            .map(|output| match output {
+                Output::Frame(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                Output::Fetch(fetch) => format!("fetch ({}, {}]", fetch.after, fetch.upto),
+                Output::Close => "close".into(),
+            })
+            .collect()
+    }
+
+    fn page(rows: Vec<EventRow>, head: u64) -> ReplayPage {
+        ReplayPage {
+            rows,
+            head: Seq(head),
+            floor: Seq::ZERO,
+        }
+    }
+
+    #[test]
+    fn rows_outside_the_window_and_pages_without_a_fetch_are_ignored() {
+        let mut sub = Subscription::new(
+            after(2),
+            Filter::all(),
+            log(5, 5),
+            config(1000, None),
+            MS(0),
+        );
+        assert_eq!(drain(&mut sub)[1], "fetch (2, 5]");
+        sub.handle_page(
+            page(
+                vec![row(2, "a", "x"), row(3, "a", "x"), row(6, "a", "x")],
+                6,
+            ),
+            MS(1),
+        );
+        let out = drain(&mut sub);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("id: 00000000000000e1:3\n"), "{out:?}");
+        assert!(out[1].contains("event: changefeed.ready"), "{out:?}");
+        assert_eq!(sub.position(), Seq(5));
+        assert_eq!(sub.stats().replayed_rows, 3, "every row received counts");
+        assert_eq!(sub.stats().change_frames, 1);
+        sub.handle_page(page(vec![row(7, "a", "x")], 7), MS(2));
+        assert!(drain(&mut sub).is_empty(), "no fetch outstanding");
+        assert_eq!(sub.position(), Seq(5));
+    }
+
+    #[test]
+    fn stats_count_what_the_subscription_did() {
+        let mut sub =
+            Subscription::new(after(0), project("a"), log(3, 3), config(1000, None), MS(0));
+        drain(&mut sub);
+        let mut broken = row(2, "a", "Bad Kind");
+        broken.created_at = "never".into();
+        sub.handle_page(
+            page(vec![row(1, "a", "x"), broken, row(3, "b", "x")], 3),
+            MS(1),
+        );
+        drain(&mut sub);
+        let stats = sub.stats();
+        assert_eq!(stats.replayed_rows, 3);
+        assert_eq!(
+            stats.change_frames, 2,
+            "rows 1 and 2 match, row 3 is another project's"
+        );
+        assert_eq!(stats.degraded_rows, 1);
+        assert_eq!(
+            stats.last_degraded,
+            Some((Seq(2), Degraded::TYPE | Degraded::CREATED_AT))
+        );
+        assert_eq!((stats.lag_fallbacks, stats.resets), (0, 0));
+        assert_eq!(sub.phase(), Phase::Live);
+        sub.handle_live(&live(4, "a"), MS(2));
+        assert_eq!(sub.stats().change_frames, 3);
+        sub.handle_lagged(MS(3));
+        assert_eq!(sub.phase(), Phase::Replaying);
+        assert_eq!(sub.stats().lag_fallbacks, 1);
+        // Overflowing the held buffer (two events) is a fallback too.
+        for seq in 5..8 {
+            sub.handle_live(&live(seq, "a"), MS(4));
+        }
+        assert_eq!(sub.stats().lag_fallbacks, 2);
+        assert_eq!(sub.held(), 0);
+        let reset = Subscription::new(
+            after(9),
+            Filter::all(),
+            log(3, 3),
+            config(1000, None),
+            MS(0),
+        );
+        assert_eq!(reset.stats().resets, 1);
+        assert_eq!(reset.stats().change_frames, 0);
+    }
+
+    #[test]
+    fn held_events_wait_for_replay_and_count() {
+        let mut sub = Subscription::new(
+            after(0),
+            Filter::all(),
+            log(2, 2),
+            config(1000, None),
+            MS(0),
+        );
+        assert_eq!(drain(&mut sub)[1], "fetch (0, 2]");
+        sub.handle_live(&live(3, "a"), MS(1));
+        sub.handle_live(&live(4, "a"), MS(1));
+        assert_eq!(sub.held(), 2);
+        assert_eq!(sub.phase(), Phase::Replaying);
+        sub.handle_page(page(vec![row(1, "a", "x")], 4), MS(2));
+        let out = drain(&mut sub);
+        let ids: Vec<&str> = out.iter().map(|f| f.lines().next().unwrap()).collect();
+        assert_eq!(
+            ids,
+            [
+                "id: 00000000000000e1:1",
+                "id: 00000000000000e1:3",
+                "id: 00000000000000e1:4",
+                "id: 00000000000000e1:4"
+            ]
+        );
+        assert!(out[3].contains("\"replayed\":3"), "{}", out[3]);
+        assert_eq!(sub.held(), 0, "nothing is held once live");
+    }
+
+    #[test]
+    fn lifetime_and_heartbeat_deadlines() {
+        let start = MS(500);
+        let sub = Subscription::new(
+            after(0),
+            Filter::all(),
+            log(0, 0),
+            config(1000, None),
+            start,
+        );
+        assert_eq!(
+            sub.poll_timeout(),
+            Some((MS(1500), TimeoutReason::Heartbeat))
+        );
+        for (lifetime, expected) in [
+            (999, (MS(1499), TimeoutReason::MaxLifetime)),
+            (1000, (MS(1500), TimeoutReason::MaxLifetime)),
+            (1001, (MS(1500), TimeoutReason::Heartbeat)),
+        ] {
+            let sub = Subscription::new(
+                after(0),
+                Filter::all(),
+                log(0, 0),
+                config(1000, Some(lifetime)),
+                start,
+            );
+            assert_eq!(sub.poll_timeout(), Some(expected), "lifetime {lifetime}");
+        }
+    }
+
+    #[test]
+    fn a_lifetime_due_with_a_heartbeat_ends_the_stream_without_the_heartbeat() {
+        let mut sub = Subscription::new(
+            after(0),
+            Filter::all(),
+            log(0, 0),
+            config(1000, Some(1000)),
+            MS(500),
+        );
+        drain(&mut sub);
+        sub.handle_timeout(MS(1500));
+        assert_eq!(
+            drain(&mut sub),
+            ["id: 00000000000000e1:0\n\n", "close"],
+            "the final checkpoint and the end, no heartbeat comment"
+        );
+        assert_eq!(sub.poll_timeout(), None);
+        assert_eq!(sub.phase(), Phase::Closed);
+        sub.handle_timeout(MS(9000));
+        sub.handle_shutdown(MS(9000));
+        assert!(drain(&mut sub).is_empty(), "nothing after close");
+    }
+
+    #[test]
+    fn inputs_after_the_lifetime_end_the_stream_first() {
+        let mut sub = Subscription::new(
+            after(0),
+            Filter::all(),
+            log(0, 0),
+            config(1000, Some(800)),
+            MS(100),
+        );
+        drain(&mut sub);
+        sub.handle_live(&live(1, "a"), MS(900));
+        assert_eq!(drain(&mut sub), ["id: 00000000000000e1:0\n\n", "close"]);
+        let mut sub = Subscription::new(
+            after(0),
+            Filter::all(),
+            log(0, 0),
+            config(1000, Some(800)),
+            MS(100),
+        );
+        drain(&mut sub);
+        sub.handle_live(&live(1, "a"), MS(899));
+        assert_eq!(
+            drain(&mut sub).len(),
+            1,
+            "one millisecond before the end: the event"
+        );
+    }
+
+    #[test]
+    fn heartbeats_are_comments_or_checkpoints() {
+        let mut sub =
+            Subscription::new(after(0), project("a"), log(0, 0), config(1000, None), MS(0));
+        drain(&mut sub);
+        sub.handle_timeout(MS(999));
+        assert!(drain(&mut sub).is_empty(), "not due yet");
+        sub.handle_timeout(MS(1000));
+        assert_eq!(drain(&mut sub), [":\n\n"]);
+        sub.handle_live(&live(1, "b"), MS(1500));
+        assert!(
+            drain(&mut sub).is_empty(),
+            "another project's event is not shown"
+        );
+        assert_eq!(
+            sub.poll_timeout(),
+            Some((MS(2000), TimeoutReason::Heartbeat))
+        );
+        sub.handle_timeout(MS(2000));
+        assert_eq!(drain(&mut sub), ["id: 00000000000000e1:1\n\n"]);
+        sub.handle_timeout(MS(3000));
+        assert_eq!(drain(&mut sub), [":\n\n"], "the position was announced");
     }
 }
