@@ -430,6 +430,8 @@ mod tests {
 
     #[test]
     fn retry_after_parsing() {
+        assert_eq!(MAX_RETRY_AFTER, S(3600));
+        assert_eq!(MIN_FAILURE_BASE, MS(100));
         assert_eq!(parse_retry_after("0"), Some(S(0)));
         assert_eq!(parse_retry_after("120"), Some(S(120)));
         assert_eq!(parse_retry_after(" 7 "), Some(S(7)));
