@@ -393,11 +393,7 @@ impl Subscription {
             State::Live => self.forward_live(event, now),
             State::Replaying { target, held, .. } => {
                 if event.seq <= owed {
-                    // Replay sends it before ready anyway: it is not held, it only shows where
-                    // the live feed is (after a lag, the gap ends right before it).
-                    if target.is_none() {
-                        *target = Some(event.seq.prev());
-                    }
+                    // Replay sends it before ready anyway: not held; its copy is a duplicate.
                 } else if held.len() < self.config.max_held {
                     if held.is_empty() {
                         *target = Some(event.seq.prev());
