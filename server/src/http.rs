@@ -36,14 +36,19 @@ use crate::stream::{self, EventStream, OpenError};
 /// The live viewer: one static page that follows the public endpoint with `EventSource`.
 const VIEWER_PAGE: &str = include_str!("../static/viewer.html");
 
+/// The HTTP API in OpenAPI 3.1, served at `GET /openapi.json` (checked against the real
+/// responses by `tests/tests/server_openapi.rs`).
+pub const OPENAPI_JSON: &str = include_str!("../static/openapi.json");
+
 /// The routes: `GET /` (the live viewer page), `GET /api/v1/events`, `GET /healthz`,
-/// `GET /metrics`; JSON 404 and 405 otherwise.
+/// `GET /metrics`, `GET /openapi.json`; JSON 404 and 405 otherwise.
 pub fn router<S: Store, F: LiveFeed>(state: AppState<S, F>) -> Router {
     Router::new()
         .route("/", get(viewer))
         .route("/api/v1/events", get(events::<S, F>))
         .route("/healthz", get(healthz::<S, F>))
         .route("/metrics", get(metrics::<S, F>))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -62,6 +67,10 @@ async fn viewer() -> impl IntoResponse {
         ],
         VIEWER_PAGE,
     )
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
 /// Serves [`router`] on `listener` until the state's shutdown signal fires, then lets open
@@ -240,7 +249,7 @@ async fn metrics<S: Store, F: LiveFeed>(State(state): State<AppState<S, F>>) -> 
     let mut response = state.metrics().render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     response
 }
@@ -257,6 +266,7 @@ async fn events<S: Store, F: LiveFeed>(
         Err(error) => return open_error(&error),
     };
     let cursor = stream.start_cursor().to_string();
+    let head = stream.head_at_open().to_string();
     let mut response = Response::new(body(stream));
     let response_headers = response.headers_mut();
     response_headers.insert(
@@ -267,6 +277,9 @@ async fn events<S: Store, F: LiveFeed>(
     response_headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Ok(value) = HeaderValue::from_str(&cursor) {
         response_headers.insert("changefeed-cursor", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&head) {
+        response_headers.insert("changefeed-head", value);
     }
     response
 }

@@ -22,8 +22,6 @@
 pub mod app;
 pub mod broadcast;
 pub mod cli;
-pub mod client;
-pub mod contract;
 pub mod demo;
 pub mod http;
 pub mod janitor;

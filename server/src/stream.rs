@@ -137,6 +137,7 @@ pub async fn open<S: Store, F: LiveFeed>(
         subscription,
         filter,
         receiver,
+        head_at_open: Cursor::new(state.epoch(), published),
         state: state.clone(),
         fetch: None,
         live_budget: 0,
@@ -165,6 +166,9 @@ pub struct EventStream<S, F: LiveFeed> {
     done: bool,
     /// The subscription counters already added to the metrics.
     reported: SubscriptionStats,
+    /// The newest position published when the stream opened (`Changefeed-Head`): a replay
+    /// reaches at least this far before `changefeed.ready`.
+    head_at_open: Cursor,
     _guard: SubscriberGuard,
 }
 
@@ -202,6 +206,11 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
     /// The effective starting cursor (the `Changefeed-Cursor` response header).
     pub fn start_cursor(&self) -> Cursor {
         self.subscription.start_cursor()
+    }
+
+    /// The newest position published when the stream opened (the `Changefeed-Head` header).
+    pub fn head_at_open(&self) -> Cursor {
+        self.head_at_open
     }
 
     /// The next chunk of the body, or `None` at its end. Poll it to completion (or drop the

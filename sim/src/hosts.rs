@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use changefeed::app::{self, App};
 use changefeed::broadcast::LiveFeed;
-use changefeed::client::{Client, ClientConfig, ClientItem, EventSource, SseItem};
 use changefeed::http;
 use changefeed::shutdown;
 use changefeed::store::{Retention, Store};
 use changefeed::ServerConfig;
+use changefeed_client::{Client, ClientConfig, ClientItem, EventSource, SseItem};
 use changefeed_core::{Epoch, Seq};
 
 use crate::check::{lock, Checker, SharedOracle};
@@ -325,7 +325,7 @@ enum AnyClient {
 }
 
 impl AnyClient {
-    async fn next(&mut self) -> Option<Result<Seen, changefeed::client::ClientError>> {
+    async fn next(&mut self) -> Option<Result<Seen, changefeed_client::ClientError>> {
         Some(Ok(match self {
             AnyClient::Raw(source) => match source.next().await? {
                 Ok(item) => match item {

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use changefeed_core::reconnect::{Action, GiveUpReason, Reconnect, Verdict};
-use changefeed_core::sse::{Item, ParseError, Parser, SseEvent};
+use changefeed_core::sse::{Item, Parser, ParserLimits, SseEvent};
 use http::header;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::request::{open, redacted, ConnTask, OpenError, Opened, Plan};
-use super::{error_chain, ClientConfig, ClientError, Connector};
+use crate::request::{open, redacted, ConnTask, OpenError, Opened, Plan};
+use crate::{error_chain, ClientConfig, ClientError, Connector};
 
 /// Something an [`EventSource`] observed, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +56,6 @@ pub enum Disconnect {
         /// The start of the response body, if any.
         body: Option<String>,
     },
-    /// The stream broke the parser's limits (an over-long line or event).
-    Parse(ParseError),
     /// The caller asked for it ([`EventSource::restart`]).
     Restart,
 }
@@ -81,7 +79,6 @@ impl fmt::Display for Disconnect {
                 }
                 Ok(())
             }
-            Disconnect::Parse(error) => write!(f, "malformed event stream: {error}"),
             Disconnect::Restart => f.write_str("restarted by the caller"),
         }
     }
@@ -102,6 +99,8 @@ enum Conn {
         body: Incoming,
         _conn: ConnTask,
         deadline: Option<Instant>,
+        /// The URL that answered, for errors.
+        url: String,
     },
 }
 
@@ -111,13 +110,16 @@ enum Queued {
     Cursor(String),
 }
 
-/// A reconnecting SSE client yielding raw [`SseItem`]s (see the [module docs](super)).
+/// A reconnecting SSE client yielding raw [`SseItem`]s (see the [crate docs](crate)).
 pub struct EventSource<C: Connector> {
     connector: C,
     plan: Result<Arc<Plan>, Option<ClientError>>,
     read_timeout: Option<Duration>,
     machine: Reconnect,
+    limits: ParserLimits,
     parser: Parser,
+    /// The head of the response being streamed (or last streamed).
+    response: Option<http::response::Parts>,
     origin: Instant,
     conn: Conn,
     queue: VecDeque<Queued>,
@@ -155,7 +157,9 @@ impl<C: Connector> EventSource<C> {
             connector,
             plan,
             read_timeout: config.read_timeout,
-            parser: Parser::new(cursor.clone().unwrap_or_default()),
+            limits: config.parser_limits,
+            parser: Parser::with_limits(cursor.clone().unwrap_or_default(), config.parser_limits),
+            response: None,
             machine,
             origin: Instant::now(),
             conn: Conn::Idle,
@@ -172,6 +176,14 @@ impl<C: Connector> EventSource<C> {
     /// none. Persist it to resume later with [`ClientConfig::last_event_id`].
     pub fn last_cursor(&self) -> Option<&str> {
         self.cursor.as_deref()
+    }
+
+    /// The head (status and headers) of the response being streamed, from the moment its
+    /// [`SseItem::Connected`] is handed out until the next one; `None` before the first. A
+    /// changefeed server sends `Changefeed-Cursor` (where the stream starts) and
+    /// `Changefeed-Head` (the newest position when it opened) there.
+    pub fn response_head(&self) -> Option<&http::response::Parts> {
+        self.response.as_ref()
     }
 
     /// The reconnect base delay: the server's last `retry:` value, else the configured initial
@@ -339,14 +351,16 @@ impl<C: Connector> EventSource<C> {
         {
             Verdict::Stream => {
                 let seed = self.machine.last_event_id().unwrap_or_default();
-                self.parser = Parser::new(seed);
-                self.queue.push_back(Queued::Item(SseItem::Connected {
-                    url: redacted(&opened.url),
-                }));
+                self.parser = Parser::with_limits(seed, self.limits);
+                let url = redacted(&opened.url);
+                self.queue
+                    .push_back(Queued::Item(SseItem::Connected { url: url.clone() }));
+                self.response = Some(opened.head);
                 self.conn = Conn::Streaming {
                     body: opened.body,
                     _conn: opened.conn,
                     deadline: self.deadline(),
+                    url,
                 };
             }
             Verdict::Retry => self.disconnected(Disconnect::Status {
@@ -402,7 +416,14 @@ impl<C: Connector> EventSource<C> {
             self.machine.on_progress(now);
         }
         if let Err(error) = fed {
-            self.end_stream(Disconnect::Parse(error));
+            // Terminal: a reconnect would fetch the same oversized line or event again.
+            let url = match &self.conn {
+                Conn::Streaming { url, .. } => url.clone(),
+                _ => String::new(),
+            };
+            tracing::debug!(%error, %url, "event stream exceeds the parser limits");
+            self.stop();
+            self.terminal = Some(ClientError::Parse { error, url });
         }
     }
 

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use url::Url;
 
-use super::{error_chain, ClientConfig, ClientError, Connector};
+use crate::{error_chain, ClientConfig, ClientError, Connector};
 
 /// The most bytes of an error response body kept for the error message.
 const SNIPPET_LIMIT: usize = 4096;
@@ -325,9 +325,9 @@ async fn send<C: Connector>(
         .connect(uri)
         .await
         .map_err(|error| match error.kind() {
-            io::ErrorKind::Unsupported | io::ErrorKind::InvalidInput => {
-                OpenError::Fatal(ClientError::Connector(error))
-            }
+            io::ErrorKind::Unsupported
+            | io::ErrorKind::InvalidInput
+            | io::ErrorKind::InvalidData => OpenError::Fatal(ClientError::Connector(error)),
             _ => OpenError::Retry(format!("cannot connect to {authority}: {error}")),
         })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
@@ -377,8 +377,9 @@ async fn read_snippet(body: &mut Incoming) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// One request, answered in full (the body bounded by `limit` bytes), within `timeout`:
-/// the contract service's callbacks.
+/// One request, answered in full (the body bounded to 1 MiB), within `timeout`: the contract
+/// service's callbacks.
+#[cfg(feature = "contract-service")]
 pub(crate) async fn request_once<C: Connector>(
     connector: &C,
     method: Method,

@@ -1,7 +1,7 @@
 //! The SSE contract-test service: drives [`EventSource`] for the public `sse-contract-tests`
-//! harness (launchdarkly's protocol), so the client is checked against the same suite as other
-//! SSE implementations. Run with `changefeed contract-service --port N`, then point the harness
-//! at `http://127.0.0.1:N`.
+//! harness (launchdarkly's service protocol), so the client is checked against the same suite
+//! as other SSE implementations. Run `changefeed-contract-service --port N` (or
+//! `changefeed contract-service --port N`), then point the harness at `http://127.0.0.1:N`.
 //!
 //! Endpoints:
 //!
@@ -18,40 +18,51 @@
 //! - `DELETE /`: stop the service.
 
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
 
-use crate::client::{request_once, ClientConfig, Disconnect, EventSource, SseItem, TcpConnector};
+use crate::{
+    request_once, ClientConfig, Disconnect, EventSource, HttpsConnector, SseItem, TcpConnector,
+};
 
-/// What the client supports, as the harness names it. Not declared: `event-type-listeners`
-/// (the client delivers every event type without being asked).
+/// What the client supports, spelled as the harness spells it. Not declared:
+/// `event-type-listeners`, which means the client's API *requires* a listener per event type;
+/// this client delivers every type without being asked (the harness's default).
 pub const CAPABILITIES: &[&str] = &[
+    "bom",
     "comments",
     "headers",
     "last-event-id",
     "post",
-    "report",
     "read-timeout",
+    "report",
     "restart",
-    "204",
+    "server-directed-shutdown-request",
 ];
 
 /// How long one callback may take.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest request body the service reads (stream parameters, commands).
+const MAX_REQUEST_BODY: usize = 1 << 20;
+
+/// How long connections may take to finish their last response after `DELETE /`.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Binds `addr` and serves until `DELETE /`.
 pub async fn run_contract_service(addr: SocketAddr) -> io::Result<()> {
@@ -62,24 +73,59 @@ pub async fn run_contract_service(addr: SocketAddr) -> io::Result<()> {
 
 /// Serves the contract-test protocol on `listener` until `DELETE /`; then stops every client.
 pub async fn serve_contract_service(listener: TcpListener) -> io::Result<()> {
-    let service = Arc::new(Service::default());
-    let app = Router::new()
-        .route("/", get(status).post(create).delete(shutdown))
-        .route("/streams/{id}", post(command).delete(close))
-        .with_state(Arc::clone(&service));
-    let stop = Arc::clone(&service);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.stop.notified().await })
-        .await;
+    // Stream URLs may be `https` (trusting the platform's roots); callbacks are plain `http`.
+    let connector = HttpsConnector::new().map_err(io::Error::other)?;
+    let service = Arc::new(Service {
+        connector,
+        entities: Mutex::default(),
+        next_id: AtomicU64::default(),
+        stop: Notify::new(),
+    });
+    let (stopping, stop_signal) = tokio::sync::watch::channel(false);
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            () = service.stop.notified() => break,
+            accepted = listener.accept() => accepted?,
+        };
+        let service = Arc::clone(&service);
+        let mut stop_signal = stop_signal.clone();
+        connections.spawn(async move {
+            let handler = hyper::service::service_fn(move |request| {
+                let service = Arc::clone(&service);
+                async move { Ok::<_, Infallible>(route(&service, request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), handler);
+            let mut connection = std::pin::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = async { drop(stop_signal.wait_for(|stop| *stop).await) } => {
+                    // Finish the response in flight (the `DELETE /` itself), close idle ones.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%error, "contract service connection failed");
+            }
+        });
+    }
+    drop(listener);
     let entities = std::mem::take(&mut *service.lock());
     for entity in entities.into_values() {
         entity.task.abort();
     }
-    served
+    let _ = stopping.send(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        connections.abort_all();
+    }
+    Ok(())
 }
 
-#[derive(Default)]
 struct Service {
+    connector: HttpsConnector,
     entities: Mutex<HashMap<u64, Entity>>,
     next_id: AtomicU64,
     stop: Notify,
@@ -100,14 +146,58 @@ enum Command {
     Restart,
 }
 
-async fn status() -> Response {
-    let body = json!({ "capabilities": CAPABILITIES }).to_string();
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
 }
 
-async fn shutdown(State(service): State<Arc<Service>>) -> StatusCode {
-    service.stop.notify_one();
-    StatusCode::NO_CONTENT
+fn bad_request(message: impl Into<String>) -> Reply {
+    reply(StatusCode::BAD_REQUEST, message.into())
+}
+
+async fn route(service: &Service, request: Request<Incoming>) -> Reply {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let body = match Limited::new(request.into_body(), MAX_REQUEST_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(error) => return bad_request(format!("cannot read the request body: {error}")),
+    };
+    let entity = path
+        .strip_prefix("/streams/")
+        .map(|id| id.parse::<u64>().ok());
+    match (method, path.as_str(), entity) {
+        (Method::GET, "/", _) => {
+            let mut response = reply(
+                StatusCode::OK,
+                json!({ "capabilities": CAPABILITIES }).to_string(),
+            );
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        (Method::POST, "/", _) => create(service, host.as_deref(), &body),
+        (Method::DELETE, "/", _) => {
+            service.stop.notify_one();
+            reply(StatusCode::NO_CONTENT, Bytes::new())
+        }
+        (Method::POST, _, Some(Some(id))) => command(service, id, &body),
+        (Method::DELETE, _, Some(Some(id))) => close(service, id),
+        (_, _, Some(_)) | (_, "/", _) => reply(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
+        _ => reply(StatusCode::NOT_FOUND, Bytes::new()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -123,12 +213,8 @@ struct CreateStream {
     body: Option<String>,
 }
 
-fn bad_request(message: impl Into<String>) -> Response {
-    (StatusCode::BAD_REQUEST, message.into()).into_response()
-}
-
-async fn create(State(service): State<Arc<Service>>, headers: HeaderMap, body: Bytes) -> Response {
-    let params: CreateStream = match serde_json::from_slice(&body) {
+fn create(service: &Service, host: Option<&str>, body: &[u8]) -> Reply {
+    let params: CreateStream = match serde_json::from_slice(body) {
         Ok(params) => params,
         Err(error) => return bad_request(format!("invalid stream parameters: {error}")),
     };
@@ -147,7 +233,7 @@ async fn create(State(service): State<Arc<Service>>, headers: HeaderMap, body: B
         config.reconnect.initial_retry = Duration::from_millis(delay);
     }
     if let Some(method) = params.method.filter(|m| !m.is_empty()) {
-        match http::Method::from_bytes(method.as_bytes()) {
+        match Method::from_bytes(method.as_bytes()) {
             Ok(method) => config.method = method,
             Err(_) => return bad_request(format!("invalid method {method:?}")),
         }
@@ -164,58 +250,58 @@ async fn create(State(service): State<Arc<Service>>, headers: HeaderMap, body: B
         base: params.callback_url,
         counter: 0,
     };
-    let source = EventSource::new(config, TcpConnector);
+    let source = EventSource::new(config, service.connector.clone());
     let task = tokio::spawn(run_entity(source, receiver, callback));
     service.lock().insert(id, Entity { commands, task });
 
-    let location = match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+    let location = match host {
         Some(host) => format!("http://{host}/streams/{id}"),
         None => format!("/streams/{id}"),
     };
-    (StatusCode::CREATED, [(header::LOCATION, location)]).into_response()
+    let mut response = reply(StatusCode::CREATED, Bytes::new());
+    if let Ok(value) = header::HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
 }
 
-async fn command(
-    State(service): State<Arc<Service>>,
-    Path(id): Path<u64>,
-    body: Bytes,
-) -> Response {
+fn command(service: &Service, id: u64, body: &[u8]) -> Reply {
     #[derive(Deserialize)]
     struct CommandParams {
         command: String,
     }
-    let params: CommandParams = match serde_json::from_slice(&body) {
+    let params: CommandParams = match serde_json::from_slice(body) {
         Ok(params) => params,
         Err(error) => return bad_request(format!("invalid command: {error}")),
     };
     let entities = service.lock();
     let Some(entity) = entities.get(&id) else {
-        return StatusCode::NOT_FOUND.into_response();
+        return reply(StatusCode::NOT_FOUND, Bytes::new());
     };
     match params.command.as_str() {
         "restart" => {
             // The entity task only ends when removed from the map, so the send succeeds.
             let _ = entity.commands.send(Command::Restart);
-            StatusCode::NO_CONTENT.into_response()
+            reply(StatusCode::NO_CONTENT, Bytes::new())
         }
         other => bad_request(format!("unsupported command {other:?}")),
     }
 }
 
-async fn close(State(service): State<Arc<Service>>, Path(id): Path<u64>) -> StatusCode {
+fn close(service: &Service, id: u64) -> Reply {
     match service.lock().remove(&id) {
         Some(entity) => {
             // Dropping the client closes its connection.
             entity.task.abort();
-            StatusCode::NO_CONTENT
+            reply(StatusCode::NO_CONTENT, Bytes::new())
         }
-        None => StatusCode::NOT_FOUND,
+        None => reply(StatusCode::NOT_FOUND, Bytes::new()),
     }
 }
 
 /// One stream entity: forwards what the client sees to the harness, and obeys commands.
 async fn run_entity(
-    mut source: EventSource<TcpConnector>,
+    mut source: EventSource<HttpsConnector>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut callback: Callback,
 ) {
@@ -276,7 +362,7 @@ impl Callback {
         let body = Bytes::from(message.to_string());
         match request_once(
             &TcpConnector,
-            http::Method::POST,
+            Method::POST,
             &url,
             Some("application/json"),
             body,

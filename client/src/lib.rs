@@ -1,25 +1,46 @@
-//! The changefeed client: an event-stream reader built on the core's sans-IO [`Parser`] and
-//! [`Reconnect`] machine, with hyper's HTTP/1 connection as the only IO.
+//! # changefeed-client
 //!
-//! Two layers:
+//! Follows a changefeed stream: an event-stream reader built on the core's sans-IO [`Parser`]
+//! and [`Reconnect`] machine, with hyper's HTTP/1 client connection (plain or over rustls) as
+//! the only IO. It depends on none of the server's crates.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use changefeed_client::{Client, ClientConfig, ClientItem, HttpsConnector};
+//!
+//! let config = ClientConfig::new("http://127.0.0.1:7467/api/v1/events?project=p1")?;
+//! let mut client = Client::new(config, HttpsConnector::new()?);
+//! while let Some(item) = client.next().await {
+//!     if let ClientItem::Event(event) = item? {
+//!         println!("{} {}", event.kind, event.data); // then persist client.last_cursor()
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Layers:
 //!
 //! - [`EventSource`] is a generic SSE client: it yields every dispatched [`SseEvent`] (any event
 //!   type, `message` included), comments, and connection-state changes as [`SseItem`]s. It is
-//!   what the contract-test service ([`crate::contract`]) drives.
+//!   what the contract-test service (`contract`, feature `contract-service`) drives.
 //! - [`Client`] is the typed view of a changefeed stream on top of it: change events as
 //!   [`ChangeEvent`], and the `changefeed.reset` / `changefeed.ready` control frames as
 //!   [`ClientItem::Reset`] / [`ClientItem::Ready`].
+//! - [`tail`] is the library half of `changefeed tail`: the loop, the cursor file, the output
+//!   formats and the progress line (its command-line flags live in the `changefeed` binary).
 //!
-//! Both are generic over a [`Connector`], so the deterministic simulation plugs in turmoil's
-//! sockets without any test-only code path here. Time is read only through [`tokio::time`]
-//! (which the simulation controls) and the backoff jitter is seeded from
+//! Both clients are generic over a [`Connector`] ([`TcpConnector`] for `http`,
+//! [`HttpsConnector`] for `http` and `https`), so the deterministic simulation plugs in
+//! turmoil's sockets without any test-only code path here. Time is read only through
+//! [`tokio::time`] (which the simulation controls) and the backoff jitter is seeded from
 //! [`ReconnectConfig::jitter_seed`].
 //!
 //! # Behaviour
 //!
 //! - Every request sends `Accept: text/event-stream`, `Cache-Control: no-cache`, the configured
-//!   custom headers, and `Last-Event-ID` when the client has a position (a custom header of the
-//!   same name as a default replaces it; `Last-Event-ID` always comes from the client).
+//!   custom headers (an `Authorization: Bearer …` token goes there), and `Last-Event-ID` when
+//!   the client has a position (a custom header of the same name as a default replaces it;
+//!   `Last-Event-ID` always comes from the client).
 //! - `301`, `302`, `303`, `307` and `308` are followed to their `Location` (absolute or relative)
 //!   up to [`ClientConfig::max_redirects`] hops per connection attempt; a redirect without a
 //!   usable `Location`, or one hop too many, is a terminal [`ClientError::Redirect`]. Reconnects
@@ -32,7 +53,9 @@
 //!   `text/event-stream` give up: [`ClientError::GiveUp`], then the stream ends.
 //! - Each connection gets a fresh parser seeded with the position sent in `Last-Event-ID`, as
 //!   browsers do, so an event without `id:` keeps the previous id. `retry:` fields become the
-//!   machine's base delay.
+//!   machine's base delay. A UTF-8 byte order mark at the start of a body is skipped.
+//! - A line or an event larger than [`ClientConfig::parser_limits`] is a terminal
+//!   [`ClientError::Parse`] naming the limit: reconnecting would only fetch it again.
 //! - [`ClientConfig::read_timeout`] bounds silence: no bytes for that long (while connecting or
 //!   streaming) counts as a broken connection and triggers a reconnect.
 //! - The cursor ([`EventSource::last_cursor`]) advances item by item, including id-only
@@ -44,25 +67,30 @@
 //! [`Parser`]: changefeed_core::sse::Parser
 //! [`Reconnect`]: changefeed_core::reconnect::Reconnect
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod connector;
+#[cfg(feature = "contract-service")]
+pub mod contract;
 mod request;
 mod source;
 pub mod tail;
 mod typed;
 
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
 pub use changefeed_core::reconnect::{GiveUpReason, ReconnectConfig};
-pub use changefeed_core::sse::{ParseError, SseEvent};
+pub use changefeed_core::sse::{ParseError, ParserLimits, SseEvent};
+pub use connector::{
+    Connector, HttpsConnector, MaybeTlsStream, TcpConnector, TlsError, TrustRoots,
+};
 pub use source::{Disconnect, EventSource, SseItem};
-pub use tail::{run_tail, tail, TailArgs, TailError, TailFormat};
 pub use typed::{ChangeEvent, Client, ClientItem};
 
+#[cfg(feature = "contract-service")]
 pub(crate) use request::request_once;
 
 /// The default read timeout: three times the server's default 15 s heartbeat.
@@ -71,65 +99,21 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(45);
 /// The default number of redirects followed per connection attempt.
 pub const DEFAULT_MAX_REDIRECTS: usize = 5;
 
-/// Opens the byte stream of one HTTP/1 connection to the authority of a URI.
-///
-/// The client calls it once per connection attempt (and once per redirect hop). Errors are
-/// retried with backoff, except [`io::ErrorKind::Unsupported`] and
-/// [`io::ErrorKind::InvalidInput`], which mean no retry can succeed (for instance an `https`
-/// URL given to [`TcpConnector`]) and end the stream with [`ClientError::Connector`].
-pub trait Connector: Clone + Send + Sync + 'static {
-    /// The connection's byte stream.
-    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
-
-    /// Connects to the host and port of `uri`.
-    fn connect(&self, uri: &::http::Uri) -> impl Future<Output = io::Result<Self::Io>> + Send;
-}
-
-/// Plain TCP (`http` URLs only), through tokio.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TcpConnector;
-
-impl Connector for TcpConnector {
-    type Io = TokioIo<TcpStream>;
-
-    fn connect(&self, uri: &::http::Uri) -> impl Future<Output = io::Result<Self::Io>> + Send {
-        let target = tcp_target(uri);
-        async move {
-            let (host, port) = target?;
-            let stream = TcpStream::connect((host.as_str(), port)).await?;
-            stream.set_nodelay(true)?;
-            Ok(TokioIo::new(stream))
-        }
-    }
-}
-
-/// The host (IPv6 brackets removed) and port to dial for an `http` URI.
-fn tcp_target(uri: &::http::Uri) -> io::Result<(String, u16)> {
-    match uri.scheme_str() {
-        Some("http") => {}
-        other => {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "the TCP connector speaks plain http only, not {:?}",
-                    other.unwrap_or("")
-                ),
-            ))
-        }
-    }
-    let host = uri
-        .host()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the URL has no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok((host.to_owned(), uri.port_u16().unwrap_or(80)))
-}
+/// The default [`ClientConfig::parser_limits`]: lines and events of up to 16 MiB, which covers
+/// every case of the public `sse-contract-tests` suite (its largest event is about 14 MB, in one
+/// line). A connection holds at most about twice this much parser state.
+pub const DEFAULT_PARSER_LIMITS: ParserLimits = ParserLimits {
+    max_line: 16 << 20,
+    max_event_data: 16 << 20,
+};
 
 /// How a [`Client`] or [`EventSource`] connects.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The event stream URL (`http://host:port/api/v1/events?...`).
     pub url: String,
-    /// Extra request headers, sent on every request in this order.
+    /// Extra request headers, sent on every request in this order. A bearer token is one:
+    /// `("Authorization", "Bearer …")` (not forwarded across origins on redirects).
     pub headers: Vec<(String, String)>,
     /// The position to resume from on the first connect (sent as `Last-Event-ID`). When `Some`,
     /// it takes precedence over [`ReconnectConfig::last_event_id`]; `Some("")` means none.
@@ -147,6 +131,9 @@ pub struct ClientConfig {
     /// A request body, sent on every request (and reconnect) when non-empty. Without a custom
     /// `Content-Type` header it is sent as `text/plain; charset=utf-8`.
     pub body: bytes::Bytes,
+    /// The longest line and the largest event the parser accepts (default
+    /// [`DEFAULT_PARSER_LIMITS`]); more is a terminal [`ClientError::Parse`].
+    pub parser_limits: ParserLimits,
 }
 
 impl ClientConfig {
@@ -161,15 +148,21 @@ impl ClientConfig {
             max_redirects: DEFAULT_MAX_REDIRECTS,
             method: ::http::Method::GET,
             body: bytes::Bytes::new(),
+            parser_limits: DEFAULT_PARSER_LIMITS,
         };
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks the URL (absolute `http` or `https`) and the custom headers (valid, and not one the
+    /// Checks the URL (absolute `http` or `https`), the custom headers (valid, and not one the
     /// client sets itself: `Host`, `Content-Length`, `Transfer-Encoding`, `Connection`,
-    /// `Last-Event-ID`).
+    /// `Last-Event-ID`) and the parser limits (non-zero).
     pub fn validate(&self) -> Result<(), ClientError> {
+        if self.parser_limits.max_line == 0 || self.parser_limits.max_event_data == 0 {
+            return Err(ClientError::InvalidConfig(
+                "the parser limits must be at least 1 byte".into(),
+            ));
+        }
         request::Plan::from_config(self).map(drop)
     }
 }
@@ -199,8 +192,17 @@ pub enum ClientError {
         /// What is wrong with it.
         problem: String,
     },
-    /// The connector refused the URL in a way no retry can fix (see [`Connector`]).
+    /// The connector refused the URL or the peer in a way no retry can fix (see [`Connector`]):
+    /// an unsupported scheme, a certificate that is not trusted.
     Connector(io::Error),
+    /// The stream broke the parser's limits ([`ClientConfig::parser_limits`]): a line or an
+    /// event too large. Items before it were delivered; reconnecting would fetch it again.
+    Parse {
+        /// Which limit, and its size.
+        error: ParseError,
+        /// The URL that sent it.
+        url: String,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -222,6 +224,11 @@ impl fmt::Display for ClientError {
                 problem,
             } => write!(f, "{url}: cannot follow the {status} redirect: {problem}"),
             ClientError::Connector(error) => write!(f, "cannot connect: {error}"),
+            ClientError::Parse { error, url } => write!(
+                f,
+                "{url}: {error}; the stream cannot go on past it (raise the client's parser \
+                 limits to accept it)"
+            ),
         }
     }
 }
@@ -230,7 +237,8 @@ impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ClientError::GiveUp { reason, .. } => Some(reason),
-            ClientError::Connector(error) => Some(error),
+            ClientError::Connector(error) => error.get_ref().map(|inner| inner as _),
+            ClientError::Parse { error, .. } => Some(error),
             _ => None,
         }
     }

@@ -1,5 +1,6 @@
 //! The results: one markdown table (stdout and `OUT/results.md`) and an SVG latency chart
-//! (`OUT/latency.svg`, hand-written).
+//! (`OUT/latency.svg`, hand-written). Scenarios add rows through [`Compare::row`], the one
+//! helper for a side-by-side row (changefeed, peer, ratio).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -13,15 +14,6 @@ pub enum Cell {
     Text(String),
     Error(String),
     NotRun,
-}
-
-impl From<Result<f64, &String>> for Cell {
-    fn from(result: Result<f64, &String>) -> Cell {
-        match result {
-            Ok(value) => Cell::Value(value),
-            Err(error) => Cell::Error(error.clone()),
-        }
-    }
 }
 
 impl Cell {
@@ -82,6 +74,70 @@ pub struct Row {
     pub theirs: Cell,
     /// Only for reading the ratio (no assertion is ever made).
     pub lower_is_better: bool,
+}
+
+/// Which way a measure improves (only for reading the ratio; never asserted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Lower,
+    Higher,
+}
+
+/// The fixed part of a group of side-by-side rows: the scenario, its setup and the peer.
+pub struct Compare<'a> {
+    pub scenario: &'static str,
+    pub setup: &'a str,
+    pub peer: &'static str,
+}
+
+impl Compare<'_> {
+    /// One side-by-side row: `value` of changefeed's result beside the same of the peer's
+    /// (`theirs: None` when the peer has no such measure). A failed run shows its error.
+    pub fn row<T>(
+        &self,
+        report: &mut Report,
+        metric: impl Into<String>,
+        ours: &Result<T, String>,
+        theirs: Option<&Result<T, String>>,
+        value: impl Fn(&T) -> f64,
+        better: Better,
+    ) {
+        let cell = |result: &Result<T, String>| match result {
+            Ok(result) => Cell::Value(value(result)),
+            Err(error) => Cell::Error(error.clone()),
+        };
+        report.push(Row {
+            scenario: self.scenario,
+            setup: self.setup.to_string(),
+            metric: metric.into(),
+            ours: cell(ours),
+            peer: self.peer,
+            theirs: theirs.map_or(Cell::NotRun, cell),
+            lower_is_better: better == Better::Lower,
+        });
+    }
+
+    /// A row whose changefeed cell is text (no ratio) and whose peer has no such measure.
+    pub fn text_row<T>(
+        &self,
+        report: &mut Report,
+        metric: impl Into<String>,
+        ours: &Result<T, String>,
+        text: impl Fn(&T) -> String,
+    ) {
+        report.push(Row {
+            scenario: self.scenario,
+            setup: self.setup.to_string(),
+            metric: metric.into(),
+            ours: match ours {
+                Ok(result) => Cell::Text(text(result)),
+                Err(error) => Cell::Error(error.clone()),
+            },
+            peer: self.peer,
+            theirs: Cell::NotRun,
+            lower_is_better: true,
+        });
+    }
 }
 
 /// One latency run for the chart.

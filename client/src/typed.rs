@@ -5,8 +5,8 @@ use std::time::Duration;
 use changefeed_core::sse::SseEvent;
 use serde::Deserialize;
 
-use super::source::{Disconnect, EventSource, SseItem};
-use super::{ClientConfig, ClientError, Connector};
+use crate::source::{Disconnect, EventSource, SseItem};
+use crate::{ClientConfig, ClientError, Connector};
 
 use changefeed_core::wire::{Ready, Reset, READY_EVENT as READY, RESET_EVENT as RESET};
 
@@ -149,11 +149,11 @@ impl ClientItem {
 }
 
 /// A reconnecting changefeed client yielding typed [`ClientItem`]s (see the
-/// [module docs](super)).
+/// [crate docs](crate)).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use changefeed::client::{Client, ClientConfig, ClientItem, TcpConnector};
+/// use changefeed_client::{Client, ClientConfig, ClientItem, TcpConnector};
 ///
 /// let mut config = ClientConfig::new("http://127.0.0.1:7467/api/v1/events?project=p1")?;
 /// config.last_event_id = Some("00c0ffee00c0ffee:41".into());
@@ -189,6 +189,11 @@ impl<C: Connector> Client<C> {
     /// See [`EventSource::last_cursor`].
     pub fn last_cursor(&self) -> Option<&str> {
         self.source.last_cursor()
+    }
+
+    /// See [`EventSource::response_head`].
+    pub fn response_head(&self) -> Option<&http::response::Parts> {
+        self.source.response_head()
     }
 
     /// See [`EventSource::retry_delay`].
