@@ -186,12 +186,19 @@ error_codes! {
     InvalidTypes = "invalid_types", 400;
     /// A `project` value is empty, or too many are given.
     InvalidProject = "invalid_project", 400;
+    /// Auth is on and the request has no valid token (no hint whether any project exists).
+    Unauthorized = "unauthorized", 401;
+    /// A `project` outside the token's grant (the same answer whether it exists or not).
+    Forbidden = "forbidden", 403;
     /// A `project` names no existing project (checked by the shell against the store).
     UnknownProject = "unknown_project", 404;
     /// No route has this path.
     NotFound = "not_found", 404;
     /// The route exists but not for this method (the response carries `Allow`).
     MethodNotAllowed = "method_not_allowed", 405;
+    /// A limit on concurrent streams (per token, or for the server) is reached; the response
+    /// carries `Retry-After`.
+    TooManyStreams = "too_many_streams", 429;
     /// The change log cannot be read right now (store error, replaced database); retry later.
     Unavailable = "unavailable", 503;
 }
@@ -419,9 +426,12 @@ mod tests {
             ("duplicate_parameter", 400),
             ("invalid_types", 400),
             ("invalid_project", 400),
+            ("unauthorized", 401),
+            ("forbidden", 403),
             ("unknown_project", 404),
             ("not_found", 404),
             ("method_not_allowed", 405),
+            ("too_many_streams", 429),
             ("unavailable", 503),
         ];
         let table: Vec<(&str, u16)> = ErrorCode::ALL

@@ -9,6 +9,9 @@
 //!   for at most [`ServerConfig::shutdown_grace`](crate::ServerConfig::shutdown_grace).
 //! - Every error is `{"error":{"code":"...","message":"..."}}` with the status its code has;
 //!   store failures are `503 unavailable` (with `Retry-After` when they are transient).
+//! - With auth on ([`crate::auth`]): `401 unauthorized` carries `WWW-Authenticate: Bearer`,
+//!   `429 too_many_streams` carries `Retry-After`; `/metrics` and `/healthz` answer a loopback
+//!   peer, a token granting every project, or anyone with `--public-metrics`.
 
 use std::convert::Infallible;
 use std::fmt::Debug;
@@ -17,16 +20,18 @@ use std::io;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::Listener;
+use axum::serve::{IncomingStream, Listener};
 use axum::Router;
 use bytes::Bytes;
 use changefeed_core::{ApiError, ErrorCode};
 
 use crate::app::AppState;
+use crate::auth::{self, AuthError, OperationsRefusal};
 use crate::broadcast::LiveFeed;
 use crate::metrics::Metrics;
 use crate::shutdown::ShutdownSignal;
@@ -101,8 +106,12 @@ where
     L: Listener,
     L::Addr: Debug,
 {
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().into_future());
+    // Every request learns its peer's address (`/metrics` and `/healthz` trust loopback).
+    let server = axum::serve(
+        PeerListener(listener),
+        router.into_make_service_with_connect_info::<PeerAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().into_future());
     tokio::select! {
         biased;
         result = server.into_future() => result,
@@ -113,6 +122,39 @@ where
             tracing::warn!(?grace, "connections still open after the shutdown grace period; leaving them");
             Ok(())
         }
+    }
+}
+
+/// The address of the connection a request came on, when the listener's address type is a
+/// socket address (TCP, the simulation's); `None` otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub Option<std::net::SocketAddr>);
+
+impl<L> Connected<IncomingStream<'_, PeerListener<L>>> for PeerAddr
+where
+    L: Listener,
+    L::Addr: 'static,
+{
+    fn connect_info(stream: IncomingStream<'_, PeerListener<L>>) -> PeerAddr {
+        let addr: &dyn std::any::Any = stream.remote_addr();
+        PeerAddr(addr.downcast_ref::<std::net::SocketAddr>().copied())
+    }
+}
+
+/// Any listener, accepted connections unchanged; it exists so [`PeerAddr`] can be learnt for
+/// every listener type.
+pub struct PeerListener<L>(pub L);
+
+impl<L: Listener> Listener for PeerListener<L> {
+    type Io = L::Io;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        self.0.accept().await
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
     }
 }
 
@@ -167,9 +209,28 @@ fn unavailable(error: &StoreError) -> Response {
     response
 }
 
+/// `401 unauthorized` with the bearer challenge (RFC 6750).
+fn unauthorized(error: &AuthError) -> Response {
+    let mut response = error_json(ErrorCode::Unauthorized, error.message.clone());
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(error.challenge()),
+    );
+    response
+}
+
 fn open_error(error: &OpenError) -> Response {
     match error {
         OpenError::Request(error) => api_error(error),
+        OpenError::Unauthorized(error) => unauthorized(error),
+        OpenError::TooManyStreams(_) => {
+            let mut response = error_json(ErrorCode::TooManyStreams, error.to_string());
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(auth::LIMIT_RETRY_AFTER_SECS),
+            );
+            response
+        }
         OpenError::Store(error) => unavailable(error),
         OpenError::EpochChanged { .. } => error_json(
             ErrorCode::Unavailable,
@@ -204,7 +265,44 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 
 /// `ok` (200) while the store answers and the tailer is not stuck on an error retrying cannot
 /// cure; 503 `unavailable` naming the problem otherwise.
-async fn healthz<S: Store, F: LiveFeed>(State(state): State<AppState<S, F>>) -> Response {
+/// With auth on, `/metrics` and `/healthz` answer only a loopback peer or a token granting
+/// every project, unless `--public-metrics`.
+fn operations_refused<S, F>(
+    state: &AppState<S, F>,
+    peer: Option<&ConnectInfo<PeerAddr>>,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let peer = peer
+        .and_then(|ConnectInfo(PeerAddr(addr))| *addr)
+        .map(|addr| addr.ip());
+    let result = state
+        .config()
+        .auth
+        .may_read_operations(peer, auth::presented_token(headers));
+    match result {
+        Ok(()) => None,
+        Err(OperationsRefusal::Unauthorized(error)) => {
+            state.metrics().auth_rejected("unauthorized");
+            Some(unauthorized(&error))
+        }
+        Err(OperationsRefusal::Forbidden) => {
+            state.metrics().auth_rejected("forbidden");
+            Some(error_json(
+                ErrorCode::Forbidden,
+                "this endpoint needs a token that grants every project (or a loopback client)",
+            ))
+        }
+    }
+}
+
+async fn healthz<S: Store, F: LiveFeed>(
+    State(state): State<AppState<S, F>>,
+    request: axum::http::request::Parts,
+) -> Response {
+    let peer = request.extensions.get::<ConnectInfo<PeerAddr>>();
+    if let Some(refused) = operations_refused(&state, peer, &request.headers) {
+        return refused;
+    }
     let bounds = match state.store().bounds().await {
         Ok(bounds) => bounds,
         Err(error) => return store_unavailable(state.metrics(), &error),
@@ -238,7 +336,14 @@ async fn healthz<S: Store, F: LiveFeed>(State(state): State<AppState<S, F>>) -> 
     json_response(StatusCode::OK, body.to_string())
 }
 
-async fn metrics<S: Store, F: LiveFeed>(State(state): State<AppState<S, F>>) -> Response {
+async fn metrics<S: Store, F: LiveFeed>(
+    State(state): State<AppState<S, F>>,
+    request: axum::http::request::Parts,
+) -> Response {
+    let peer = request.extensions.get::<ConnectInfo<PeerAddr>>();
+    if let Some(refused) = operations_refused(&state, peer, &request.headers) {
+        return refused;
+    }
     match state.store().bounds().await {
         Ok(bounds) => state.metrics().log_head(bounds.head.0),
         Err(error) => {
@@ -261,7 +366,9 @@ async fn events<S: Store, F: LiveFeed>(
     headers: HeaderMap,
 ) -> Response {
     let last_event_id = headers.get("last-event-id").map(HeaderValue::as_bytes);
-    let stream = match stream::open(&state, uri.query(), last_event_id).await {
+    let presented = auth::presented_token(&headers);
+    let stream = match stream::open_with_token(&state, uri.query(), last_event_id, presented).await
+    {
         Ok(stream) => stream,
         Err(error) => return open_error(&error),
     };

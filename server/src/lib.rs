@@ -8,6 +8,7 @@
 //!
 //! Code map:
 //! - [`app`]: [`ServerConfig`], [`AppState`], [`app::start`] (feed, tailer, janitor, shutdown).
+//! - [`auth`]: tokens file, JWTs, grants, stream limits, `/metrics` access.
 //! - [`stream`]: [`stream::open`] (project check, subscribe-then-bounds, epoch check) and the
 //!   driver that turns the subscription's outputs into body chunks.
 //! - [`http`]: [`http::router`], [`http::serve`] (any `axum::serve::Listener`), error mapping.
@@ -20,6 +21,7 @@
 //! swaps all three.
 
 pub mod app;
+pub mod auth;
 pub mod broadcast;
 pub mod cli;
 pub mod demo;
