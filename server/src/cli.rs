@@ -19,6 +19,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::app::{self, ServerConfig};
+use crate::auth::{self, Auth, AuthSettings, JwtSettings};
 use crate::broadcast::DEFAULT_CAPACITY;
 use crate::demo::{self, DemoConfig};
 use crate::shutdown;
@@ -194,6 +195,15 @@ pub struct TailArgs {
     /// For https: trust only the CA certificates in this PEM file (default: the system's).
     #[arg(long, value_name = "PEM")]
     pub cacert: Option<PathBuf>,
+    /// A bearer token for a server that checks them (sent as `Authorization: Bearer`);
+    /// prefer the environment variable, which `ps` does not show.
+    #[arg(
+        long,
+        env = "CHANGEFEED_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
 }
 
 impl TailArgs {
@@ -208,8 +218,11 @@ impl TailArgs {
             format: self.format,
             once: self.once,
             cacert: self.cacert.clone(),
-            // A bearer token for servers that check them goes here, as `Authorization`.
-            headers: Vec::new(),
+            headers: self
+                .token
+                .iter()
+                .map(|token| ("Authorization".to_owned(), format!("Bearer {token}")))
+                .collect(),
         }
     }
 }
@@ -294,6 +307,111 @@ pub struct ServeArgs {
     /// database instead.
     #[arg(long, default_value_t = DEFAULT_CAPACITY, value_name = "N", value_parser = parse_capacity)]
     pub broadcast_capacity: usize,
+
+    /// Auth and limits.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Auth and stream-limit flags of `changefeed serve` (see README, "Authentication").
+#[derive(Clone, Default, Args)]
+pub struct AuthArgs {
+    /// Require a token: one grant per line, `TOKEN PROJECT[,PROJECT...]` or `TOKEN *`, `#`
+    /// comments. The file must be private (chmod 600); it is reloaded on SIGHUP and when it
+    /// changes (a revoked token's streams end with a final checkpoint).
+    #[arg(long = "tokens", value_name = "FILE", help_heading = "Auth")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Accept bearer JWTs signed with HS256 and this shared secret (32 bytes or more; prefer
+    /// the environment variable, which `ps` does not show).
+    #[arg(
+        long,
+        env = "CHANGEFEED_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        help_heading = "Auth"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// Accept bearer JWTs signed with the private half of this PEM public key: RSA (RS256)
+    /// or EC P-256 (ES256).
+    #[arg(long, value_name = "PEM", help_heading = "Auth")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Require this `aud` in every JWT (without it, a JWT carrying `aud` is refused).
+    #[arg(long, value_name = "AUD", help_heading = "Auth")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew tolerated on a JWT's `exp` and `nbf`, in seconds; a stream opened with a
+    /// JWT ends at `exp` plus this.
+    #[arg(long, default_value_t = auth::DEFAULT_JWT_LEEWAY.as_secs(), value_name = "SECS", help_heading = "Auth")]
+    pub jwt_leeway: u64,
+
+    /// At most N concurrent event streams per token; more get 429 with Retry-After.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Auth")]
+    pub max_streams_per_token: Option<u64>,
+
+    /// At most N concurrent event streams for the whole server (with or without auth).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Auth")]
+    pub max_streams: Option<u64>,
+
+    /// With auth on, serve /metrics and /healthz without a token to any client (by default
+    /// only loopback clients, or a token granting every project, may read them).
+    #[arg(long, help_heading = "Auth")]
+    pub public_metrics: bool,
+}
+
+impl fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("tokens_file", &self.tokens_file)
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("jwt_public_key", &self.jwt_public_key)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_leeway", &self.jwt_leeway)
+            .field("max_streams_per_token", &self.max_streams_per_token)
+            .field("max_streams", &self.max_streams)
+            .field("public_metrics", &self.public_metrics)
+            .finish()
+    }
+}
+
+impl AuthArgs {
+    /// The auth state these flags describe: reads the tokens file and the key. A file others
+    /// may read, a malformed file or key is a usage error (exit 2).
+    pub fn auth(&self) -> Result<Auth, CliError> {
+        let jwt_options = self.jwt_audience.is_some();
+        let public_key_pem = match &self.jwt_public_key {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|error| {
+                CliError::usage(format!("--jwt-public-key {}: {error}", path.display()))
+            })?),
+        };
+        let jwt =
+            (self.jwt_secret.is_some() || public_key_pem.is_some() || jwt_options).then(|| {
+                JwtSettings {
+                    secret: self
+                        .jwt_secret
+                        .as_ref()
+                        .map(|secret| secret.as_bytes().to_vec()),
+                    public_key_pem,
+                    audience: self.jwt_audience.clone(),
+                    leeway: Duration::from_secs(self.jwt_leeway),
+                }
+            });
+        let to_usize = |n: Option<u64>| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        Auth::new(&AuthSettings {
+            tokens_file: self.tokens_file.clone(),
+            jwt,
+            max_streams_per_token: to_usize(self.max_streams_per_token),
+            max_streams: to_usize(self.max_streams),
+            public_metrics: self.public_metrics,
+        })
+        .map_err(CliError::usage)
+    }
 }
 
 /// Flags of `changefeed demo`.
@@ -509,6 +627,7 @@ pub fn check_database_url(url: &str) -> Result<(), CliError> {
 
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
     check_database_url(&args.database)?;
+    let auth = args.auth.auth()?;
     let store = SqliteStore::open(&args.database).await.map_err(|error| {
         CliError::runtime(format!("cannot open database {}: {error}", args.database))
     })?;
@@ -522,8 +641,18 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
     let local = listener
         .local_addr()
         .map_err(|error| CliError::runtime(format!("cannot listen on {}: {error}", args.listen)))?;
+    if !auth.enabled() && !local.ip().is_loopback() {
+        tracing::warn!(
+            listen = %local,
+            "listening on a non-loopback address without auth: anyone who can reach it reads \
+             every project (use --tokens or --jwt-*, or listen on 127.0.0.1)"
+        );
+    }
     let (trigger, signal) = shutdown::channel();
-    let server = app::start(store.clone(), args.server_config(), signal.clone())
+    let mut config = args.server_config();
+    config.auth = auth.clone();
+    let tokens_watch = tokio::spawn(auth::watch_tokens_file(auth, signal.clone()));
+    let server = app::start(store.clone(), config, signal.clone())
         .await
         .map_err(|error| {
             CliError::runtime(format!("cannot read database {}: {error}", args.database))
@@ -557,6 +686,7 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
     });
     let result = crate::run(crate::http::tcp_listener(listener), server).await;
     signals.abort();
+    tokens_watch.abort();
     if let Some(task) = demo_task {
         match task.await {
             Ok(Ok(_)) => {}
