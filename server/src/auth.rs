@@ -877,12 +877,60 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// Reloads the tokens file on SIGHUP and whenever it changes (its directory is watched, so
 /// replacing the file by a rename counts), until `shutdown`. A failed reload keeps the old
 /// table and logs why. Returns at once when no tokens file is configured.
-pub async fn watch_tokens_file(auth: Auth, mut shutdown: ShutdownSignal) {
+///
+/// The watcher and the SIGHUP handler are in place when this function returns (the future
+/// only serves them), so a change made after the call is never missed. Call it inside a tokio
+/// runtime.
+pub fn watch_tokens_file(
+    auth: Auth,
+    mut shutdown: ShutdownSignal,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let path = auth.tokens_path().map(Path::to_path_buf);
+    let setup = path.map(|path| {
+        let (watcher, changes) = file_watcher(&path);
+        (path, watcher, changes, hangup_signal())
+    });
+    async move {
+        let Some((path, _watcher, mut changes, mut hangup)) = setup else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = recv_hangup(&mut hangup) => {}
+                Some(()) = changes.recv() => {
+                    // Let a multi-part write finish.
+                    loop {
+                        tokio::select! {
+                            more = changes.recv() => if more.is_none() { break },
+                            _ = tokio::time::sleep(SETTLE) => break,
+                        }
+                    }
+                }
+            }
+            match auth.reload_tokens() {
+                Ok(count) => {
+                    tracing::info!(tokens = count, file = %path.display(), "tokens file reloaded")
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "tokens file not reloaded; the previous grants stay in force"
+                ),
+            }
+        }
+    }
+}
+
+/// A watcher of `path`'s directory sending `()` for every change to `path`.
+fn file_watcher(
+    path: &Path,
+) -> (
+    Option<notify::RecommendedWatcher>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
     use notify::Watcher as _;
-    let Some(path) = auth.tokens_path().map(Path::to_path_buf) else {
-        return;
-    };
-    let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let path = path.to_path_buf();
+    let (changes_tx, changes) = tokio::sync::mpsc::unbounded_channel::<()>();
     let file_name = path.file_name().map(|name| name.to_owned());
     let watched = path.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -899,7 +947,7 @@ pub async fn watch_tokens_file(auth: Auth, mut shutdown: ShutdownSignal) {
         .filter(|parent| !parent.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let _watcher = match watcher {
+    let watcher = match watcher {
         Ok(mut watcher) => match watcher.watch(&directory, notify::RecursiveMode::NonRecursive) {
             Ok(()) => Some(watcher),
             Err(error) => {
@@ -912,30 +960,7 @@ pub async fn watch_tokens_file(auth: Auth, mut shutdown: ShutdownSignal) {
             None
         }
     };
-    let mut hangup = hangup_signal();
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = recv_hangup(&mut hangup) => {}
-            Some(()) = changes.recv() => {
-                // Let a multi-part write finish.
-                loop {
-                    tokio::select! {
-                        more = changes.recv() => if more.is_none() { break },
-                        _ = tokio::time::sleep(SETTLE) => break,
-                    }
-                }
-            }
-        }
-        match auth.reload_tokens() {
-            Ok(count) => {
-                tracing::info!(tokens = count, file = %path.display(), "tokens file reloaded")
-            }
-            Err(error) => {
-                tracing::error!(%error, "tokens file not reloaded; the previous grants stay in force")
-            }
-        }
-    }
+    (watcher, changes)
 }
 
 #[cfg(unix)]

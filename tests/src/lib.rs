@@ -293,12 +293,24 @@ async fn send(
 
 /// A plain request with an empty body, read to the end.
 pub async fn request(addr: SocketAddr, method: &str, path_and_query: &str) -> HttpResponse {
-    let request = Request::builder()
+    request_with_headers(addr, method, path_and_query, &[]).await
+}
+
+/// [`request`] with extra headers, in order (a name given twice is sent twice).
+pub async fn request_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut builder = Request::builder()
         .method(method)
         .uri(path_and_query)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .expect("request");
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Empty::<Bytes>::new()).expect("request");
     let (response, driver) = send(addr, request).await;
     let (parts, body) = response.into_parts();
     let body = within("response body", body.collect())
@@ -361,10 +373,23 @@ impl SseStream {
         path_and_query: &str,
         last_event_id: Option<&[u8]>,
     ) -> SseStream {
+        SseStream::connect_with_headers(addr, path_and_query, last_event_id, &[]).await
+    }
+
+    /// [`SseStream::connect`] with extra headers, in order (`Authorization`, `Cookie`).
+    pub async fn connect_with_headers(
+        addr: SocketAddr,
+        path_and_query: &str,
+        last_event_id: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> SseStream {
         let mut builder = Request::builder()
             .uri(path_and_query)
             .header("host", addr.to_string())
             .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         if let Some(id) = last_event_id {
             builder = builder.header(
                 "last-event-id",
