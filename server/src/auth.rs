@@ -352,8 +352,9 @@ struct JwtVerifier {
 
 #[derive(Deserialize)]
 struct Claims {
-    exp: u64,
-    projects: ProjectsClaim,
+    /// Required (the validation says so when it is missing).
+    exp: Option<u64>,
+    projects: Option<ProjectsClaim>,
 }
 
 #[derive(Deserialize)]
@@ -430,7 +431,25 @@ impl JwtVerifier {
                 _ => "the token is not valid",
             })
         })?;
-        let grant = match data.claims.projects {
+        let Some(exp) = data.claims.exp else {
+            return Err(AuthError::invalid("the token lacks a required claim (exp)"));
+        };
+        // Expired from the second `exp + leeway` starts, exactly when its streams end (the
+        // crate alone would still accept it during that second).
+        let stops = exp.saturating_add(self.leeway.as_secs());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if now >= stops {
+            return Err(AuthError::invalid("the token has expired"));
+        }
+        let Some(projects) = data.claims.projects else {
+            return Err(AuthError::invalid(
+                "the token has no projects claim (an array of ids, or \"*\")",
+            ));
+        };
+        let grant = match projects {
             ProjectsClaim::Star(star) if star == "*" => Grant::All,
             ProjectsClaim::Star(_) => {
                 return Err(AuthError::invalid(
@@ -446,7 +465,7 @@ impl JwtVerifier {
                 Grant::Projects(list.into_iter().collect())
             }
         };
-        Ok((grant, data.claims.exp.saturating_add(self.leeway.as_secs())))
+        Ok((grant, stops))
     }
 }
 

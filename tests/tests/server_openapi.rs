@@ -225,6 +225,48 @@ async fn every_error_is_documented_and_every_documented_code_is_real() {
         let code = ErrorCode::parse(code).expect("a core error code");
         assert_eq!(code.status(), status, "{path_and_query}");
     }
+    // The auth codes, from a server with a tokens file and a per-token limit of one stream.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "tok-p1 p1\n").expect("tokens file");
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let auth = changefeed::auth::Auth::new(&changefeed::auth::AuthSettings {
+        tokens_file: Some(tokens),
+        max_streams_per_token: Some(1),
+        ..Default::default()
+    })
+    .expect("auth");
+    let authed = TestServer::start_with(changefeed::ServerConfig {
+        auth,
+        ..Default::default()
+    })
+    .await;
+    authed.write(&project_sql("p1")).await;
+    let bearer = [("authorization", "Bearer tok-p1")];
+    let open = changefeed_tests::SseStream::connect_with_headers(
+        authed.addr,
+        "/api/v1/events",
+        None,
+        &bearer,
+    )
+    .await;
+    assert_eq!(open.status, 200);
+    for (headers, path_and_query, status, code) in [
+        (&[][..], "/api/v1/events", 401, "unauthorized"),
+        (&bearer[..], "/api/v1/events?project=p2", 403, "forbidden"),
+        (&bearer[..], "/api/v1/events", 429, "too_many_streams"),
+    ] {
+        let response =
+            changefeed_tests::request_with_headers(authed.addr, "GET", path_and_query, headers)
+                .await;
+        assert_eq!(response.status, status, "{path_and_query}");
+        let got = check(&spec, "/api/v1/events", &response);
+        assert_eq!(got.as_deref(), Some(code), "{path_and_query}");
+        assert_eq!(ErrorCode::parse(code).map(ErrorCode::status), Some(status));
+        seen.insert(code.to_owned());
+    }
+    drop(open);
     // `unavailable` needs a failing store; every other documented code was just produced.
     let mut expected = seen.clone();
     expected.insert("unavailable".to_owned());
