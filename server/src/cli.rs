@@ -887,6 +887,8 @@ mod tests {
             "--once",
             "--cacert",
             "ca.pem",
+            "--token",
+            "t0k.en",
         ])
         .unwrap();
         let Command::Tail(args) = cli.command else {
@@ -904,7 +906,7 @@ mod tests {
                 format: TailFormat::Pretty,
                 once: true,
                 cacert: Some("ca.pem".into()),
-                headers: Vec::new(),
+                headers: vec![("Authorization".into(), "Bearer t0k.en".into())],
             }
         );
         let bare = Cli::try_parse_from(["changefeed", "tail"]).unwrap();
