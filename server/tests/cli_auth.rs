@@ -1,7 +1,9 @@
 //! Proves the `changefeed serve` auth flags' start-up promises with the real binary: a tokens
 //! file group or others may access, a malformed one, or a short JWT secret refuse to start
 //! with exit 2 and one line naming the problem (never a token); listening on a non-loopback
-//! address without auth logs a warning, and with a tokens file it does not.
+//! address without auth logs a warning, and with a tokens file it does not; a reload in the
+//! running binary (SIGHUP) ends a revoked token's stream with a final checkpoint; and no token,
+//! valid or not, in a header, a cookie or the query string, ever reaches the debug log.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -145,4 +147,161 @@ fn a_non_loopback_listener_without_auth_warns_at_start_up() {
         dir.path(),
         &["--listen", ":0", "--tokens", &path]
     ));
+}
+
+/// A raw HTTP/1.1 `GET` with `Connection: close`, read to the end: the status line and the
+/// whole text.
+fn raw_get(addr: std::net::SocketAddr, path: &str, headers: &[&str]) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(FAIL_AFTER)).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("the response ends");
+    (text.lines().next().unwrap_or("").to_owned(), text)
+}
+
+/// One spawned binary with its stderr as lines.
+struct Serving {
+    child: std::process::Child,
+    stderr: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Serving {
+    fn start(args: &[&str]) -> (Serving, std::net::SocketAddr) {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn changefeed");
+        let (sender, stderr) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut serving = Serving {
+            child,
+            stderr,
+            log: Vec::new(),
+        };
+        let addr = serving.wait_for("changefeed serving", |json| {
+            json["fields"]["listen"].as_str().unwrap().parse().unwrap()
+        });
+        (serving, addr)
+    }
+
+    /// Reads log lines until one whose message contains `message`.
+    fn wait_for<T>(&mut self, message: &str, pick: impl Fn(&serde_json::Value) -> T) -> T {
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(FAIL_AFTER)
+                .unwrap_or_else(|_| panic!("no log line saying {message:?}"));
+            self.log.push(line.clone());
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if json["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(message))
+            {
+                return pick(&json);
+            }
+        }
+    }
+
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.log.push(line);
+        }
+        self.log.join("\n")
+    }
+}
+
+#[test]
+fn sighup_revokes_streams_in_the_real_binary_and_tokens_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tokens_file(
+        dir.path(),
+        "Tok3n-alpha-sekrit p1\nTok3n-root-sekrit *\n",
+        0o600,
+    );
+    let database = format!("sqlite://{}", dir.path().join("db").display());
+    let (mut server, addr) = Serving::start(&[
+        "serve",
+        "--database",
+        &database,
+        "--listen",
+        "127.0.0.1:0",
+        "--tokens",
+        &path,
+    ]);
+    // Every way a token can arrive, valid or not.
+    let (status, _) = raw_get(addr, "/api/v1/events?token=Tok3n-query-sekrit", &[]);
+    assert!(status.contains(" 400 "), "{status}");
+    let (status, _) = raw_get(
+        addr,
+        "/api/v1/events",
+        &["Authorization: Bearer Tok3n-wrong-sekrit"],
+    );
+    assert!(status.contains(" 401 "), "{status}");
+    let (status, _) = raw_get(
+        addr,
+        "/api/v1/events?project=p9",
+        &["Cookie: changefeed_token=Tok3n-alpha-sekrit"],
+    );
+    assert!(status.contains(" 403 "), "{status}");
+    // A live stream of the token about to be revoked, read on another thread to its end.
+    let stream = std::thread::spawn(move || {
+        raw_get(
+            addr,
+            "/api/v1/events",
+            &["Authorization: bearer Tok3n-alpha-sekrit"],
+        )
+    });
+    server.wait_for("event stream opened", |_| ());
+    // Revoke it: replace the file and send SIGHUP (the file watcher may reload first; either
+    // reload revokes, and tests/tests/server_auth.rs proves SIGHUP alone with an unwatched file).
+    let staging = dir.path().join("tokens.new");
+    std::fs::write(&staging, "Tok3n-root-sekrit *\n").unwrap();
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&staging, &path).unwrap();
+    let pid = server.child.id().to_string();
+    assert!(Command::new("sh")
+        .args(["-c", &format!("kill -HUP {pid}")])
+        .status()
+        .unwrap()
+        .success());
+    let (status, text) = stream.join().unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    // The body ends with the final checkpoint: an id-only frame, then the chunked end.
+    let frames: Vec<&str> = text.split("\n\n").collect();
+    let last_frame = frames[frames.len() - 2];
+    let last_line = last_frame.lines().last().unwrap();
+    assert!(last_line.starts_with("id: "), "{last_frame:?}");
+    server.wait_for("token no longer holds", |_| ());
+    let (status, _) = raw_get(
+        addr,
+        "/api/v1/events",
+        &["Authorization: Bearer Tok3n-alpha-sekrit"],
+    );
+    assert!(status.contains(" 401 "), "{status}");
+    let log = server.stop();
+    assert!(log.contains("tokens file reloaded"), "{log}");
+    assert!(!log.contains("sekrit"), "a token reached the log:\n{log}");
 }
