@@ -305,3 +305,89 @@ fn sighup_revokes_streams_in_the_real_binary_and_tokens_never_reach_the_log() {
     assert!(log.contains("tokens file reloaded"), "{log}");
     assert!(!log.contains("sekrit"), "a token reached the log:\n{log}");
 }
+
+#[test]
+fn tail_sends_the_token_from_the_flag_or_the_environment_and_sees_only_its_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tokens_file(dir.path(), "Tok3n-demo1-sekrit demo-1\n", 0o600);
+    let database = format!("sqlite://{}", dir.path().join("db").display());
+    let (mut server, addr) = Serving::start(&[
+        "demo",
+        "--database",
+        &database,
+        "--listen",
+        "127.0.0.1:0",
+        "--tokens",
+        &path,
+        "--rate",
+        "200",
+        "--projects",
+        "3",
+    ]);
+    // Until the demo has published 30 events (loopback reads /metrics without a token);
+    // with 3 projects, demo-1 is among them but for a chance of (2/3)^30.
+    let deadline = std::time::Instant::now() + FAIL_AFTER;
+    loop {
+        let (_, text) = raw_get(addr, "/metrics", &[]);
+        let published = text
+            .lines()
+            .find_map(|line| line.strip_prefix("changefeed_published_seq "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if published >= 30.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo published {published}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("http://{addr}");
+    let tail = |args: &[&str], env: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["tail", &url, "--once", "--after", "0"])
+            .args(args)
+            .env_remove("CHANGEFEED_TOKEN")
+            .stdin(Stdio::null());
+        if let Some(token) = env {
+            command.env("CHANGEFEED_TOKEN", token);
+        }
+        command.output().expect("run tail")
+    };
+    for (args, env) in [
+        (&["--token", "Tok3n-demo1-sekrit"][..], None),
+        (&[][..], Some("Tok3n-demo1-sekrit")),
+    ] {
+        let output = tail(args, env);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let projects: std::collections::BTreeSet<String> = stdout
+            .lines()
+            .map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line).unwrap();
+                event["projectId"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(
+            projects,
+            ["demo-1".to_owned()].into(),
+            "only the granted project, and some of it"
+        );
+    }
+    let refused = tail(&[], None);
+    assert_ne!(refused.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("401") || stderr.contains("unauthorized"),
+        "{stderr}"
+    );
+    let log = server.stop();
+    assert!(!log.contains("sekrit"), "a token reached the log:\n{log}");
+}
