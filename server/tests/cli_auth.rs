@@ -311,7 +311,7 @@ fn tail_sends_the_token_from_the_flag_or_the_environment_and_sees_only_its_grant
     let dir = tempfile::tempdir().unwrap();
     let path = tokens_file(dir.path(), "Tok3n-demo1-sekrit demo-1\n", 0o600);
     let database = format!("sqlite://{}", dir.path().join("db").display());
-    let (mut server, addr) = Serving::start(&[
+    let (server, addr) = Serving::start(&[
         "demo",
         "--database",
         &database,
