@@ -746,12 +746,17 @@ impl Auth {
             let left = Duration::from_secs(at).saturating_sub(now);
             tokio::time::Instant::now() + left
         });
+        // A reload between authentication and now is not seen as a change by the fresh
+        // receiver: check the grant once more against the table as it is now.
+        let revoked_at_open =
+            generation.is_some() && !self.still_grants(&principal.key, scope.as_ref());
         StreamAuth {
             auth: self.clone(),
             key: principal.key,
             scope,
             generation,
             deadline,
+            revoked_at_open,
         }
     }
 
@@ -833,12 +838,17 @@ pub struct StreamAuth {
     scope: Option<BTreeSet<String>>,
     generation: Option<watch::Receiver<u64>>,
     deadline: Option<tokio::time::Instant>,
+    /// The grant was already gone when the stream was set up.
+    revoked_at_open: bool,
 }
 
 impl StreamAuth {
     /// Resolves when the stream must end. Cancel-safe (a reload seen and found harmless is
     /// marked seen).
     pub async fn ended(&mut self) -> EndReason {
+        if self.revoked_at_open {
+            return EndReason::Revoked;
+        }
         loop {
             tokio::select! {
                 _ = sleep_until_opt(self.deadline) => return EndReason::Expired,
@@ -856,6 +866,9 @@ impl StreamAuth {
 
     /// [`StreamAuth::ended`] without waiting: whether the stream must end now.
     pub fn check_now(&mut self) -> Option<EndReason> {
+        if self.revoked_at_open {
+            return Some(EndReason::Revoked);
+        }
         if self
             .deadline
             .is_some_and(|deadline| deadline <= tokio::time::Instant::now())
@@ -1115,6 +1128,34 @@ mod tests {
                 "errors never echo a token: {error}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_stream_set_up_after_its_token_was_revoked_ends_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let write = |text: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        write("tok p1\n");
+        let auth = Auth::new(&AuthSettings {
+            tokens_file: Some(path.clone()),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let principal = auth.authenticate(Ok(Some("tok".into()))).expect("granted");
+        let scope = Some(["p1".to_string()].into());
+        let mut holding = auth.watch_stream(&principal, scope.clone());
+        assert_eq!(holding.check_now(), None);
+        // Revoked after authentication, before the stream watched.
+        write("other p1\n");
+        auth.reload_tokens().unwrap();
+        let mut late = auth.watch_stream(&principal, scope);
+        assert_eq!(late.check_now(), Some(EndReason::Revoked));
+        assert_eq!(late.ended().await, EndReason::Revoked);
+        assert_eq!(holding.ended().await, EndReason::Revoked);
     }
 
     #[test]
