@@ -584,6 +584,7 @@ impl Harness {
                     self.connection.pending_fetch = Some(fetch);
                 }
                 Output::Close => self.connection.closed = true,
+                Output::Locate(_) => todo!(),
             }
         }
         assert!(self.connection.subscription.held() <= self.config.max_held);

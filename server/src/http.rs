@@ -358,6 +358,13 @@ async fn events<S: Store>(
         Ok(query) => query,
         Err(error) => return request_error(&error),
     };
+    if query.last.is_some() {
+        // The store cannot locate a `last=` start yet (`Output::Locate`).
+        return request_error(&RequestError::new(
+            ErrorCode::InvalidLast,
+            "last= is not served by this build yet",
+        ));
+    }
     if let Some(projects) = &query.filter.projects {
         let ids: Vec<String> = projects.iter().cloned().collect();
         match state.store().missing_projects(&ids).await {
@@ -540,7 +547,8 @@ impl<S: Store> EventStream<S> {
                         }
                     }
                     Some(Output::Fetch(fetch)) => self.pending_fetch = Some(fetch),
-                    Some(Output::Close) => {
+                    // Never asked for: `last=` is refused before a stream opens.
+                    Some(Output::Locate(_)) | Some(Output::Close) => {
                         self.done = true;
                         return (!chunk.is_empty()).then(|| self.flush(chunk));
                     }

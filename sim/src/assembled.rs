@@ -149,7 +149,8 @@ impl<S: Store> Stream<S> {
             }
             match self.subscription.poll_output() {
                 Some(Output::Frame(frame)) => return Some(frame),
-                Some(Output::Close) => return None,
+                // The simulation never asks for `last=`.
+                Some(Output::Close) | Some(Output::Locate(_)) => return None,
                 Some(Output::Fetch(fetch)) => {
                     let window = self
                         .state
