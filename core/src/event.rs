@@ -455,4 +455,24 @@ mod tests {
         assert!(!all.is_empty());
         assert!(Degraded::default().is_empty());
     }
+
+    #[test]
+    fn sealed_encoders_hide_the_seq() {
+        let key = crate::ids::IdKey::from_bytes([4; 32]);
+        let encoder = EventEncoder::with_ids(Epoch(0xab), Ids::Sealed(key.clone()));
+        assert!(encoder.ids().is_sealed());
+        let event = encoder.encode(&row(Some("s1"), "{}"));
+        let frame = std::str::from_utf8(&event.frame).unwrap();
+        let id = key.seal(Epoch(0xab), Seq(42), 0);
+        assert_eq!(
+            frame,
+            format!("id: {id}\nevent: pr_updated\ndata: {{\"projectId\":\"p1\",\"sessionId\":\"s1\",\"type\":\"pr_updated\",\"payload\":{{}},\"createdAt\":\"2026-11-26T21:13:07.123Z\"}}\n\n")
+        );
+        assert_eq!(event.ids_tag, Ids::Sealed(key).tag());
+        assert_eq!(event.session_id.as_deref(), Some("s1"));
+        let plain = EventEncoder::new(Epoch(0xab)).encode(&row(None, "{}"));
+        assert_eq!(plain.ids_tag, 0);
+        assert_eq!(plain.session_id, None);
+        assert!(!EventEncoder::new(Epoch(1)).ids().is_sealed());
+    }
 }

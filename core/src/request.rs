@@ -414,4 +414,148 @@ mod tests {
         assert_eq!(query.start_from_header(Some(b"0000000000000001:9")), at(9));
         assert_eq!(query.start_from_header(None), query.start(None));
     }
+
+    #[test]
+    fn sessions_last_and_their_errors() {
+        let query = EventsQuery::parse(Some("session=s1&session=s%202&last=10000")).unwrap();
+        assert_eq!(
+            query.filter.sessions,
+            Some(["s1".to_string(), "s 2".to_string()].into())
+        );
+        assert_eq!(query.last, Some(MAX_LAST));
+        assert_eq!(query.start(None), Start::Last { count: MAX_LAST });
+        assert_eq!(EventsQuery::parse(Some("last=1")).unwrap().last, Some(1));
+        for bad in [
+            "last=0",
+            "last=",
+            "last=10001",
+            "last=099",
+            "last=+5",
+            "last=-1",
+            "last=1e3",
+            "last=99999",
+            "last=123456",
+            "last=%201",
+        ] {
+            assert_eq!(code(bad), ErrorCode::InvalidLast, "{bad}");
+        }
+        assert_eq!(
+            EventsQuery::parse(Some("last=0")).unwrap_err().message,
+            "last=\"0\": must be a whole number from 1 to 10000"
+        );
+        assert_eq!(code("last=1&last=2"), ErrorCode::DuplicateParameter);
+        assert_eq!(code("session="), ErrorCode::InvalidSession);
+        assert_eq!(
+            EventsQuery::parse(Some("session=")).unwrap_err().message,
+            "session must not be empty"
+        );
+        let many: Vec<String> = (0..=MAX_SESSIONS)
+            .map(|i| format!("session=s{i}"))
+            .collect();
+        let error = EventsQuery::parse(Some(&many.join("&"))).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidSession);
+        assert_eq!(error.message, "at most 256 session values are allowed");
+        assert!(EventsQuery::parse(Some(&many[..MAX_SESSIONS].join("&"))).is_ok());
+        let error = EventsQuery::parse(Some("after=1&last=5")).unwrap_err();
+        assert_eq!(error.code, ErrorCode::ConflictingParameters);
+        assert_eq!(error.status(), 400);
+        assert!(error
+            .message
+            .starts_with("after and last exclude each other"));
+        // A bad value is named before the conflict.
+        assert_eq!(code("after=x&last=5"), ErrorCode::InvalidCursor);
+        assert_eq!(code("after=1&last=0"), ErrorCode::InvalidLast);
+    }
+
+    #[test]
+    fn the_header_wins_over_last() {
+        let query = EventsQuery::parse(Some("last=5")).unwrap();
+        assert!(matches!(
+            query.start(Some("0000000000000001:9")),
+            Start::At { cursor, .. } if cursor.seq == Seq(9)
+        ));
+        assert_eq!(
+            query.start(Some("bad")),
+            Start::Invalid { raw: "bad".into() }
+        );
+        assert_eq!(query.start(Some("")), Start::Last { count: 5 });
+        assert_eq!(query.start_from_header(None), Start::Last { count: 5 });
+    }
+
+    #[test]
+    fn grants_narrow_or_forbid_the_request() {
+        let grant = Grant::projects(["a", "b"]);
+        let none = EventsQuery::parse(Some("types=pr_*")).unwrap();
+        let filter = none.authorize(&grant).unwrap();
+        assert_eq!(
+            filter.projects,
+            Some(["a".to_string(), "b".to_string()].into())
+        );
+        assert_eq!(filter.types, none.filter.types, "the rest is kept");
+        let inside = EventsQuery::parse(Some("project=b&session=s")).unwrap();
+        assert_eq!(inside.authorize(&grant), Ok(inside.filter.clone()));
+        for outside in ["project=c", "project=a&project=zzz", "project=b&project=c"] {
+            let error = EventsQuery::parse(Some(outside))
+                .unwrap()
+                .authorize(&grant)
+                .unwrap_err();
+            assert_eq!(error.code, ErrorCode::Forbidden, "{outside}");
+            assert_eq!(error.status(), 403);
+        }
+        assert_eq!(
+            EventsQuery::parse(Some("project=c"))
+                .unwrap()
+                .authorize(&grant)
+                .unwrap_err()
+                .message,
+            "project \"c\" is not granted to this token"
+        );
+        let all = EventsQuery::parse(Some("project=c")).unwrap();
+        assert_eq!(all.authorize(&Grant::All), Ok(all.filter.clone()));
+        assert_eq!(none.authorize(&Grant::All), Ok(none.filter.clone()));
+    }
+
+    #[test]
+    fn sealed_ids_are_read_as_sealed() {
+        let key = crate::ids::IdKey::from_bytes([2; 32]);
+        let ids = Ids::Sealed(key.clone());
+        let id = key.seal(Epoch(1), Seq(7), 3);
+        let query = EventsQuery::parse_with(Some(&format!("after={id}")), &ids).unwrap();
+        assert_eq!(query.after, Some(Cursor::new(Epoch(1), Seq(7))));
+        assert_eq!(query.after_raw.as_deref(), Some(id.as_str()));
+        let error = EventsQuery::parse_with(Some("after=0000000000000001:7"), &ids).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidCursor);
+        assert_eq!(
+            error.message,
+            "after=\"0000000000000001:7\": cursor is not an id this server issued"
+        );
+        assert!(EventsQuery::parse_with(Some("after=0"), &ids).is_ok());
+        let plain = EventsQuery::parse(None).unwrap();
+        assert_eq!(
+            plain.start_with(Some(&id), &ids),
+            Start::At {
+                cursor: Cursor::new(Epoch(1), Seq(7)),
+                raw: id.clone()
+            }
+        );
+        assert_eq!(
+            plain.start_with(Some("0000000000000001:7"), &ids),
+            Start::Invalid {
+                raw: "0000000000000001:7".into()
+            }
+        );
+        assert_eq!(
+            plain.start_from_header_with(Some(id.as_bytes()), &ids),
+            plain.start_with(Some(&id), &ids)
+        );
+        assert_eq!(
+            plain.start_from_header_with(Some(b"\xff"), &ids),
+            Start::Invalid {
+                raw: "\u{fffd}".into()
+            }
+        );
+        assert_eq!(plain.start_from_header_with(None, &ids), Start::Head);
+        // With plain ids a sealed id is just malformed.
+        assert!(matches!(plain.start(Some(&id)), Start::Invalid { .. }));
+    }
 }

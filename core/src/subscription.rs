@@ -1065,4 +1065,146 @@ mod tests {
         sub.handle_timeout(MS(3000));
         assert_eq!(drain(&mut sub), [":\n\n"], "the position was announced");
     }
+
+    fn sealed() -> (Access, IdKey) {
+        let key = IdKey::from_bytes([8; 32]);
+        (Access::tenant(Grant::projects(["a"]), key.clone(), 10), key)
+    }
+
+    #[test]
+    fn a_frame_spelled_for_another_mode_is_never_forwarded() {
+        let (access, key) = sealed();
+        let mut sub = Subscription::with_access(
+            Start::Head,
+            Filter::all(),
+            access,
+            log(2, 2),
+            config(1000, None),
+            MS(0),
+        );
+        let out = drain(&mut sub);
+        assert_eq!(sub.phase(), Phase::Live, "{out:?}");
+        // A plain frame (the tailer wired without the key) would leak its seq: it counts as
+        // lost, and the gap is replayed from the store with sealed ids.
+        sub.handle_live(&live(3, "a"), MS(1));
+        assert_eq!(sub.phase(), Phase::Replaying);
+        assert_eq!(sub.stats().lag_fallbacks, 1);
+        assert_eq!(drain(&mut sub), ["fetch (2, 6]"]);
+        sub.handle_page(page(vec![row(3, "a", "x"), row(4, "b", "x")], 4), MS(2));
+        let out = drain(&mut sub);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let id = key.seal(EPOCH, Seq(3), 0);
+        assert!(out[0].starts_with(&format!("id: {id}\n")), "{out:?}");
+        assert!(!out[0].contains("\"seq\""));
+        let sealed_live = EventEncoder::with_ids(EPOCH, Ids::Sealed(key.clone())).encode(&row(
+            5,
+            "a",
+            "pr_updated",
+        ));
+        sub.handle_live(&sealed_live, MS(3));
+        assert_eq!(
+            sub.stats().lag_fallbacks,
+            1,
+            "the right spelling is forwarded"
+        );
+        assert_eq!(sub.phase(), Phase::Live);
+        assert_eq!(drain(&mut sub).len(), 1);
+        assert!(sub.start_id().is_some_and(|id| key.open(id).is_some()));
+    }
+
+    #[test]
+    fn the_grant_holds_even_for_a_filter_that_was_never_authorized() {
+        let (access, _) = sealed();
+        let mut sub = Subscription::with_access(
+            after(0),
+            project("b"),
+            Access {
+                ids: Ids::Plain,
+                ..access
+            },
+            log(2, 2),
+            config(1000, None),
+            MS(0),
+        );
+        drain(&mut sub);
+        sub.handle_page(page(vec![row(1, "b", "x"), row(2, "a", "x")], 2), MS(1));
+        let out = drain(&mut sub);
+        assert_eq!(out.len(), 1, "only ready: {out:?}");
+        assert!(out[0].contains("changefeed.ready"));
+        sub.handle_live(&live(3, "b"), MS(2));
+        assert!(drain(&mut sub).is_empty());
+    }
+
+    #[test]
+    fn locate_edges() {
+        let last = |count| Start::Last { count };
+        let mut sub =
+            Subscription::new(last(2), Filter::all(), log(9, 9), config(1000, None), MS(0));
+        assert_eq!(drain(&mut sub), ["locate 2 upto 9"]);
+        assert_eq!(sub.start_id(), None);
+        assert_eq!(
+            sub.poll_timeout(),
+            None,
+            "no heartbeat before the first frame"
+        );
+        sub.handle_timeout(MS(5000));
+        assert!(drain(&mut sub).is_empty());
+        // A floor above the head read at open: start at that head, and the replay's first page
+        // reports the pruning.
+        sub.handle_located(
+            Located {
+                nth: None,
+                floor: Seq(12),
+            },
+            MS(5000),
+        );
+        assert_eq!(sub.start_cursor(), Cursor::new(EPOCH, Seq(9)));
+        assert_eq!(sub.start_id(), Some("00000000000000e1:9"));
+        let out = drain(&mut sub);
+        assert_eq!(out[0], "retry: 250\nid: 00000000000000e1:9\n\n");
+        sub.handle_located(
+            Located {
+                nth: Some(Seq(3)),
+                floor: Seq::ZERO,
+            },
+            MS(5001),
+        );
+        assert_eq!(sub.start_cursor().seq, Seq(9), "a second answer is ignored");
+        // nth at the floor's next row: start at the floor, never below it.
+        let mut sub =
+            Subscription::new(last(2), Filter::all(), log(9, 9), config(1000, None), MS(0));
+        drain(&mut sub);
+        sub.handle_located(
+            Located {
+                nth: Some(Seq(4)),
+                floor: Seq(4),
+            },
+            MS(1),
+        );
+        assert_eq!(sub.start_cursor().seq, Seq(4));
+        assert_eq!(drain(&mut sub)[1], "fetch (4, 8]");
+        // Shutdown while locating: nothing to checkpoint, just the end.
+        let mut sub = Subscription::new(
+            last(1),
+            Filter::all(),
+            log(9, 9),
+            config(1000, Some(900)),
+            MS(0),
+        );
+        drain(&mut sub);
+        assert_eq!(
+            sub.poll_timeout(),
+            Some((MS(900), TimeoutReason::MaxLifetime))
+        );
+        sub.handle_shutdown(MS(10));
+        assert_eq!(drain(&mut sub), ["close"]);
+        sub.handle_located(
+            Located {
+                nth: Some(Seq(9)),
+                floor: Seq::ZERO,
+            },
+            MS(11),
+        );
+        assert!(drain(&mut sub).is_empty(), "closed");
+    }
 }
