@@ -18,9 +18,9 @@ use changefeed_core::Cursor;
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::app::{self, ServerConfig};
 use crate::broadcast::DEFAULT_CAPACITY;
 use crate::demo::{self, DemoConfig};
-use crate::http::{AppState, ServerConfig};
 use crate::shutdown;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Retention;
@@ -523,7 +523,7 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         .local_addr()
         .map_err(|error| CliError::runtime(format!("cannot listen on {}: {error}", args.listen)))?;
     let (trigger, signal) = shutdown::channel();
-    let state = AppState::new(store.clone(), args.server_config(), signal.clone())
+    let server = app::start(store.clone(), args.server_config(), signal.clone())
         .await
         .map_err(|error| {
             CliError::runtime(format!("cannot read database {}: {error}", args.database))
@@ -531,8 +531,8 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
     tracing::info!(
         listen = %local,
         database = %args.database,
-        epoch = %state.epoch(),
-        head = state.feed().published().0,
+        epoch = %server.state().epoch(),
+        head = server.state().feed().published().0,
         "changefeed serving"
     );
     let demo_task = demo.map(|config| {
@@ -555,7 +555,7 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         shutdown::os_signal().await;
         trigger.trigger();
     });
-    let result = crate::run(crate::http::tcp_listener(listener), state).await;
+    let result = crate::run(crate::http::tcp_listener(listener), server).await;
     signals.abort();
     if let Some(task) = demo_task {
         match task.await {

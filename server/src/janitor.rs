@@ -55,7 +55,7 @@ pub async fn run<S: Store>(
     metrics: std::sync::Arc<Metrics>,
     mut shutdown: ShutdownSignal,
 ) -> u64 {
-    if retention.days.is_none() && retention.rows.is_none() {
+    if retention.keeps_everything() {
         return 0;
     }
     tracing::info!(days = ?retention.days, rows = ?retention.rows, "retention janitor started");
@@ -73,7 +73,11 @@ pub async fn run<S: Store>(
             }
             Err(error) => {
                 metrics.store_error();
-                tracing::warn!(%error, "janitor: pruning failed");
+                if error.is_transient() {
+                    tracing::warn!(%error, "janitor: pruning failed; retrying later");
+                } else {
+                    tracing::error!(%error, "janitor: pruning failed; retrying later");
+                }
                 Wait::Idle
             }
         };
