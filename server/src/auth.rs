@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use changefeed_core::{ErrorCode, Filter, RequestError};
+pub use changefeed_core::Grant;
 use http::header::{AUTHORIZATION, COOKIE};
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -47,53 +47,13 @@ pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 /// frees up on the scale of seconds at best.
 pub const LIMIT_RETRY_AFTER_SECS: u64 = 5;
 
-/// What a token may read: every project, or a set of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Grant {
-    /// Every project (`TOKEN *`, or `"projects": "*"`).
-    All,
-    /// Only these projects.
-    Projects(BTreeSet<String>),
-}
-
-impl Grant {
-    /// Whether events of `project_id` may be read.
-    pub fn allows(&self, project_id: &str) -> bool {
-        match self {
-            Grant::All => true,
-            Grant::Projects(projects) => projects.contains(project_id),
-        }
+/// Whether a stream scoped to `scope` (`None`: every project) is still within `grant`.
+fn grant_covers(grant: &Grant, scope: Option<&BTreeSet<String>>) -> bool {
+    match (grant, scope) {
+        (Grant::All, _) => true,
+        (Grant::Projects(_), None) => false,
+        (Grant::Projects(granted), Some(scope)) => scope.is_subset(granted),
     }
-
-    /// Whether a stream scoped to `scope` (`None`: every project) is still within this grant.
-    fn covers(&self, scope: Option<&BTreeSet<String>>) -> bool {
-        match (self, scope) {
-            (Grant::All, _) => true,
-            (Grant::Projects(_), None) => false,
-            (Grant::Projects(granted), Some(scope)) => scope.is_subset(granted),
-        }
-    }
-}
-
-/// The filter a token with `grant` gets for a request's `filter`: a `project=` outside the
-/// grant is `403 forbidden` — decided before any existence check, so the answer is the same
-/// whether or not the project exists; without `project=` the scope is exactly the granted
-/// projects.
-pub fn authorize(filter: &Filter, grant: &Grant) -> Result<Filter, RequestError> {
-    let mut filter = filter.clone();
-    match (grant, &filter.projects) {
-        (Grant::All, _) => {}
-        (Grant::Projects(granted), None) => filter.projects = Some(granted.clone()),
-        (Grant::Projects(granted), Some(requested)) => {
-            if let Some(outside) = requested.iter().find(|p| !granted.contains(*p)) {
-                return Err(RequestError::new(
-                    ErrorCode::Forbidden,
-                    format!("project {outside:?} is not granted to this token"),
-                ));
-            }
-        }
-    }
-    Ok(filter)
 }
 
 /// Why a request is not authenticated (`401 unauthorized`). The message names the problem
@@ -796,7 +756,9 @@ impl Auth {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        table.get(key).is_some_and(|grant| grant.covers(scope))
+        table
+            .get(key)
+            .is_some_and(|grant| grant_covers(grant, scope))
     }
 }
 
@@ -1161,34 +1123,12 @@ mod tests {
     #[test]
     fn a_grant_covers_a_scope_within_it() {
         let grant = Grant::Projects(["a".to_string(), "b".to_string()].into());
-        assert!(grant.covers(Some(&["a".to_string()].into())));
-        assert!(!grant.covers(Some(&["a".to_string(), "c".to_string()].into())));
-        assert!(!grant.covers(None));
-        assert!(Grant::All.covers(None));
-        assert!(grant.allows("a") && !grant.allows("c"));
-    }
-
-    #[test]
-    fn authorize_narrows_to_the_grant_and_forbids_outside_it() {
-        let grant = Grant::Projects(["a".to_string(), "b".to_string()].into());
-        let filter = authorize(&Filter::all(), &grant).unwrap();
-        assert_eq!(
-            filter.projects,
-            Some(["a".to_string(), "b".to_string()].into())
-        );
-        let asked = Filter {
-            projects: Some(["a".to_string()].into()),
-            ..Filter::all()
-        };
-        assert_eq!(authorize(&asked, &grant).unwrap(), asked);
-        let outside = Filter {
-            projects: Some(["a".to_string(), "zzz".to_string()].into()),
-            ..Filter::all()
-        };
-        assert_eq!(
-            authorize(&outside, &grant).unwrap_err().code,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(authorize(&outside, &Grant::All).unwrap(), outside);
+        assert!(grant_covers(&grant, Some(&["a".to_string()].into())));
+        assert!(!grant_covers(
+            &grant,
+            Some(&["a".to_string(), "c".to_string()].into())
+        ));
+        assert!(!grant_covers(&grant, None));
+        assert!(grant_covers(&Grant::All, None));
     }
 }

@@ -31,8 +31,8 @@
 use bytes::{Bytes, BytesMut};
 use changefeed_core::subscription::SubscriptionStats;
 use changefeed_core::{
-    Cursor, Epoch, ErrorCode, EventsQuery, FetchRequest, Filter, LogPosition, Output, ReplayPage,
-    RequestError, Subscription,
+    Access, Cursor, Epoch, ErrorCode, EventsQuery, FetchRequest, Filter, Ids, LogPosition, Output,
+    ReplayPage, RequestError, Subscription,
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
@@ -120,7 +120,7 @@ pub async fn open_with_token<S: Store, F: LiveFeed>(
         None
     };
     let filter = match &principal {
-        Some(principal) => auth::authorize(&query.filter, &principal.grant).map_err(|error| {
+        Some(principal) => query.authorize(&principal.grant).map_err(|error| {
             metrics.auth_rejected("forbidden");
             OpenError::Request(error)
         })?,
@@ -168,9 +168,20 @@ pub async fn open_with_token<S: Store, F: LiveFeed>(
     let stream_auth = principal
         .as_ref()
         .map(|principal| config_auth.watch_stream(principal, filter.projects.clone()));
-    let subscription = Subscription::new(
+    // With auth on the core applies the grant again to every replayed and live row. Ids stay
+    // plain until the shell holds an id key shared by its replicas.
+    let access = match &principal {
+        Some(principal) => Access {
+            grant: principal.grant.clone(),
+            ids: Ids::Plain,
+            salt: 0,
+        },
+        None => Access::open(),
+    };
+    let mut subscription = Subscription::with_access(
         start,
         filter.clone(),
+        access,
         LogPosition {
             epoch: state.epoch(),
             head: bounds.head,
@@ -180,6 +191,18 @@ pub async fn open_with_token<S: Store, F: LiveFeed>(
         state.config().subscription.clone(),
         state.now(),
     );
+    if query.last.is_some() {
+        // `last=`: the store locates the start before anything is written (the core's
+        // `Output::Locate` is the only output queued until it is answered).
+        if let Some(Output::Locate(request)) = subscription.poll_output() {
+            let located = state
+                .store()
+                .locate(&filter, request)
+                .await
+                .map_err(|error| store_failed(state, error))?;
+            subscription.handle_located(located, state.now());
+        }
+    }
     tracing::debug!(
         cursor = %subscription.start_cursor(),
         projects = ?filter.projects,
@@ -293,7 +316,8 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
                         }
                     }
                     Output::Fetch(fetch) => self.fetch = Some(fetch),
-                    Output::Close => {
+                    // Answered in `open`; never asked for again.
+                    Output::Locate(_) | Output::Close => {
                         self.done = true;
                         return (!chunk.is_empty()).then(|| self.flush(chunk));
                     }

@@ -189,6 +189,13 @@ async fn every_error_is_documented_and_every_documented_code_is_real() {
         ("/api/v1/events?types=a,,b", 400, "invalid_types"),
         ("/api/v1/events?project=", 400, "invalid_project"),
         ("/api/v1/events?project=nope", 404, "unknown_project"),
+        ("/api/v1/events?session=", 400, "invalid_session"),
+        ("/api/v1/events?last=0", 400, "invalid_last"),
+        (
+            "/api/v1/events?after=1&last=1",
+            400,
+            "conflicting_parameters",
+        ),
     ];
     let mut seen = BTreeSet::new();
     for (path_and_query, status, code) in cases {
