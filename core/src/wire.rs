@@ -12,8 +12,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::ids::is_wire_id;
 use crate::json;
-use crate::position::Cursor;
 
 /// The event name of the frame that says a cursor could not be honoured.
 pub const RESET_EVENT: &str = "changefeed.reset";
@@ -74,8 +74,8 @@ pub struct Reset {
     /// The cursor exactly as the client sent it (`""` when a reset happens mid-stream without
     /// one).
     pub requested: String,
-    /// Where the stream continues: the frame's `id`.
-    pub after: Cursor,
+    /// Where the stream continues: the frame's `id` (a cursor, or a sealed id with auth on).
+    pub after: String,
     /// Why the cursor could not be honoured.
     pub reason: ResetReason,
 }
@@ -87,7 +87,7 @@ impl Reset {
         out.extend_from_slice(b"{\"requested\":");
         json::write_str(&mut out, &self.requested);
         out.extend_from_slice(b",\"after\":");
-        json::write_str(&mut out, &self.after.to_string());
+        json::write_str(&mut out, &self.after);
         out.extend_from_slice(b",\"reason\":");
         json::write_str(&mut out, self.reason.as_str());
         out.push(b'}');
@@ -100,7 +100,7 @@ impl Reset {
         let reason = string(&object, "reason")?;
         Ok(Reset {
             requested: string(&object, "requested")?.to_owned(),
-            after: cursor(&object, "after")?,
+            after: id(&object, "after")?,
             reason: ResetReason::parse(reason)
                 .ok_or_else(|| WireError::new(format!("unknown reset reason {reason:?}")))?,
         })
@@ -108,10 +108,11 @@ impl Reset {
 }
 
 /// The data of a [`READY_EVENT`] frame: `{"after":"<cursor>","replayed":N,"heartbeatMs":H}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ready {
-    /// The position when the stream went live: the frame's `id`.
-    pub after: Cursor,
+    /// The position when the stream went live: the frame's `id` (a cursor, or a sealed id with
+    /// auth on).
+    pub after: String,
     /// Change frames sent on this connection before it.
     pub replayed: u64,
     /// The server's heartbeat interval in milliseconds.
@@ -123,7 +124,7 @@ impl Ready {
     pub fn to_json(&self) -> String {
         let mut out = Vec::with_capacity(96);
         out.extend_from_slice(b"{\"after\":");
-        json::write_str(&mut out, &self.after.to_string());
+        json::write_str(&mut out, &self.after);
         out.extend_from_slice(b",\"replayed\":");
         out.extend_from_slice(self.replayed.to_string().as_bytes());
         out.extend_from_slice(b",\"heartbeatMs\":");
@@ -136,7 +137,7 @@ impl Ready {
     pub fn from_json(text: &str) -> Result<Ready, WireError> {
         let object = object(text)?;
         Ok(Ready {
-            after: cursor(&object, "after")?,
+            after: id(&object, "after")?,
             replayed: number(&object, "replayed")?,
             heartbeat_ms: number(&object, "heartbeatMs")?,
         })
@@ -176,16 +177,26 @@ macro_rules! error_codes {
 }
 
 error_codes! {
-    /// `after` is not a valid cursor.
+    /// `after` is not a valid cursor (with sealed ids: not an id this server issued).
     InvalidCursor = "invalid_cursor", 400;
     /// A query parameter the endpoint does not know.
     UnknownParameter = "unknown_parameter", 400;
-    /// `after` or `types` given more than once.
+    /// `after`, `types` or `last` given more than once.
     DuplicateParameter = "duplicate_parameter", 400;
     /// `types` is empty or holds an invalid pattern.
     InvalidTypes = "invalid_types", 400;
     /// A `project` value is empty, or too many are given.
     InvalidProject = "invalid_project", 400;
+    /// A `session` value is empty, or too many are given.
+    InvalidSession = "invalid_session", 400;
+    /// `last` is not a decimal number from 1 to the documented maximum.
+    InvalidLast = "invalid_last", 400;
+    /// Two parameters that exclude each other (`after` and `last`).
+    ConflictingParameters = "conflicting_parameters", 400;
+    /// Auth is on and the request has no valid token (no hint whether any project exists).
+    Unauthorized = "unauthorized", 401;
+    /// A `project` outside the token's grant (the same answer whether it exists or not).
+    Forbidden = "forbidden", 403;
     /// A `project` names no existing project (checked by the shell against the store).
     UnknownProject = "unknown_project", 404;
     /// No route has this path.
@@ -316,27 +327,32 @@ fn number(object: &Map<String, Value>, key: &str) -> Result<u64, WireError> {
     }
 }
 
-fn cursor(object: &Map<String, Value>, key: &str) -> Result<Cursor, WireError> {
+/// A position as the server writes it: a cursor or a sealed id ([`is_wire_id`]).
+fn id(object: &Map<String, Value>, key: &str) -> Result<String, WireError> {
     let text = string(object, key)?;
-    Cursor::parse(text).map_err(|why| WireError::new(format!("{key:?} = {text:?}: {why}")))
+    if is_wire_id(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(WireError::new(format!(
+            "{key:?} = {text:?} is neither a cursor nor a sealed id"
+        )))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::IdKey;
     use crate::position::{Epoch, Seq};
 
-    const AFTER: Cursor = Cursor {
-        epoch: Some(Epoch(0xe1)),
-        seq: Seq(42),
-    };
+    const AFTER: &str = "00000000000000e1:42";
 
     #[test]
     fn reset_encodes_in_contract_order_and_decodes_back() {
         for reason in ResetReason::ALL {
             let reset = Reset {
                 requested: "weird \"cursor\"\n\u{1}".into(),
-                after: AFTER,
+                after: AFTER.into(),
                 reason,
             };
             let text = reset.to_json();
@@ -357,7 +373,7 @@ mod tests {
     #[test]
     fn ready_encodes_in_contract_order_and_decodes_back() {
         let ready = Ready {
-            after: AFTER,
+            after: AFTER.into(),
             replayed: 7,
             heartbeat_ms: 15_000,
         };
@@ -366,7 +382,12 @@ mod tests {
             text,
             "{\"after\":\"00000000000000e1:42\",\"replayed\":7,\"heartbeatMs\":15000}"
         );
-        assert_eq!(Ready::from_json(&text), Ok(ready));
+        assert_eq!(Ready::from_json(&text), Ok(ready.clone()));
+        let sealed = Ready {
+            after: IdKey::from_bytes([9; 32]).seal(Epoch(1), Seq(2), 3),
+            ..ready.clone()
+        };
+        assert_eq!(Ready::from_json(&sealed.to_json()), Ok(sealed));
         let newer =
             "{\"after\":\"00000000000000e1:42\",\"replayed\":7,\"heartbeatMs\":15000,\"x\":1}";
         assert_eq!(
@@ -419,6 +440,11 @@ mod tests {
             ("duplicate_parameter", 400),
             ("invalid_types", 400),
             ("invalid_project", 400),
+            ("invalid_session", 400),
+            ("invalid_last", 400),
+            ("conflicting_parameters", 400),
+            ("unauthorized", 401),
+            ("forbidden", 403),
             ("unknown_project", 404),
             ("not_found", 404),
             ("method_not_allowed", 405),

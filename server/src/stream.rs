@@ -113,7 +113,7 @@ pub async fn open<S: Store, F: LiveFeed>(
         });
     }
     let filter = query.filter;
-    let subscription = Subscription::new(
+    let mut subscription = Subscription::new(
         start,
         filter.clone(),
         LogPosition {
@@ -125,6 +125,18 @@ pub async fn open<S: Store, F: LiveFeed>(
         state.config().subscription.clone(),
         state.now(),
     );
+    if query.last.is_some() {
+        // `last=`: the store locates the start before anything is written (the core's
+        // `Output::Locate` is the only output queued until it is answered).
+        if let Some(Output::Locate(request)) = subscription.poll_output() {
+            let located = state
+                .store()
+                .locate(&filter, request)
+                .await
+                .map_err(|error| store_failed(state, error))?;
+            subscription.handle_located(located, state.now());
+        }
+    }
     tracing::debug!(
         cursor = %subscription.start_cursor(),
         projects = ?filter.projects,
@@ -232,7 +244,8 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
                         }
                     }
                     Output::Fetch(fetch) => self.fetch = Some(fetch),
-                    Output::Close => {
+                    // Answered in `open`; never asked for again.
+                    Output::Locate(_) | Output::Close => {
                         self.done = true;
                         return (!chunk.is_empty()).then(|| self.flush(chunk));
                     }

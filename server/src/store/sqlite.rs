@@ -607,11 +607,11 @@ mod tests {
         assert!(WindowQuery::new(&Filter::all(), range(5, 5)).is_none());
         let no_project = Filter {
             projects: Some(BTreeSet::new()),
-            types: None,
+            ..Filter::all()
         };
         let no_type = Filter {
-            projects: None,
             types: Some(Vec::new()),
+            ..Filter::all()
         };
         assert!(WindowQuery::new(&no_project, range(0, 5)).is_none());
         assert!(WindowQuery::new(&no_type, range(0, 5)).is_none());
