@@ -392,7 +392,11 @@ mod tests {
             reason: ResetReason::InvalidCursor,
         };
         let text = reset.to_json();
-        assert!(text.len() < MAX_REQUESTED_BYTES + 100, "{} bytes", text.len());
+        assert!(
+            text.len() < MAX_REQUESTED_BYTES + 100,
+            "{} bytes",
+            text.len()
+        );
         let decoded = Reset::from_json(&text).unwrap();
         assert_eq!(decoded.requested, "x".repeat(MAX_REQUESTED_BYTES - 1));
         assert!(requested.starts_with(&decoded.requested));

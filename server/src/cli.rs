@@ -373,7 +373,9 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 fn parse_limit(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if (1..=1 << 24).contains(&n) => Ok(n),
-        _ => Err(format!("{text:?} must be a whole number from 1 to 16777216")),
+        _ => Err(format!(
+            "{text:?} must be a whole number from 1 to 16777216"
+        )),
     }
 }
 

@@ -354,7 +354,9 @@ impl Served {
                     timer.as_mut().reset(deadline);
                 }
                 if timer.as_mut().poll(cx).is_ready() {
-                    tracing::debug!("closing a connection: no complete request head in time, or idle");
+                    tracing::debug!(
+                        "closing a connection: no complete request head in time, or idle"
+                    );
                     return Poll::Ready(());
                 }
             }
@@ -401,7 +403,9 @@ impl ConnState {
     }
 
     fn timing(&self) -> MutexGuard<'_, Timing> {
-        self.timing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.timing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// When the connection is to be closed, if nothing happens first.
@@ -518,7 +522,10 @@ impl ConnService {
                 ),
             ));
             let headers = response.headers_mut();
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(self.config.retry_after_secs));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.config.retry_after_secs),
+            );
             if request.version() <= Version::HTTP_11 {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -526,7 +533,9 @@ impl ConnService {
         }
         let uri = request.uri();
         let target = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
-            + uri.authority().map_or(0, |authority| authority.as_str().len());
+            + uri
+                .authority()
+                .map_or(0, |authority| authority.as_str().len());
         if target > self.config.max_uri_bytes {
             return Some(error_response(ApiError::new(
                 ErrorCode::UriTooLong,
@@ -700,8 +709,7 @@ impl<I: AsyncRead + Unpin + Send + 'static> ReadAhead for Reader<I> {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let inner = &mut *guard;
         let mut read_any = false;
-        while !inner.eof && inner.error.is_none() && inner.ahead.len() - inner.start < self.limit
-        {
+        while !inner.eof && inner.error.is_none() && inner.ahead.len() - inner.start < self.limit {
             let mut chunk = [0u8; 4096];
             let mut buf = ReadBuf::new(&mut chunk);
             match Pin::new(&mut inner.io).poll_read(cx, &mut buf) {

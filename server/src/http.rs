@@ -285,9 +285,10 @@ async fn events<S: Store, F: LiveFeed>(
                 slots.limit
             ),
         );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(slots.retry_after_secs));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(slots.retry_after_secs),
+        );
         return response;
     };
     let last_event_id = headers.get("last-event-id").map(HeaderValue::as_bytes);

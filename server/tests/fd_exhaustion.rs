@@ -42,7 +42,10 @@ impl Server {
     }
 
     fn count(&self, needle: &str) -> usize {
-        self.lines.iter().filter(|line| line.contains(needle)).count()
+        self.lines
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
     }
 }
 
@@ -119,7 +122,9 @@ fn accept_backs_off_on_emfile_logs_once_recovers_and_keeps_serving() {
     let mut addr = None;
     server.wait_line("changefeed serving", |json| {
         if message(json) == "changefeed serving" {
-            addr = json["fields"]["listen"].as_str().map(|a| a.parse().unwrap());
+            addr = json["fields"]["listen"]
+                .as_str()
+                .map(|a| a.parse().unwrap());
         }
         addr.is_some()
     });
@@ -133,7 +138,9 @@ fn accept_backs_off_on_emfile_logs_once_recovers_and_keeps_serving() {
     let mut buf = [0u8; 4096];
     let mut read_until = |stream: &mut TcpStream, seen: &mut Vec<u8>, needle: &str, from: usize| {
         while !String::from_utf8_lossy(&seen[from..]).contains(needle) {
-            let n = stream.read(&mut buf).expect("the stream keeps being served");
+            let n = stream
+                .read(&mut buf)
+                .expect("the stream keeps being served");
             assert!(n > 0, "the stream ended");
             seen.extend_from_slice(&buf[..n]);
         }
@@ -161,7 +168,11 @@ fn accept_backs_off_on_emfile_logs_once_recovers_and_keeps_serving() {
         if healthz(addr).is_some_and(|status| status.contains(" 200 ")) {
             break;
         }
-        assert!(Instant::now() < deadline, "no 200 from /healthz: {:#?}", server.lines);
+        assert!(
+            Instant::now() < deadline,
+            "no 200 from /healthz: {:#?}",
+            server.lines
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mark = seen.len();

@@ -146,7 +146,11 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     }
     assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"));
     // ... until it has been idle for the idle timeout.
-    let rest = within("the idle connection to be closed", until_closed(&mut stream)).await;
+    let rest = within(
+        "the idle connection to be closed",
+        until_closed(&mut stream),
+    )
+    .await;
     assert!(rest.is_empty());
     assert!(started.elapsed() >= idle_timeout, "{:?}", started.elapsed());
 }
@@ -216,8 +220,7 @@ async fn streams_beyond_the_limit_get_a_json_503_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_targets_and_headers_get_json_414_and_431_and_a_huge_cursor_is_echoed_in_part()
-{
+async fn oversized_targets_and_headers_get_json_414_and_431_and_a_huge_cursor_is_echoed_in_part() {
     let server = TestServer::start().await;
     server.settle().await;
     let long = format!("/api/v1/events?types={}", "a".repeat(10_000));
@@ -229,8 +232,10 @@ async fn oversized_targets_and_headers_get_json_414_and_431_and_a_huge_cursor_is
     let big = "b".repeat(40_000);
     stream
         .write_all(
-            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();
@@ -245,7 +250,11 @@ async fn oversized_targets_and_headers_get_json_414_and_431_and_a_huge_cursor_is
     assert_eq!(resumed.status, 200);
     let reset = resumed.expect_event().await;
     assert_eq!(reset.event_type, "changefeed.reset");
-    assert!(reset.data.len() < MAX_REQUESTED_BYTES + 200, "{}", reset.data);
+    assert!(
+        reset.data.len() < MAX_REQUESTED_BYTES + 200,
+        "{}",
+        reset.data
+    );
     let reset = Reset::from_json(&reset.data).unwrap();
     assert_eq!(reset.requested, "c".repeat(MAX_REQUESTED_BYTES));
 }
