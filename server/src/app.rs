@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::broadcast::{Broadcaster, LiveFeed, DEFAULT_CAPACITY};
+use crate::conn::ConnectionConfig;
 use crate::janitor::{self, JanitorConfig};
 use crate::metrics::Metrics;
 use crate::shutdown::ShutdownSignal;
@@ -45,6 +46,8 @@ pub struct ServerConfig {
     pub live_drain: usize,
     /// How long shutdown waits for connections to finish before giving up on them.
     pub shutdown_grace: Duration,
+    /// Connection timeouts and limits, TLS ([`crate::conn`]).
+    pub connection: ConnectionConfig,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             coalesce_bytes: 64 * 1024,
             live_drain: 256,
             shutdown_grace: Duration::from_secs(5),
+            connection: ConnectionConfig::default(),
         }
     }
 }

@@ -294,6 +294,44 @@ pub struct ServeArgs {
     /// database instead.
     #[arg(long, default_value_t = DEFAULT_CAPACITY, value_name = "N", value_parser = parse_capacity)]
     pub broadcast_capacity: usize,
+
+    // Connections (see `conn`): timeouts, limits, TLS.
+    /// Seconds a connection has to deliver a complete request head (from opening, or from the
+    /// first byte of a later request; covers the TLS handshake); slower clients are dropped.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
+    pub head_timeout: Duration,
+
+    /// Seconds a connection with no request in flight stays open after its last response.
+    #[arg(long, default_value = "60", value_name = "SECS", value_parser = parse_seconds)]
+    pub idle_timeout: Duration,
+
+    /// Connections served at once; requests on further ones get 503 `overloaded` with
+    /// `Retry-After`.
+    #[arg(long, default_value_t = 16_384, value_name = "N", value_parser = parse_limit)]
+    pub max_connections: usize,
+
+    /// Event streams open at once (over all connections); further ones get 503 `overloaded`
+    /// with `Retry-After`.
+    #[arg(long, default_value_t = 16_384, value_name = "N", value_parser = parse_limit)]
+    pub max_streams: usize,
+
+    /// Longest request target (path and query) in bytes; longer gets 414 `uri_too_long`.
+    #[arg(long, default_value_t = 8 * 1024, value_name = "BYTES", value_parser = parse_limit)]
+    pub max_uri_bytes: usize,
+
+    /// Largest sum of request header names and values in bytes; larger gets 431
+    /// `headers_too_large`.
+    #[arg(long, default_value_t = 32 * 1024, value_name = "BYTES", value_parser = parse_limit)]
+    pub max_header_bytes: usize,
+
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this PEM certificate chain (needs
+    /// --tls-key). Without it, plain HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// Flags of `changefeed demo`.
@@ -332,6 +370,15 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     Ok(rate)
 }
 
+fn parse_limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=1 << 24).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} must be a whole number from 1 to 16777216"
+        )),
+    }
+}
+
 fn parse_capacity(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if (1..=1 << 20).contains(&n) => Ok(n),
@@ -353,6 +400,22 @@ impl ServeArgs {
         config.subscription.heartbeat = self.heartbeat;
         config.subscription.retry = Duration::from_millis(self.retry_ms);
         config.subscription.max_lifetime = self.max_stream_secs;
+        config.connection = crate::conn::ConnectionConfig {
+            head_timeout: self.head_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            max_streams: self.max_streams,
+            max_uri_bytes: self.max_uri_bytes,
+            max_header_bytes: self.max_header_bytes,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::conn::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            ..config.connection
+        };
         config
     }
 }
@@ -509,6 +572,10 @@ pub fn check_database_url(url: &str) -> Result<(), CliError> {
 
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
     check_database_url(&args.database)?;
+    let config = args.server_config();
+    if let Some(files) = &config.connection.tls {
+        crate::conn::tls_acceptor(files).map_err(CliError::usage)?;
+    }
     let store = SqliteStore::open(&args.database).await.map_err(|error| {
         CliError::runtime(format!("cannot open database {}: {error}", args.database))
     })?;
@@ -523,18 +590,24 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         .local_addr()
         .map_err(|error| CliError::runtime(format!("cannot listen on {}: {error}", args.listen)))?;
     let (trigger, signal) = shutdown::channel();
-    let server = app::start(store.clone(), args.server_config(), signal.clone())
+    let server = app::start(store.clone(), config, signal.clone())
         .await
         .map_err(|error| {
             CliError::runtime(format!("cannot read database {}: {error}", args.database))
         })?;
     tracing::info!(
         listen = %local,
+        tls = args.tls_cert.is_some(),
         database = %args.database,
         epoch = %server.state().epoch(),
         head = server.state().feed().published().0,
         "changefeed serving"
     );
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let demo_task = demo.map(|config| {
         let shown = if local.ip().is_unspecified() {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), local.port())
@@ -545,9 +618,9 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
             "demo: writing {} changes/s to projects demo-1 … demo-{}",
             config.rate, config.projects
         );
-        println!("viewer: http://{shown}/");
+        println!("viewer: {scheme}://{shown}/");
         println!(
-            "watch:  curl -N 'http://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'"
+            "watch:  curl -N '{scheme}://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'"
         );
         tokio::spawn(demo::run(store.clone(), config, signal.clone()))
     });

@@ -12,8 +12,8 @@
 
 use std::convert::Infallible;
 use std::fmt::Debug;
-use std::future::IntoFuture;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,12 +22,14 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::Listener;
-use axum::Router;
+use axum::{Extension, Router};
 use bytes::Bytes;
 use changefeed_core::{ApiError, ErrorCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::AppState;
 use crate::broadcast::LiveFeed;
+use crate::conn::{self, ClientGone, ClientGoneWatch, ConnectionConfig};
 use crate::metrics::Metrics;
 use crate::shutdown::ShutdownSignal;
 use crate::store::{Store, StoreError, StoreErrorKind};
@@ -43,6 +45,12 @@ pub const OPENAPI_JSON: &str = include_str!("../static/openapi.json");
 /// The routes: `GET /` (the live viewer page), `GET /api/v1/events`, `GET /healthz`,
 /// `GET /metrics`, `GET /openapi.json`; JSON 404 and 405 otherwise.
 pub fn router<S: Store, F: LiveFeed>(state: AppState<S, F>) -> Router {
+    let limits = &state.config().connection;
+    let slots = StreamSlots {
+        slots: Arc::new(Semaphore::new(limits.max_streams)),
+        limit: limits.max_streams,
+        retry_after_secs: limits.retry_after_secs,
+    };
     Router::new()
         .route("/", get(viewer))
         .route("/api/v1/events", get(events::<S, F>))
@@ -51,6 +59,7 @@ pub fn router<S: Store, F: LiveFeed>(state: AppState<S, F>) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(slots))
         .with_state(state)
 }
 
@@ -76,7 +85,9 @@ async fn openapi() -> impl IntoResponse {
 /// Serves [`router`] on `listener` until the state's shutdown signal fires, then lets open
 /// streams end (each writes a final checkpoint) for at most the configured
 /// [`shutdown_grace`](crate::ServerConfig::shutdown_grace).
-/// Returns once every connection is closed or the grace period is over.
+/// Returns once every connection is closed or the grace period is over. Connections are
+/// handled by [`crate::conn`] (HTTP/1.1 and HTTP/2, TLS, timeouts and limits of
+/// [`ServerConfig::connection`](crate::ServerConfig::connection)).
 pub async fn serve<S, F, L>(listener: L, state: AppState<S, F>) -> io::Result<()>
 where
     S: Store,
@@ -85,48 +96,52 @@ where
     L::Addr: Debug,
 {
     let shutdown = state.shutdown_signal();
-    let grace = state.config().shutdown_grace;
-    serve_router(listener, router(state), shutdown, grace).await
+    let config = state.config().clone();
+    conn::serve(
+        listener,
+        router(state),
+        &config.connection,
+        shutdown,
+        config.shutdown_grace,
+    )
+    .await
 }
 
 /// [`serve`] for a router built by [`router`] and possibly layered (a proxy in front of the
-/// routes, as the simulation plants one).
+/// routes, as the simulation plants one), with the default connection settings.
 pub async fn serve_router<L>(
     listener: L,
     router: Router,
-    mut shutdown: ShutdownSignal,
+    shutdown: ShutdownSignal,
     grace: Duration,
 ) -> io::Result<()>
 where
     L: Listener,
     L::Addr: Debug,
 {
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().into_future());
-    tokio::select! {
-        biased;
-        result = server.into_future() => result,
-        _ = async {
-            shutdown.wait().await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(?grace, "connections still open after the shutdown grace period; leaving them");
-            Ok(())
-        }
-    }
+    conn::serve(
+        listener,
+        router,
+        &ConnectionConfig::default(),
+        shutdown,
+        grace,
+    )
+    .await
 }
 
-/// A TCP listener with `TCP_NODELAY` on every accepted connection (small frames must not wait
-/// for Nagle's algorithm).
-pub fn tcp_listener(
-    listener: tokio::net::TcpListener,
-) -> impl Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    })
+/// A TCP listener with `TCP_NODELAY` on every accepted connection that survives descriptor
+/// exhaustion ([`conn::TcpAcceptor`]).
+pub fn tcp_listener(listener: tokio::net::TcpListener) -> conn::TcpAcceptor {
+    conn::TcpAcceptor::new(listener)
+}
+
+/// The concurrent-stream limit ([`ConnectionConfig::max_streams`]), shared by a router's
+/// event streams; a stream holds a permit until its body is dropped.
+#[derive(Clone)]
+struct StreamSlots {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    retry_after_secs: u64,
 }
 
 fn json_response(status: StatusCode, body: String) -> Response {
@@ -257,17 +272,34 @@ async fn metrics<S: Store, F: LiveFeed>(State(state): State<AppState<S, F>>) -> 
 /// `GET /api/v1/events` (see `PROTOCOL.md`).
 async fn events<S: Store, F: LiveFeed>(
     State(state): State<AppState<S, F>>,
+    Extension(slots): Extension<StreamSlots>,
+    gone: Option<Extension<ClientGone>>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    let Ok(slot) = slots.slots.clone().try_acquire_owned() else {
+        let mut response = error_json(
+            ErrorCode::Overloaded,
+            format!(
+                "the server is at its limit of {} concurrent streams; retry later",
+                slots.limit
+            ),
+        );
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(slots.retry_after_secs),
+        );
+        return response;
+    };
     let last_event_id = headers.get("last-event-id").map(HeaderValue::as_bytes);
     let stream = match stream::open(&state, uri.query(), last_event_id).await {
         Ok(stream) => stream,
         Err(error) => return open_error(&error),
     };
+    let gone = gone.map(|Extension(gone)| gone.watch());
     let cursor = stream.start_cursor().to_string();
     let head = stream.head_at_open().to_string();
-    let mut response = Response::new(body(stream));
+    let mut response = Response::new(body(stream, slot, gone));
     let response_headers = response.headers_mut();
     response_headers.insert(
         header::CONTENT_TYPE,
@@ -284,13 +316,29 @@ async fn events<S: Store, F: LiveFeed>(
     response
 }
 
-/// The stream as a response body: one chunk per [`EventStream::next_chunk`].
-fn body<S: Store, F: LiveFeed>(stream: EventStream<S, F>) -> Body {
+/// The stream as a response body: one chunk per [`EventStream::next_chunk`], ending (and
+/// dropping the stream, its subscription and its stream slot) as soon as the connection layer
+/// sees the client gone.
+fn body<S: Store, F: LiveFeed>(
+    stream: EventStream<S, F>,
+    slot: OwnedSemaphorePermit,
+    gone: Option<ClientGoneWatch>,
+) -> Body {
     Body::from_stream(futures_util::stream::unfold(
-        stream,
-        |mut stream| async move {
-            let chunk = stream.next_chunk().await?;
-            Some((Ok::<Bytes, Infallible>(chunk), stream))
+        (stream, slot, gone),
+        |(mut stream, slot, mut gone)| async move {
+            let chunk = match gone.as_mut() {
+                Some(watch) => tokio::select! {
+                    biased;
+                    () = watch.gone() => {
+                        tracing::debug!("event stream: the client went away");
+                        None
+                    }
+                    chunk = stream.next_chunk() => chunk,
+                },
+                None => stream.next_chunk().await,
+            }?;
+            Some((Ok::<Bytes, Infallible>(chunk), (stream, slot, gone)))
         },
     ))
 }
