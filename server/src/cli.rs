@@ -22,7 +22,7 @@ use crate::app::{self, ServerConfig};
 use crate::broadcast::DEFAULT_CAPACITY;
 use crate::demo::{self, DemoConfig};
 use crate::shutdown;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{schema, SqliteStore};
 use crate::store::Retention;
 
 /// Streams a SQLite change_log to HTTP clients as Server-Sent Events, with exact resume.
@@ -507,8 +507,25 @@ pub fn check_database_url(url: &str) -> Result<(), CliError> {
     }
 }
 
+/// Refuses (exit code 2, one line naming every problem) a database whose `change_log` cannot be
+/// served, before anything is opened for writing.
+async fn check_change_log_schema(url: &str) -> Result<(), CliError> {
+    let Ok(options) = sqlx::sqlite::SqliteConnectOptions::from_str(url) else {
+        // SqliteStore::open reports the bad URL.
+        return Ok(());
+    };
+    match schema::check_file(options.get_filename()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(problems)) => Err(CliError::usage(format!("database {url}: {problems}"))),
+        Err(error) => Err(CliError::runtime(format!(
+            "cannot read database {url}: {error}"
+        ))),
+    }
+}
+
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
     check_database_url(&args.database)?;
+    check_change_log_schema(&args.database).await?;
     let store = SqliteStore::open(&args.database).await.map_err(|error| {
         CliError::runtime(format!("cannot open database {}: {error}", args.database))
     })?;

@@ -25,6 +25,7 @@
 //! be allocated again).
 
 mod monitor;
+pub mod schema;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -131,6 +132,16 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(write_options)
             .await?;
+        // A change_log someone else created must be servable before anything touches it (the
+        // migrations would fail on it with a less helpful message, or serve it wrongly).
+        {
+            let mut connection = write.acquire().await?;
+            if schema::change_log_exists(&mut connection).await? {
+                schema::check_change_log(&mut connection)
+                    .await?
+                    .map_err(|error| StoreError::from(error).context(path.display()))?;
+            }
+        }
         MIGRATOR
             .run(&write)
             .await
