@@ -568,9 +568,16 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         );
         tokio::spawn(demo::run(store.clone(), config, signal.clone()))
     });
+    let replaced_store = store.clone();
     let signals = tokio::spawn(async move {
-        shutdown::os_signal().await;
+        // A database replaced under the server: stop serving the old one and exit with the
+        // reason, so a supervisor restarts it on the new file.
+        let replaced = tokio::select! {
+            () = shutdown::os_signal() => false,
+            () = replaced_store.wait_replaced() => true,
+        };
         trigger.trigger();
+        replaced
     });
     let result = crate::run(crate::http::tcp_listener(listener), server).await;
     signals.abort();
@@ -582,7 +589,14 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         }
     }
     store.close().await;
-    result.map_err(|error| CliError::runtime(format!("server failed: {error}")))
+    result.map_err(|error| CliError::runtime(format!("server failed: {error}")))?;
+    match store.replaced() {
+        Some(why) => Err(CliError::runtime(format!(
+            "stopped serving {}: {why}; start the server again to serve the new database",
+            args.database
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

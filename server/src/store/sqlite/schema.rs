@@ -150,6 +150,24 @@ pub async fn check_change_log_in(
     Ok(problems(&columns, &sql))
 }
 
+/// Whether `main.change_log` is declared with `CHECK (json_valid(payload))`, which vouches that
+/// every TEXT payload is JSON (so the encoder need not parse it).
+pub async fn payload_is_checked(connection: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    let sql: Option<String> = sqlx::query_scalar(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'change_log' COLLATE NOCASE",
+    )
+    .fetch_optional(connection)
+    .await?
+    .flatten();
+    let compact: String = sql
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    Ok(compact.contains("CHECK(JSON_VALID(PAYLOAD))"))
+}
+
 async fn change_log_exists_in(
     connection: &mut SqliteConnection,
     schema: &str,
