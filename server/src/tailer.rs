@@ -372,3 +372,83 @@ fn wall_clock_millis() -> Option<u64> {
         .ok()
         .and_then(|elapsed| u64::try_from(elapsed.as_millis()).ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALL: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_feed_behind_but_moving_or_caught_up_is_healthy() {
+        let health = TailerHealth::default();
+        assert_eq!(health.assess(Seq(5), Seq(5), STALL), Ok(()));
+        assert_eq!(health.assess(Seq(9), Seq(5), STALL), Ok(()));
+        tokio::time::advance(STALL).await;
+        // It moved: the stall clock starts again.
+        assert_eq!(health.assess(Seq(9), Seq(6), STALL), Ok(()));
+        tokio::time::advance(STALL).await;
+        assert_eq!(health.assess(Seq(9), Seq(9), STALL), Ok(()));
+        tokio::time::advance(STALL * 3).await;
+        assert_eq!(
+            health.assess(Seq(9), Seq(9), STALL),
+            Ok(()),
+            "nothing to do"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_feed_behind_at_the_same_seq_too_long_is_stuck() {
+        let health = TailerHealth::default();
+        assert_eq!(health.assess(Seq(9), Seq(5), STALL), Ok(()));
+        tokio::time::advance(STALL + Duration::from_millis(1)).await;
+        let stuck = health.assess(Seq(12), Seq(5), STALL).unwrap_err();
+        assert_eq!(stuck.reason, "stuck");
+        assert_eq!(stuck.published, Seq(5));
+        assert_eq!(
+            stuck.message,
+            "the tailer is stuck at seq 5 while the log's head is 12"
+        );
+        assert_eq!(
+            Instant::now() - stuck.since,
+            STALL + Duration::from_millis(1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_below_what_was_published_means_another_database() {
+        let health = TailerHealth::default();
+        let replaced = health.assess(Seq(3), Seq(7), STALL).unwrap_err();
+        assert_eq!(replaced.reason, "database_replaced");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_reads_are_unhealthy_at_once_if_fatal_and_after_the_stall_if_transient() {
+        let health = TailerHealth::default();
+        health.failed(StoreError::transient("database is locked"), Seq(4));
+        assert_eq!(health.assess(Seq(4), Seq(4), STALL), Ok(()));
+        tokio::time::advance(STALL + Duration::from_millis(1)).await;
+        health.failed(StoreError::transient("database is locked"), Seq(4));
+        let failing = health.assess(Seq(4), Seq(4), STALL).unwrap_err();
+        assert_eq!(failing.reason, "store_error");
+        assert!(
+            failing.message.contains("database is locked"),
+            "{failing:?}"
+        );
+        health.recovered();
+        assert_eq!(health.assess(Seq(4), Seq(4), STALL), Ok(()));
+        health.failed(StoreError::fatal("no such column: payload"), Seq(4));
+        assert_eq!(
+            health.assess(Seq(4), Seq(4), STALL).unwrap_err().reason,
+            "store_error"
+        );
+        health.failed(
+            StoreError::fatal("the database file x.db was replaced by another file"),
+            Seq(4),
+        );
+        assert_eq!(
+            health.assess(Seq(4), Seq(4), STALL).unwrap_err().reason,
+            "database_replaced"
+        );
+    }
+}
