@@ -176,10 +176,13 @@ impl SqliteStore {
         let monitor_connection = SqliteConnection::connect_with(&read_options).await?;
 
         let opened_epoch = bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&read).await?)?.epoch;
-        let identity = identity::start(&path, opened_epoch, read.clone(), options.poll_interval)
-            .map_err(|error| {
-                StoreError::fatal(format!("cannot stat {}: {error}", path.display()))
-            })?;
+        let identity = identity::start(
+            &path,
+            opened_epoch,
+            read_options.clone(),
+            options.poll_interval,
+        )
+        .map_err(|error| StoreError::fatal(format!("cannot stat {}: {error}", path.display())))?;
         let (changes, _) = watch::channel(0u64);
         let monitor = monitor::start(
             &path,
@@ -252,8 +255,10 @@ impl SqliteStore {
     fn check_identity(&self) -> Result<(), StoreError> {
         match self.inner.identity.replaced() {
             None => Ok(()),
+            // `/healthz` reports "database_replaced" for errors saying "replaced".
             Some(why) => Err(StoreError::fatal(format!(
-                "{why}; restart the server to serve the new database"
+                "the database was replaced under the running server ({why}); restart the server \
+                 to serve the new database"
             ))),
         }
     }

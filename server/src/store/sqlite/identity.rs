@@ -4,7 +4,9 @@
 //! replaced, leaves the store's connections reading the old inode: new commits reach nobody.
 //! A database copied over the file keeps the inode but is another log. So every poll interval a
 //! task compares the path's device and inode with those seen at open, and re-reads the epoch
-//! through a fresh read of `changefeed_meta`. The first difference is latched for good:
+//! from `changefeed_meta` on a fresh connection. (A copy landing while our `-wal` still holds
+//! the page with the epoch is masked by it, as for every reader, until that WAL is
+//! checkpointed; the tailer compares the epoch on every read as well.) The first difference is latched for good:
 //! [`Identity::replaced`] answers why, every read of the store fails with a fatal error saying
 //! so (nothing of either database is streamed under the old epoch), `/healthz` is not `ok`, and
 //! `changefeed serve` exits with the message so it can be restarted on the new file (clients
@@ -16,7 +18,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use changefeed_core::Epoch;
-use sqlx::sqlite::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::Connection;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -81,12 +84,12 @@ impl Identity {
     }
 }
 
-/// Starts watching `path` (opened with `epoch`, read through `read`) every `poll`. The watch
+/// Starts watching `path` (opened with `epoch`, read with `options`) every `poll`. The watch
 /// holds only a weak reference, so it stops with the store.
 pub(super) fn start(
     path: &Path,
     epoch: Epoch,
-    read: SqlitePool,
+    options: SqliteConnectOptions,
     poll: Duration,
 ) -> std::io::Result<Arc<Identity>> {
     let opened = file_id(path)?;
@@ -102,7 +105,7 @@ pub(super) fn start(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let verdict = check(&path, opened, epoch, &read).await;
+            let verdict = check(&path, opened, epoch, &options).await;
             let Some(identity) = weak.upgrade() else {
                 return;
             };
@@ -117,7 +120,12 @@ pub(super) fn start(
 }
 
 /// Why `path` is not the database opened as `opened` with `epoch` any more, if it is not.
-async fn check(path: &Path, opened: FileId, epoch: Epoch, read: &SqlitePool) -> Option<String> {
+async fn check(
+    path: &Path,
+    opened: FileId,
+    epoch: Epoch,
+    options: &SqliteConnectOptions,
+) -> Option<String> {
     match file_id(path) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return Some(format!(
@@ -140,10 +148,17 @@ async fn check(path: &Path, opened: FileId, epoch: Epoch, read: &SqlitePool) -> 
         }
         Ok(_) => {}
     }
-    let found: Result<Option<String>, sqlx::Error> =
-        sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = 'epoch'")
-            .fetch_optional(read)
+    // A fresh connection each time: a pooled one may answer from its page cache, which stays
+    // valid as long as the shared WAL index does not move (a file copied over does not move it).
+    let found: Result<Option<String>, sqlx::Error> = async {
+        let mut connection = SqliteConnection::connect_with(options).await?;
+        let epoch = sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = 'epoch'")
+            .fetch_optional(&mut connection)
             .await;
+        let _ = connection.close().await;
+        epoch
+    }
+    .await;
     match found {
         Ok(Some(text)) if text == epoch.to_string() => None,
         Ok(Some(text)) => Some(format!(
