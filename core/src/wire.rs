@@ -404,7 +404,7 @@ mod tests {
         requested.push_str(&"y".repeat(300_000));
         let reset = Reset {
             requested: requested.clone(),
-            after: AFTER,
+            after: AFTER.into(),
             reason: ResetReason::InvalidCursor,
         };
         let text = reset.to_json();

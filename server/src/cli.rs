@@ -22,7 +22,7 @@ use crate::app::{self, ServerConfig};
 use crate::broadcast::DEFAULT_CAPACITY;
 use crate::demo::{self, DemoConfig};
 use crate::shutdown;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{schema, SqliteStore};
 use crate::store::Retention;
 
 /// Streams a SQLite change_log to HTTP clients as Server-Sent Events, with exact resume.
@@ -570,8 +570,25 @@ pub fn check_database_url(url: &str) -> Result<(), CliError> {
     }
 }
 
+/// Refuses (exit code 2, one line naming every problem) a database whose `change_log` cannot be
+/// served, before anything is opened for writing.
+async fn check_change_log_schema(url: &str) -> Result<(), CliError> {
+    let Ok(options) = sqlx::sqlite::SqliteConnectOptions::from_str(url) else {
+        // SqliteStore::open reports the bad URL.
+        return Ok(());
+    };
+    match schema::check_file(options.get_filename()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(problems)) => Err(CliError::usage(format!("database {url}: {problems}"))),
+        Err(error) => Err(CliError::runtime(format!(
+            "cannot read database {url}: {error}"
+        ))),
+    }
+}
+
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
     check_database_url(&args.database)?;
+    check_change_log_schema(&args.database).await?;
     let config = args.server_config();
     if let Some(files) = &config.connection.tls {
         crate::conn::tls_acceptor(files).map_err(CliError::usage)?;
@@ -624,9 +641,16 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         );
         tokio::spawn(demo::run(store.clone(), config, signal.clone()))
     });
+    let replaced_store = store.clone();
     let signals = tokio::spawn(async move {
-        shutdown::os_signal().await;
+        // A database replaced under the server: stop serving the old one and exit with the
+        // reason, so a supervisor restarts it on the new file.
+        let replaced = tokio::select! {
+            () = shutdown::os_signal() => false,
+            () = replaced_store.wait_replaced() => true,
+        };
         trigger.trigger();
+        replaced
     });
     let result = crate::run(crate::http::tcp_listener(listener), server).await;
     signals.abort();
@@ -638,7 +662,14 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         }
     }
     store.close().await;
-    result.map_err(|error| CliError::runtime(format!("server failed: {error}")))
+    result.map_err(|error| CliError::runtime(format!("server failed: {error}")))?;
+    match store.replaced() {
+        Some(why) => Err(CliError::runtime(format!(
+            "stopped serving {}: {why}; start the server again to serve the new database",
+            args.database
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

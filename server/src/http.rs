@@ -24,13 +24,12 @@ use axum::routing::get;
 use axum::serve::Listener;
 use axum::{Extension, Router};
 use bytes::Bytes;
-use changefeed_core::{ApiError, ErrorCode};
+use changefeed_core::{ApiError, ErrorCode, Seq};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::AppState;
 use crate::broadcast::LiveFeed;
 use crate::conn::{self, ClientGone, ClientGoneWatch, ConnectionConfig};
-use crate::metrics::Metrics;
 use crate::shutdown::ShutdownSignal;
 use crate::store::{Store, StoreError, StoreErrorKind};
 use crate::stream::{self, EventStream, OpenError};
@@ -193,12 +192,6 @@ fn open_error(error: &OpenError) -> Response {
     }
 }
 
-fn store_unavailable(metrics: &Metrics, error: &StoreError) -> Response {
-    metrics.store_error();
-    tracing::warn!(%error, "store unavailable");
-    unavailable(error)
-}
-
 async fn not_found(method: Method, uri: Uri) -> Response {
     error_json(
         ErrorCode::NotFound,
@@ -217,33 +210,55 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     response
 }
 
-/// `ok` (200) while the store answers and the tailer is not stuck on an error retrying cannot
-/// cure; 503 `unavailable` naming the problem otherwise.
+/// `ok` (200) only while the store answers and the tailer advances (or has nothing to do);
+/// otherwise 503: the contract's error body (`unavailable`, the message naming the problem)
+/// plus `reason` (`store_error`, `stuck`, `database_replaced`), `published` (the seq the feed
+/// is stuck after), `head` when the store answered, and `since` (RFC 3339, when it started).
 async fn healthz<S: Store, F: LiveFeed>(State(state): State<AppState<S, F>>) -> Response {
+    let published = state.feed().published();
     let bounds = match state.store().bounds().await {
         Ok(bounds) => bounds,
-        Err(error) => return store_unavailable(state.metrics(), &error),
+        Err(error) => {
+            state.metrics().store_error();
+            let reason = if error.message.contains("replaced") {
+                "database_replaced"
+            } else {
+                "store_error"
+            };
+            let since = state
+                .tailer_health()
+                .fault()
+                .map_or_else(tokio::time::Instant::now, |fault| fault.since);
+            return unhealthy(
+                reason,
+                format!("the change log cannot be read: {error}"),
+                published,
+                None,
+                since,
+            );
+        }
     };
     state.metrics().log_head(bounds.head.0);
-    let fault = state.tailer_health().fault();
-    if let Some(fault) = fault.as_ref().filter(|fault| !fault.error.is_transient()) {
-        return error_json(
-            ErrorCode::Unavailable,
-            format!(
-                "the feed cannot advance past seq {} ({} store error for {} ms): {}",
-                fault.published.0,
-                fault.error.kind.as_str(),
-                fault.since.elapsed().as_millis(),
-                fault.error.message
-            ),
+    if let Err(problem) =
+        state
+            .tailer_health()
+            .assess(bounds.head, published, state.config().tailer.stall_after)
+    {
+        return unhealthy(
+            problem.reason,
+            problem.message,
+            problem.published,
+            Some(bounds.head),
+            problem.since,
         );
     }
+    let fault = state.tailer_health().fault();
     let body = serde_json::json!({
         "status": "ok",
         "epoch": bounds.epoch.to_string(),
         "head": bounds.head.0,
         "floor": bounds.floor.0,
-        "published": state.feed().published().0,
+        "published": published.0,
         "subscribers": state.metrics().snapshot().subscribers,
         "tailer": fault.map_or_else(
             || "ok".to_owned(),
@@ -251,6 +266,33 @@ async fn healthz<S: Store, F: LiveFeed>(State(state): State<AppState<S, F>>) -> 
         ),
     });
     json_response(StatusCode::OK, body.to_string())
+}
+
+/// The 503 of `/healthz` (see [`healthz`]).
+fn unhealthy(
+    reason: &str,
+    message: String,
+    published: Seq,
+    head: Option<Seq>,
+    since: tokio::time::Instant,
+) -> Response {
+    tracing::warn!(reason, %message, "healthz: not ok");
+    let since_ms = since.elapsed().as_millis();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|now| i64::try_from(now.as_millis().saturating_sub(since_ms)).ok())
+        .and_then(changefeed_core::timestamp::format_unix_millis);
+    let mut body = serde_json::json!({
+        "error": {"code": ErrorCode::Unavailable.as_str(), "message": message},
+        "reason": reason,
+        "published": published.0,
+        "since": since,
+    });
+    if let Some(head) = head {
+        body["head"] = head.0.into();
+    }
+    json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
 }
 
 async fn metrics<S: Store, F: LiveFeed>(State(state): State<AppState<S, F>>) -> Response {

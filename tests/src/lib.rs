@@ -65,6 +65,16 @@ impl TestServer {
     pub async fn start_with(config: ServerConfig) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let db_path = dir.path().join("changefeed.db");
+        TestServer::start_on(dir, db_path, config).await
+    }
+
+    /// A server with `config` over the database at `db_path` (created if missing) in `dir`,
+    /// which the server keeps until it is dropped.
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        db_path: PathBuf,
+        config: ServerConfig,
+    ) -> TestServer {
         let store = SqliteStore::open(&sqlite_url(&db_path))
             .await
             .expect("open the store");

@@ -6,7 +6,17 @@
 //!   `IF NOT EXISTS`, and keeps our own bookkeeping in `changefeed_meta` (`epoch`, `published`,
 //!   `floor`), so it can run against a database whose tables another program owns.
 //! - **Reads** (`bounds`, `window`, `rows_after`, `missing_projects`) use a pool of read-only
-//!   (`query_only`) connections, one short transaction per call. Payload text is never parsed.
+//!   (`query_only`) connections, one short transaction per call. Payload text is never parsed
+//!   here; the encoder checks it only when the table has no `CHECK (json_valid(payload))`.
+//! - **Rows of any storage class** (a `change_log` another program created may hold anything;
+//!   [`schema`] checks only columns and keys) are read leniently and never fail to decode:
+//!   `created_at` of any class goes to the core's timestamp codec as text (INTEGER and REAL
+//!   unix times in decimal, a BLOB as UTF-8); a payload that is not TEXT is checked by the
+//!   encoder like an unvouched one (NULL is the JSON `null`); a `project_id`, `session_id` or
+//!   `event_type` that is not TEXT reads as no project (`""`, which no `project=` names), no
+//!   session, and the empty kind (a degraded `type`): the replay query's `typeof(...) = 'text'`
+//!   makes replay select exactly the rows live filtering does. What the encoder still cannot
+//!   place gets the degraded form of `PROTOCOL.md` ("Degraded rows").
 //! - **Writes** of our own (`mark_published`, `prune`, the demo writer and tests through
 //!   [`SqliteStore::begin_write`]) go through one connection (`synchronous=FULL`) with
 //!   `BEGIN IMMEDIATE`, so they queue in-process instead of fighting over the file lock.
@@ -24,7 +34,9 @@
 //! transaction (a writer with `synchronous=NORMAL` can lose committed rows, whose seqs will then
 //! be allocated again).
 
+mod identity;
 mod monitor;
+pub mod schema;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -37,7 +49,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection, Row, Sqlite, Transaction};
+use sqlx::{Connection, Decode, Row, Sqlite, Transaction, TypeInfo, ValueRef};
 use tokio::sync::watch;
 
 use super::{
@@ -89,9 +101,12 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     read: SqlitePool,
+    /// Whether the table's `CHECK (json_valid(payload))` vouches for TEXT payloads.
+    payload_check: PayloadCheck,
     write: SqlitePool,
     path: PathBuf,
     changes: watch::Sender<u64>,
+    identity: Arc<identity::Identity>,
     _monitor: monitor::ChangeMonitor,
 }
 
@@ -131,11 +146,26 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(write_options)
             .await?;
+        // A change_log someone else created must be servable before anything touches it (the
+        // migrations would fail on it with a less helpful message, or serve it wrongly).
+        {
+            let mut connection = write.acquire().await?;
+            if schema::change_log_exists(&mut connection).await? {
+                schema::check_change_log(&mut connection)
+                    .await?
+                    .map_err(|error| StoreError::from(error).context(path.display()))?;
+            }
+        }
         MIGRATOR
             .run(&write)
             .await
             .map_err(|error| StoreError::fatal(format!("migrating {}: {error}", path.display())))?;
         apply_epoch_rule(&write).await?;
+        let payload_check = if schema::payload_is_checked(&mut *write.acquire().await?).await? {
+            PayloadCheck::Valid
+        } else {
+            PayloadCheck::Unchecked
+        };
 
         // The database is in WAL mode now (a persistent setting); readers only read.
         let read_options = base.clone().pragma("query_only", "ON");
@@ -145,6 +175,14 @@ impl SqliteStore {
             .await?;
         let monitor_connection = SqliteConnection::connect_with(&read_options).await?;
 
+        let opened_epoch = bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&read).await?)?.epoch;
+        let identity = identity::start(
+            &path,
+            opened_epoch,
+            read_options.clone(),
+            options.poll_interval,
+        )
+        .map_err(|error| StoreError::fatal(format!("cannot stat {}: {error}", path.display())))?;
         let (changes, _) = watch::channel(0u64);
         let monitor = monitor::start(
             &path,
@@ -156,9 +194,11 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 read,
+                payload_check,
                 write,
                 path,
                 changes,
+                identity,
                 _monitor: monitor,
             }),
         })
@@ -199,16 +239,60 @@ impl SqliteStore {
         bump(&self.inner.changes);
     }
 
+    /// Why the file being served is not the database that was opened any more (deleted,
+    /// replaced, another database copied over it), once the identity watch noticed; from then
+    /// on every read fails with a fatal error saying so.
+    pub fn replaced(&self) -> Option<String> {
+        self.inner.identity.replaced()
+    }
+
+    /// Resolves once [`SqliteStore::replaced`] has an answer.
+    pub async fn wait_replaced(&self) {
+        self.inner.identity.wait_replaced().await;
+    }
+
+    /// Fails when the database was found replaced (nothing of either file is served then).
+    fn check_identity(&self) -> Result<(), StoreError> {
+        match self.inner.identity.replaced() {
+            None => Ok(()),
+            // `/healthz` reports "database_replaced" for errors saying "replaced".
+            Some(why) => Err(StoreError::fatal(format!(
+                "the database was replaced under the running server ({why}); restart the server \
+                 to serve the new database"
+            ))),
+        }
+    }
+
     /// The published mark: the highest seq recorded by [`Store::mark_published`].
     pub async fn published(&self) -> Result<Seq, StoreError> {
         let mut connection = self.inner.read.acquire().await?;
         read_mark(&mut connection, "published").await
     }
 
-    /// Closes both pools, waiting for connections in use to come back (clean shutdown; the last
-    /// connection to close checkpoints the WAL).
+    /// Closes both pools, waiting for connections in use to come back (clean shutdown). After
+    /// the readers are gone, the WAL is checkpointed into the database file and truncated
+    /// (`PRAGMA wal_checkpoint(TRUNCATE)`), so a stopped server leaves an empty `-wal`; another
+    /// process still reading the database keeps its frames (the checkpoint then stops short and
+    /// says so in the log, nothing is lost).
     pub async fn close(&self) {
         self.inner.read.close().await;
+        if self.replaced().is_some() {
+            // Checkpointing would write the old database's pages into whatever file is there.
+            self.inner.write.close().await;
+            return;
+        }
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.inner.write)
+            .await
+        {
+            Ok((0, _, _)) => tracing::debug!("WAL checkpointed and truncated"),
+            Ok((_, log, checkpointed)) => tracing::info!(
+                wal_frames = log,
+                checkpointed,
+                "another connection is using the database; the WAL was not truncated"
+            ),
+            Err(error) => tracing::warn!(%error, "checkpointing the WAL at shutdown failed"),
+        }
         self.inner.write.close().await;
     }
 }
@@ -253,11 +337,13 @@ impl std::ops::DerefMut for WriteTx {
 
 impl Store for SqliteStore {
     async fn bounds(&self) -> Result<LogBounds, StoreError> {
+        self.check_identity()?;
         let row = sqlx::query(BOUNDS_SQL).fetch_one(&self.inner.read).await?;
         bounds_from(&row)
     }
 
     async fn window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
+        self.check_identity()?;
         let mut transaction = self.inner.read.begin().await?;
         let rows = match WindowQuery::new(filter, range) {
             None => Vec::new(),
@@ -269,7 +355,9 @@ impl Store for SqliteStore {
                     statement = statement.bind(value.as_str());
                 }
                 let rows = statement.fetch_all(&mut *transaction).await?;
-                rows.iter().map(row_from).collect::<Result<Vec<_>, _>>()?
+                rows.iter()
+                    .map(|row| row_from(row, self.inner.payload_check))
+                    .collect::<Result<Vec<_>, _>>()?
             }
         };
         let bounds = bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&mut *transaction).await?)?;
@@ -278,6 +366,7 @@ impl Store for SqliteStore {
     }
 
     async fn rows_after(&self, after: Seq, limit: usize) -> Result<Rows, StoreError> {
+        self.check_identity()?;
         let sql =
             format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?");
         let mut transaction = self.inner.read.begin().await?;
@@ -286,7 +375,10 @@ impl Store for SqliteStore {
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *transaction)
             .await?;
-        let rows = rows.iter().map(row_from).collect::<Result<Vec<_>, _>>()?;
+        let rows = rows
+            .iter()
+            .map(|row| row_from(row, self.inner.payload_check))
+            .collect::<Result<Vec<_>, _>>()?;
         let bounds = bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&mut *transaction).await?)?;
         transaction.commit().await?;
         Ok(Rows::new(rows, bounds))
@@ -463,8 +555,9 @@ impl WindowQuery {
                 return None;
             }
             // With the project set as an IN list, SQLite reads (project_id, seq) index ranges.
+            // Only TEXT ids are ids (see row_from); the check reads the index entry.
             sql.push_str(&format!(
-                " AND project_id IN ({})",
+                " AND project_id IN ({}) AND typeof(project_id) = 'text'",
                 placeholders(projects.len())
             ));
             binds.extend(projects.iter().cloned());
@@ -482,7 +575,10 @@ impl WindowQuery {
                     _ => "event_type GLOB ?",
                 })
                 .collect();
-            sql.push_str(&format!(" AND ({})", clauses.join(" OR ")));
+            sql.push_str(&format!(
+                " AND typeof(event_type) = 'text' AND ({})",
+                clauses.join(" OR ")
+            ));
             binds.extend(patterns.iter().map(|pattern| match pattern {
                 TypePattern::Exact(kind) => kind.clone(),
                 other => other.glob(),
@@ -532,23 +628,92 @@ fn bounds_from(row: &SqliteRow) -> Result<LogBounds, StoreError> {
     })
 }
 
-fn row_from(row: &SqliteRow) -> Result<EventRow, StoreError> {
+/// A row of any storage classes as an [`EventRow`] (never fails on a value: see
+/// [`column_text`] for how each class reads, and the module docs for what each column becomes
+/// when it is not TEXT).
+fn row_from(row: &SqliteRow, payload_check: PayloadCheck) -> Result<EventRow, StoreError> {
     let seq = seq_from("seq", row.try_get(0)?)?;
-    // A column that does not decode is this row's bad data.
     let at_seq = |error: sqlx::Error| StoreError {
         seq: Some(seq),
         ..StoreError::from(error)
     };
+    let column = |index| column_text(row, index).map_err(at_seq);
+    // Ids and kinds that are not TEXT are compared by no filter (the replay query requires
+    // `typeof(...) = 'text'` too), so replay and live agree: no project, no session, no kind.
+    let (project_class, project_id) = column(1)?;
+    let (session_class, session_id) = column(2)?;
+    let (kind_class, kind) = column(3)?;
+    let (payload_class, payload) = column(4)?;
+    let (_, created_at) = column(5)?;
+    let text = StorageClass::Text;
     Ok(EventRow {
         seq,
-        project_id: row.try_get(1).map_err(at_seq)?,
-        session_id: row.try_get(2).map_err(at_seq)?,
-        kind: row.try_get(3).map_err(at_seq)?,
-        payload: row.try_get(4).map_err(at_seq)?,
-        // The schema's `CHECK (json_valid(payload))` vouches for it.
-        payload_check: PayloadCheck::Valid,
-        created_at: row.try_get(5).map_err(at_seq)?,
+        project_id: if project_class == text {
+            project_id
+        } else {
+            String::new()
+        },
+        session_id: (session_class == text).then_some(session_id),
+        kind: if kind_class == text {
+            kind
+        } else {
+            String::new()
+        },
+        payload: if payload_class == StorageClass::Null {
+            "null".to_owned()
+        } else {
+            payload
+        },
+        payload_check: if payload_class == text {
+            payload_check
+        } else {
+            PayloadCheck::Unchecked
+        },
+        created_at,
     })
+}
+
+/// SQLite's storage classes (what `typeof()` answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StorageClass {
+    Null,
+    Integer,
+    Real,
+    Text,
+    Blob,
+}
+
+/// A column's storage class and its value as text: INTEGER in decimal, REAL in decimal without
+/// an exponent (so the timestamp codec reads unix times stored as REAL), TEXT and BLOB as
+/// UTF-8 (invalid sequences replaced by U+FFFD), NULL as the empty string.
+fn column_text(row: &SqliteRow, index: usize) -> Result<(StorageClass, String), sqlx::Error> {
+    let value = row.try_get_raw(index)?;
+    if value.is_null() {
+        return Ok((StorageClass::Null, String::new()));
+    }
+    let decode_error = |source| sqlx::Error::ColumnDecode {
+        index: index.to_string(),
+        source,
+    };
+    let class = match value.type_info().name() {
+        "INTEGER" => StorageClass::Integer,
+        "REAL" => StorageClass::Real,
+        "TEXT" => StorageClass::Text,
+        _ => StorageClass::Blob,
+    };
+    let text = match class {
+        StorageClass::Integer => <i64 as Decode<Sqlite>>::decode(value)
+            .map_err(decode_error)?
+            .to_string(),
+        StorageClass::Real => <f64 as Decode<Sqlite>>::decode(value)
+            .map_err(decode_error)?
+            .to_string(),
+        _ => {
+            String::from_utf8_lossy(<&[u8] as Decode<Sqlite>>::decode(value).map_err(decode_error)?)
+                .into_owned()
+        }
+    };
+    Ok((class, text))
 }
 
 fn is_in_memory(url: &str, path: &Path) -> bool {
@@ -586,8 +751,8 @@ mod tests {
         assert_eq!(
             query.sql,
             "SELECT seq, project_id, session_id, event_type, payload, created_at FROM change_log \
-             WHERE seq > ? AND seq <= ? AND project_id IN (?, ?) \
-             AND (event_type GLOB ? OR event_type = ?) ORDER BY seq"
+             WHERE seq > ? AND seq <= ? AND project_id IN (?, ?) AND typeof(project_id) = 'text' \
+             AND typeof(event_type) = 'text' AND (event_type GLOB ? OR event_type = ?) ORDER BY seq"
         );
         assert_eq!(query.binds, ["a", "b", "pr_*", "session_created"]);
     }
