@@ -9,13 +9,25 @@ use std::process::{Command, Output};
 const BIN: &str = env!("CARGO_BIN_EXE_changefeed");
 const DAEMON_SCHEMA: &str = include_str!("../../tests/fixtures/daemon-schema.sql");
 
+/// Runs `sql` with the `sqlite3` CLI (another process, as the daemon's own writer would),
+/// the script on stdin (an argument starting with `--` would be read as an option).
 fn sqlite3(db: &Path, sql: &str) -> String {
-    let output = Command::new("sqlite3")
-        .args(["-cmd", ".timeout 5000"])
+    use std::io::Write as _;
+    let mut child = Command::new("sqlite3")
+        .args(["-bail", "-cmd", ".timeout 5000"])
         .arg(db)
-        .arg(sql)
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("the sqlite3 CLI (scripts/install-deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
         "sqlite3 failed on {sql:?}: {}",

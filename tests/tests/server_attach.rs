@@ -142,8 +142,23 @@ async fn stream_through(stream: &mut SseStream, last: u64) -> Vec<(u64, String, 
 }
 
 async fn create_daemon_database(dir: &Path) -> std::path::PathBuf {
+    use tokio::io::AsyncWriteExt as _;
     let db = dir.join("daemon.db");
-    sqlite3(&db, DAEMON_SCHEMA).await;
+    // The script on stdin: an argument starting with `--` would be read as an option.
+    let mut child = tokio::process::Command::new("sqlite3")
+        .args(["-bail"])
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run the sqlite3 CLI");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(DAEMON_SCHEMA.as_bytes()).await.unwrap();
+    drop(stdin);
+    assert!(
+        child.wait().await.unwrap().success(),
+        "the daemon schema applies"
+    );
     sqlite3(&db, HISTORY).await;
     db
 }
