@@ -202,7 +202,7 @@ impl SqliteStore {
                     .synchronous(SqliteSynchronous::Full)
             }
             SqliteMode::Attach | SqliteMode::AttachReadOnly { .. } => {
-                if std::fs::metadata(&path).map_or(true, |meta| meta.len() == 0) {
+                if ownership::no_database_at(&path) {
                     return Err(StoreError::fatal(format!(
                         "there is no database at {} (--attach serves an existing database)",
                         path.display()

@@ -60,7 +60,7 @@ pub async fn check_owned(
     path: &Path,
     migrator: &Migrator,
 ) -> Result<Result<(), ForeignDatabase>, sqlx::Error> {
-    if std::fs::metadata(path).map_or(true, |meta| meta.len() == 0) {
+    if no_database_at(path) {
         return Ok(Ok(()));
     }
     let options = SqliteConnectOptions::new().filename(path).read_only(true);
@@ -68,6 +68,15 @@ pub async fn check_owned(
     let result = check_connection(&mut connection, migrator, &path.display().to_string()).await;
     connection.close().await?;
     result
+}
+
+/// Whether there is no database at `path` yet: no file, or an empty one with no write-ahead log
+/// holding its first pages.
+pub fn no_database_at(path: &Path) -> bool {
+    let size = |path: &Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    size(path) == 0 && size(Path::new(&wal)) == 0
 }
 
 async fn check_connection(
