@@ -68,7 +68,7 @@ fn daemon_write(n: u32) -> String {
 async fn schema_dump(db: &Path) -> (Vec<String>, String) {
     let rows = sqlite3(
         db,
-        "SELECT type || '|' || name || '|' || tbl_name || '|' || COALESCE(sql, '') \
+        "SELECT type || '|' || name || '|' || tbl_name || '|' || replace(COALESCE(sql, ''), char(10), ' ') \
          FROM sqlite_master ORDER BY type, name",
     )
     .await;
