@@ -645,9 +645,8 @@ async fn ensure_meta_table(write: &SqlitePool, path: &Path) -> Result<(), StoreE
             columns.join(", ")
         )));
     }
-    sqlx::raw_sql(META_TABLE_SQL)
-        .execute(&mut *transaction)
-        .await?;
+    // Executor::execute, not raw_sql: raw_sql's future is not provably Send (open must be).
+    sqlx::Executor::execute(&mut *transaction, META_TABLE_SQL).await?;
     transaction.commit().await?;
     Ok(())
 }
@@ -661,16 +660,11 @@ async fn open_meta_file(
 ) -> Result<meta_file::MetaState, StoreError> {
     let head: i64 = sqlx::query_scalar(HEAD_SQL).fetch_one(read).await?;
     let head = seq_from("head", head)?;
-    let fresh_epoch = || async {
-        sqlx::query_scalar::<_, String>("SELECT lower(hex(randomblob(8)))")
-            .fetch_one(read)
-            .await
-    };
     let database_name = database.display().to_string();
     let existing = meta_file::read(meta)?;
     let state = match existing.clone() {
         None => meta_file::MetaState {
-            epoch: fresh_epoch().await?,
+            epoch: fresh_epoch(read).await?,
             published: 0,
             floor: 0,
             database: database_name.clone(),
@@ -683,7 +677,7 @@ async fn open_meta_file(
                 "the meta file was written for another database; starting a new epoch"
             );
             meta_file::MetaState {
-                epoch: fresh_epoch().await?,
+                epoch: fresh_epoch(read).await?,
                 published: head.0,
                 floor: 0,
                 database: database_name.clone(),
@@ -692,7 +686,7 @@ async fn open_meta_file(
         Some(state) => match epoch_at_start(head, state.floor(), state.published()) {
             EpochDecision::Keep => state,
             EpochDecision::Rotate { published, floor } => {
-                let epoch = fresh_epoch().await?;
+                let epoch = fresh_epoch(read).await?;
                 tracing::warn!(
                     head = head.0,
                     published = state.published,
@@ -717,6 +711,13 @@ async fn open_meta_file(
             .map_err(|error| StoreError::fatal(format!("meta file writer failed: {error}")))??;
     }
     Ok(state)
+}
+
+/// A new random epoch, from SQLite (works on a read-only connection).
+async fn fresh_epoch(read: &SqlitePool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT lower(hex(randomblob(8)))")
+        .fetch_one(read)
+        .await
 }
 
 async fn begin_immediate(write: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -837,6 +838,20 @@ fn is_in_memory(url: &str, path: &Path) -> bool {
         || name.is_empty()
         || name == ":memory:"
         || name.starts_with("file:")
+}
+
+/// Compile-time check: opening a store is a `Send` future in every mode (callers spawn it, and a
+/// closure or `raw_sql` held across an `.await` silently breaks that for every caller).
+#[cfg(test)]
+#[allow(dead_code)]
+fn open_futures_are_send(url: &str, mode: &SqliteMode, path: &Path) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(SqliteStore::open_in_mode(
+        url,
+        mode,
+        SqliteStoreOptions::default(),
+    ));
+    is_send(SqliteStore::attach(url, Some(path)));
 }
 
 #[cfg(test)]

@@ -65,7 +65,8 @@ pub async fn check_owned(
     }
     let options = SqliteConnectOptions::new().filename(path).read_only(true);
     let mut connection = SqliteConnection::connect_with(&options).await?;
-    let result = check_connection(&mut connection, migrator, &path.display().to_string()).await;
+    let name = path.display().to_string();
+    let result = check_connection(&mut connection, migrator, &name).await;
     connection.close().await?;
     result
 }
@@ -88,17 +89,22 @@ async fn check_connection(
     if found.is_empty() {
         return Ok(Ok(()));
     }
-    let foreign = |findings: Vec<String>| {
+    // A plain function, not a closure: a closure holding `&str` across `.await` makes the
+    // future's Send bound unprovable.
+    fn foreign(
+        path: &str,
+        findings: Vec<String>,
+    ) -> Result<Result<(), ForeignDatabase>, sqlx::Error> {
         Ok(Err(ForeignDatabase {
             path: path.to_owned(),
             findings,
         }))
-    };
+    }
     let has_record = found
         .iter()
         .any(|object| object.kind == "table" && object.name == MIGRATIONS_TABLE);
     if !has_record {
-        return foreign(vec![no_record_finding(&found)]);
+        return foreign(path, vec![no_record_finding(&found)]);
     }
 
     // Applied migrations must be a subset of ours, with our checksums.
@@ -128,7 +134,7 @@ async fn check_connection(
                 strangers.join(", ")
             )
         };
-        return foreign(vec![finding]);
+        return foreign(path, vec![finding]);
     }
 
     // Our record is there: every table our applied migrations made must still have their columns.
@@ -152,7 +158,7 @@ async fn check_connection(
     if findings.is_empty() {
         Ok(Ok(()))
     } else {
-        foreign(findings)
+        foreign(path, findings)
     }
 }
 
@@ -263,10 +269,16 @@ async fn expected_schema(
 ) -> Result<Expected, sqlx::Error> {
     let options = SqliteConnectOptions::new().in_memory(true);
     let mut connection = SqliteConnection::connect_with(&options).await?;
-    for migration in migrator.iter().filter(|m| versions.contains(&m.version)) {
-        sqlx::raw_sql(&migration.sql)
-            .execute(&mut connection)
-            .await?;
+    // Collected first: an iterator with a closure held across `.await` makes the future's
+    // Send bound unprovable.
+    let scripts: Vec<String> = migrator
+        .iter()
+        .filter(|migration| versions.contains(&migration.version))
+        .map(|migration| migration.sql.to_string())
+        .collect();
+    for script in &scripts {
+        // Executor::execute, not raw_sql: raw_sql's future is not provably Send here.
+        sqlx::Executor::execute(&mut connection, script.as_str()).await?;
     }
     let mut tables = BTreeMap::new();
     for object in objects(&mut connection).await? {
