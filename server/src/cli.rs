@@ -22,8 +22,8 @@ use crate::app::{self, ServerConfig};
 use crate::broadcast::DEFAULT_CAPACITY;
 use crate::demo::{self, DemoConfig};
 use crate::shutdown;
-use crate::store::sqlite::{schema, SqliteStore};
-use crate::store::Retention;
+use crate::store::sqlite::{self, schema, SqliteStore};
+use crate::store::{Retention, StoreError};
 
 /// Streams a SQLite change_log to HTTP clients as Server-Sent Events, with exact resume.
 #[derive(Debug, Parser)]
@@ -332,6 +332,21 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+
+    // Attach mode: serving a database another program owns.
+    /// Serve the change_log of an existing database another program owns, as it is: no
+    /// migrations, no triggers, no journal-mode change; changefeed's bookkeeping (epoch,
+    /// published mark) goes in one table of its own, changefeed_meta. Deletes nothing unless
+    /// --retain-days or --retain-rows is given. Without --attach, a database changefeed did not
+    /// create is refused (exit 2) and left unchanged.
+    #[arg(long)]
+    pub attach: bool,
+
+    /// With --attach: open the database read-only (mode=ro) and keep changefeed's bookkeeping
+    /// in this file instead (created if missing, replaced atomically), so the database is never
+    /// written. The retention flags are refused with it.
+    #[arg(long, value_name = "PATH", requires = "attach")]
+    pub meta_file: Option<PathBuf>,
 }
 
 /// Flags of `changefeed demo`.
@@ -556,6 +571,48 @@ async fn run_tail(args: TailArgs) -> Result<(), CliError> {
     }
 }
 
+/// Opens the database as the flags say: changefeed's own (refusing, exit 2, one that is not),
+/// or attached (`--attach`, `--meta-file`).
+async fn open_store(args: &ServeArgs, demo: bool) -> Result<SqliteStore, CliError> {
+    let url = &args.database;
+    let cannot_open =
+        |error: StoreError| CliError::runtime(format!("cannot open database {url}: {error}"));
+    if !args.attach {
+        return match sqlite::check_owned(url).await {
+            Ok(Ok(())) => {
+                check_change_log_schema(url).await?;
+                SqliteStore::open(url).await.map_err(cannot_open)
+            }
+            Ok(Err(foreign)) => Err(CliError::usage(foreign.to_string())),
+            Err(error) => Err(cannot_open(error)),
+        };
+    }
+    if demo {
+        return Err(CliError::usage(
+            "demo writes changefeed's own schema; --attach is for serve",
+        ));
+    }
+    let retention = args.retain_days.is_some() || args.retain_rows.is_some();
+    if args.meta_file.is_some() && retention {
+        return Err(CliError::usage(
+            "--meta-file opens the database read-only: --retain-days/--retain-rows cannot \
+             delete from it (retention is its owner's)",
+        ));
+    }
+    let exists = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .map(|options| options.get_filename().is_file())
+        .unwrap_or(true);
+    if !exists {
+        return Err(CliError::usage(format!(
+            "--attach serves an existing database, and there is none at {url}"
+        )));
+    }
+    check_change_log_schema(url).await?;
+    SqliteStore::attach(url, args.meta_file.as_deref())
+        .await
+        .map_err(cannot_open)
+}
+
 /// Checks that `url` names a database this build can serve.
 pub fn check_database_url(url: &str) -> Result<(), CliError> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or("");
@@ -588,14 +645,11 @@ async fn check_change_log_schema(url: &str) -> Result<(), CliError> {
 
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
     check_database_url(&args.database)?;
-    check_change_log_schema(&args.database).await?;
     let config = args.server_config();
     if let Some(files) = &config.connection.tls {
         crate::conn::tls_acceptor(files).map_err(CliError::usage)?;
     }
-    let store = SqliteStore::open(&args.database).await.map_err(|error| {
-        CliError::runtime(format!("cannot open database {}: {error}", args.database))
-    })?;
+    let store = open_store(&args, demo.is_some()).await?;
     let addr = args
         .listen
         .resolve()
@@ -616,6 +670,7 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         listen = %local,
         tls = args.tls_cert.is_some(),
         database = %args.database,
+        attach = args.attach,
         epoch = %server.state().epoch(),
         head = server.state().feed().published().0,
         "changefeed serving"

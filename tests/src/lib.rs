@@ -52,7 +52,7 @@ pub struct TestServer {
     pub db_path: PathBuf,
     trigger: ShutdownTrigger,
     task: Option<JoinHandle<std::io::Result<()>>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -78,6 +78,25 @@ impl TestServer {
         let store = SqliteStore::open(&sqlite_url(&db_path))
             .await
             .expect("open the store");
+        TestServer::start_with_store(store, config, db_path, Some(dir)).await
+    }
+
+    /// A server attached (`serve --attach`) to the existing database at `db_path`, with its
+    /// bookkeeping in `meta_file` (database opened read-only) when given.
+    pub async fn attach(db_path: &Path, meta_file: Option<&Path>) -> TestServer {
+        let store = SqliteStore::attach(&sqlite_url(db_path), meta_file)
+            .await
+            .expect("attach the store");
+        TestServer::start_with_store(store, ServerConfig::default(), db_path.to_path_buf(), None)
+            .await
+    }
+
+    async fn start_with_store(
+        store: SqliteStore,
+        config: ServerConfig,
+        db_path: PathBuf,
+        dir: Option<tempfile::TempDir>,
+    ) -> TestServer {
         let (trigger, signal) = shutdown::channel();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -84,11 +84,12 @@ impl Identity {
     }
 }
 
-/// Starts watching `path` (opened with `epoch`, read with `options`) every `poll`. The watch
-/// holds only a weak reference, so it stops with the store.
+/// Starts watching `path` (opened with `epoch`, read with `options`) every `poll`; with no
+/// epoch (bookkeeping in a sidecar file, nothing to re-read in the database) only the file's
+/// identity is watched. The watch holds only a weak reference, so it stops with the store.
 pub(super) fn start(
     path: &Path,
-    epoch: Epoch,
+    epoch: Option<Epoch>,
     options: SqliteConnectOptions,
     poll: Duration,
 ) -> std::io::Result<Arc<Identity>> {
@@ -123,7 +124,7 @@ pub(super) fn start(
 async fn check(
     path: &Path,
     opened: FileId,
-    epoch: Epoch,
+    epoch: Option<Epoch>,
     options: &SqliteConnectOptions,
 ) -> Option<String> {
     match file_id(path) {
@@ -148,6 +149,7 @@ async fn check(
         }
         Ok(_) => {}
     }
+    let epoch = epoch?;
     // A fresh connection each time: a pooled one may answer from its page cache, which stays
     // valid as long as the shared WAL index does not move (a file copied over does not move it).
     let found: Result<Option<String>, sqlx::Error> = async {
