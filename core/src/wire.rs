@@ -67,12 +67,17 @@ impl fmt::Display for ResetReason {
     }
 }
 
+/// At most this many bytes of the client's cursor are echoed in a reset's `requested` (a valid
+/// cursor is far shorter; a huge malformed `Last-Event-ID` must not be sent back whole).
+pub const MAX_REQUESTED_BYTES: usize = 128;
+
 /// The data of a [`RESET_EVENT`] frame:
-/// `{"requested":"<cursor as received>","after":"<new cursor>","reason":"<reason>"}`.
+/// `{"requested":"<cursor as received>","after":"<new cursor>","reason":"<reason>"}`, where
+/// `requested` is cut to its first [`MAX_REQUESTED_BYTES`] bytes (at a character boundary).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reset {
-    /// The cursor exactly as the client sent it (`""` when a reset happens mid-stream without
-    /// one).
+    /// The cursor as the client sent it (`""` when a reset happens mid-stream without one);
+    /// [`Reset::to_json`] echoes at most [`MAX_REQUESTED_BYTES`] of it.
     pub requested: String,
     /// Where the stream continues: the frame's `id` (a cursor, or a sealed id with auth on).
     pub after: String,
@@ -83,9 +88,10 @@ pub struct Reset {
 impl Reset {
     /// The JSON text, keys in contract order, on one line.
     pub fn to_json(&self) -> String {
-        let mut out = Vec::with_capacity(self.requested.len() + 80);
+        let requested = truncated(&self.requested, MAX_REQUESTED_BYTES);
+        let mut out = Vec::with_capacity(requested.len() + 80);
         out.extend_from_slice(b"{\"requested\":");
-        json::write_str(&mut out, &self.requested);
+        json::write_str(&mut out, requested);
         out.extend_from_slice(b",\"after\":");
         json::write_str(&mut out, &self.after);
         out.extend_from_slice(b",\"reason\":");
@@ -105,6 +111,18 @@ impl Reset {
                 .ok_or_else(|| WireError::new(format!("unknown reset reason {reason:?}")))?,
         })
     }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends at a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// The data of a [`READY_EVENT`] frame: `{"after":"<cursor>","replayed":N,"heartbeatMs":H}`.
@@ -206,6 +224,13 @@ error_codes! {
     /// A limit on concurrent streams (per token, or for the server) is reached; the response
     /// carries `Retry-After`.
     TooManyStreams = "too_many_streams", 429;
+    /// The request target (path and query) is longer than the server accepts.
+    UriTooLong = "uri_too_long", 414;
+    /// The request's header fields together are larger than the server accepts.
+    HeadersTooLarge = "headers_too_large", 431;
+    /// The server is at its limit of concurrent connections or streams (the response carries
+    /// `Retry-After`); retry later.
+    Overloaded = "overloaded", 503;
     /// The change log cannot be read right now (store error, replaced database); retry later.
     Unavailable = "unavailable", 503;
 }
@@ -371,6 +396,36 @@ mod tests {
             assert_eq!(reason.to_string(), reason.as_str());
         }
         assert_eq!(ResetReason::parse("Pruned"), None);
+    }
+
+    #[test]
+    fn reset_echoes_at_most_the_bound_of_a_huge_cursor_cut_at_a_character() {
+        // 300 KB in must not be 300 KB out; a multi-byte character straddling the bound is
+        // dropped whole, so the echo stays valid UTF-8 and valid JSON.
+        let mut requested = "x".repeat(MAX_REQUESTED_BYTES - 1);
+        requested.push('é');
+        requested.push_str(&"y".repeat(300_000));
+        let reset = Reset {
+            requested: requested.clone(),
+            after: AFTER.into(),
+            reason: ResetReason::InvalidCursor,
+        };
+        let text = reset.to_json();
+        assert!(
+            text.len() < MAX_REQUESTED_BYTES + 100,
+            "{} bytes",
+            text.len()
+        );
+        let decoded = Reset::from_json(&text).unwrap();
+        assert_eq!(decoded.requested, "x".repeat(MAX_REQUESTED_BYTES - 1));
+        assert!(requested.starts_with(&decoded.requested));
+        // A cursor within the bound is echoed whole.
+        let exact = "z".repeat(MAX_REQUESTED_BYTES);
+        let short = Reset {
+            requested: exact.clone(),
+            ..reset
+        };
+        assert_eq!(Reset::from_json(&short.to_json()).unwrap().requested, exact);
     }
 
     #[test]

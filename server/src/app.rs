@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::auth::Auth;
 use crate::broadcast::{Broadcaster, LiveFeed, DEFAULT_CAPACITY};
+use crate::conn::ConnectionConfig;
 use crate::janitor::{self, JanitorConfig};
 use crate::metrics::Metrics;
 use crate::shutdown::ShutdownSignal;
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     /// Tokens, JWT keys and stream limits (off by default: anyone who can connect reads
     /// every project).
     pub auth: Auth,
+    /// Connection timeouts and limits, TLS ([`crate::conn`]).
+    pub connection: ConnectionConfig,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +66,7 @@ impl Default for ServerConfig {
             live_drain: 256,
             shutdown_grace: Duration::from_secs(5),
             auth: Auth::off(),
+            connection: ConnectionConfig::default(),
         }
     }
 }

@@ -23,8 +23,8 @@ use crate::auth::{self, Auth, AuthSettings, JwtSettings};
 use crate::broadcast::DEFAULT_CAPACITY;
 use crate::demo::{self, DemoConfig};
 use crate::shutdown;
-use crate::store::sqlite::SqliteStore;
-use crate::store::Retention;
+use crate::store::sqlite::{self, schema, SqliteStore};
+use crate::store::{Retention, StoreError};
 
 /// Streams a SQLite change_log to HTTP clients as Server-Sent Events, with exact resume.
 #[derive(Debug, Parser)]
@@ -308,6 +308,59 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_CAPACITY, value_name = "N", value_parser = parse_capacity)]
     pub broadcast_capacity: usize,
 
+    // Connections (see `conn`): timeouts, limits, TLS.
+    /// Seconds a connection has to deliver a complete request head (from opening, or from the
+    /// first byte of a later request; covers the TLS handshake); slower clients are dropped.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
+    pub head_timeout: Duration,
+
+    /// Seconds a connection with no request in flight stays open after its last response.
+    #[arg(long, default_value = "60", value_name = "SECS", value_parser = parse_seconds)]
+    pub idle_timeout: Duration,
+
+    /// Connections served at once; requests on further ones get 503 `overloaded` with
+    /// `Retry-After`.
+    #[arg(long, default_value_t = 16_384, value_name = "N", value_parser = parse_limit)]
+    pub max_connections: usize,
+
+    /// Event streams open at once (over all connections); further ones get 503 `overloaded`
+    /// with `Retry-After`.
+    #[arg(long, default_value_t = 16_384, value_name = "N", value_parser = parse_limit)]
+    pub max_streams: usize,
+
+    /// Longest request target (path and query) in bytes; longer gets 414 `uri_too_long`.
+    #[arg(long, default_value_t = 8 * 1024, value_name = "BYTES", value_parser = parse_limit)]
+    pub max_uri_bytes: usize,
+
+    /// Largest sum of request header names and values in bytes; larger gets 431
+    /// `headers_too_large`.
+    #[arg(long, default_value_t = 32 * 1024, value_name = "BYTES", value_parser = parse_limit)]
+    pub max_header_bytes: usize,
+
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this PEM certificate chain (needs
+    /// --tls-key). Without it, plain HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    // Attach mode: serving a database another program owns.
+    /// Serve the change_log of an existing database another program owns, as it is: no
+    /// migrations, no triggers, no journal-mode change; changefeed's bookkeeping (epoch,
+    /// published mark) goes in one table of its own, changefeed_meta. Deletes nothing unless
+    /// --retain-days or --retain-rows is given. Without --attach, a database changefeed did not
+    /// create is refused (exit 2) and left unchanged.
+    #[arg(long)]
+    pub attach: bool,
+
+    /// With --attach: open the database read-only (mode=ro) and keep changefeed's bookkeeping
+    /// in this file instead (created if missing, replaced atomically), so the database is never
+    /// written. The retention flags are refused with it.
+    #[arg(long, value_name = "PATH", requires = "attach")]
+    pub meta_file: Option<PathBuf>,
+
     /// Auth and limits.
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -351,10 +404,6 @@ pub struct AuthArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Auth")]
     pub max_streams_per_token: Option<u64>,
 
-    /// At most N concurrent event streams for the whole server (with or without auth).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Auth")]
-    pub max_streams: Option<u64>,
-
     /// With auth on, serve /metrics and /healthz without a token to any client (by default
     /// only loopback clients, or a token granting every project, may read them).
     #[arg(long, help_heading = "Auth")]
@@ -373,7 +422,6 @@ impl fmt::Debug for AuthArgs {
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_leeway", &self.jwt_leeway)
             .field("max_streams_per_token", &self.max_streams_per_token)
-            .field("max_streams", &self.max_streams)
             .field("public_metrics", &self.public_metrics)
             .finish()
     }
@@ -407,7 +455,9 @@ impl AuthArgs {
             tokens_file: self.tokens_file.clone(),
             jwt,
             max_streams_per_token: to_usize(self.max_streams_per_token),
-            max_streams: to_usize(self.max_streams),
+            // The server-wide stream limit is the connection layer's --max-streams (503
+            // overloaded: the server is full, not the client over its quota).
+            max_streams: None,
             public_metrics: self.public_metrics,
         })
         .map_err(CliError::usage)
@@ -450,6 +500,15 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     Ok(rate)
 }
 
+fn parse_limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=1 << 24).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} must be a whole number from 1 to 16777216"
+        )),
+    }
+}
+
 fn parse_capacity(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if (1..=1 << 20).contains(&n) => Ok(n),
@@ -471,6 +530,22 @@ impl ServeArgs {
         config.subscription.heartbeat = self.heartbeat;
         config.subscription.retry = Duration::from_millis(self.retry_ms);
         config.subscription.max_lifetime = self.max_stream_secs;
+        config.connection = crate::conn::ConnectionConfig {
+            head_timeout: self.head_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            max_streams: self.max_streams,
+            max_uri_bytes: self.max_uri_bytes,
+            max_header_bytes: self.max_header_bytes,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::conn::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            ..config.connection
+        };
         config
     }
 }
@@ -611,6 +686,48 @@ async fn run_tail(args: TailArgs) -> Result<(), CliError> {
     }
 }
 
+/// Opens the database as the flags say: changefeed's own (refusing, exit 2, one that is not),
+/// or attached (`--attach`, `--meta-file`).
+async fn open_store(args: &ServeArgs, demo: bool) -> Result<SqliteStore, CliError> {
+    let url = &args.database;
+    let cannot_open =
+        |error: StoreError| CliError::runtime(format!("cannot open database {url}: {error}"));
+    if !args.attach {
+        return match sqlite::check_owned(url).await {
+            Ok(Ok(())) => {
+                check_change_log_schema(url).await?;
+                SqliteStore::open(url).await.map_err(cannot_open)
+            }
+            Ok(Err(foreign)) => Err(CliError::usage(foreign.to_string())),
+            Err(error) => Err(cannot_open(error)),
+        };
+    }
+    if demo {
+        return Err(CliError::usage(
+            "demo writes changefeed's own schema; --attach is for serve",
+        ));
+    }
+    let retention = args.retain_days.is_some() || args.retain_rows.is_some();
+    if args.meta_file.is_some() && retention {
+        return Err(CliError::usage(
+            "--meta-file opens the database read-only: --retain-days/--retain-rows cannot \
+             delete from it (retention is its owner's)",
+        ));
+    }
+    let exists = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .map(|options| options.get_filename().is_file())
+        .unwrap_or(true);
+    if !exists {
+        return Err(CliError::usage(format!(
+            "--attach serves an existing database, and there is none at {url}"
+        )));
+    }
+    check_change_log_schema(url).await?;
+    SqliteStore::attach(url, args.meta_file.as_deref())
+        .await
+        .map_err(cannot_open)
+}
+
 /// Checks that `url` names a database this build can serve.
 pub fn check_database_url(url: &str) -> Result<(), CliError> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or("");
@@ -625,12 +742,30 @@ pub fn check_database_url(url: &str) -> Result<(), CliError> {
     }
 }
 
+/// Refuses (exit code 2, one line naming every problem) a database whose `change_log` cannot be
+/// served, before anything is opened for writing.
+async fn check_change_log_schema(url: &str) -> Result<(), CliError> {
+    let Ok(options) = sqlx::sqlite::SqliteConnectOptions::from_str(url) else {
+        // SqliteStore::open reports the bad URL.
+        return Ok(());
+    };
+    match schema::check_file(options.get_filename()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(problems)) => Err(CliError::usage(format!("database {url}: {problems}"))),
+        Err(error) => Err(CliError::runtime(format!(
+            "cannot read database {url}: {error}"
+        ))),
+    }
+}
+
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
     check_database_url(&args.database)?;
     let auth = args.auth.auth()?;
-    let store = SqliteStore::open(&args.database).await.map_err(|error| {
-        CliError::runtime(format!("cannot open database {}: {error}", args.database))
-    })?;
+    let config = args.server_config();
+    if let Some(files) = &config.connection.tls {
+        crate::conn::tls_acceptor(files).map_err(CliError::usage)?;
+    }
+    let store = open_store(&args, demo.is_some()).await?;
     let addr = args
         .listen
         .resolve()
@@ -649,7 +784,7 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         );
     }
     let (trigger, signal) = shutdown::channel();
-    let mut config = args.server_config();
+    let mut config = config;
     config.auth = auth.clone();
     let tokens_watch = tokio::spawn(auth::watch_tokens_file(auth, signal.clone()));
     let server = app::start(store.clone(), config, signal.clone())
@@ -659,11 +794,18 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         })?;
     tracing::info!(
         listen = %local,
+        tls = args.tls_cert.is_some(),
         database = %args.database,
+        attach = args.attach,
         epoch = %server.state().epoch(),
         head = server.state().feed().published().0,
         "changefeed serving"
     );
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let demo_task = demo.map(|config| {
         let shown = if local.ip().is_unspecified() {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), local.port())
@@ -674,15 +816,22 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
             "demo: writing {} changes/s to projects demo-1 … demo-{}",
             config.rate, config.projects
         );
-        println!("viewer: http://{shown}/");
+        println!("viewer: {scheme}://{shown}/");
         println!(
-            "watch:  curl -N 'http://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'"
+            "watch:  curl -N '{scheme}://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'"
         );
         tokio::spawn(demo::run(store.clone(), config, signal.clone()))
     });
+    let replaced_store = store.clone();
     let signals = tokio::spawn(async move {
-        shutdown::os_signal().await;
+        // A database replaced under the server: stop serving the old one and exit with the
+        // reason, so a supervisor restarts it on the new file.
+        let replaced = tokio::select! {
+            () = shutdown::os_signal() => false,
+            () = replaced_store.wait_replaced() => true,
+        };
         trigger.trigger();
+        replaced
     });
     let result = crate::run(crate::http::tcp_listener(listener), server).await;
     signals.abort();
@@ -695,7 +844,14 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         }
     }
     store.close().await;
-    result.map_err(|error| CliError::runtime(format!("server failed: {error}")))
+    result.map_err(|error| CliError::runtime(format!("server failed: {error}")))?;
+    match store.replaced() {
+        Some(why) => Err(CliError::runtime(format!(
+            "stopped serving {}: {why}; start the server again to serve the new database",
+            args.database
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 //! - [`stream`]: [`stream::open`] (project check, subscribe-then-bounds, epoch check) and the
 //!   driver that turns the subscription's outputs into body chunks.
 //! - [`http`]: [`http::router`], [`http::serve`] (any `axum::serve::Listener`), error mapping.
+//! - [`conn`]: the accept loop on hyper-util (HTTP/1.1, HTTP/2, TLS), connection timeouts and
+//!   limits, descriptor exhaustion, disconnect detection.
 //! - [`broadcast`]: the live feed; `P` is read atomically with each subscription.
 //! - [`tailer`]: store → encoded events → feed; persists the published mark.
 //! - [`store`]: the contract (watermark, floor, published mark, error kinds, shared rules).
@@ -24,6 +26,7 @@ pub mod app;
 pub mod auth;
 pub mod broadcast;
 pub mod cli;
+pub mod conn;
 pub mod demo;
 pub mod http;
 pub mod janitor;

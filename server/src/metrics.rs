@@ -13,7 +13,8 @@
 //! `changefeed_published_seq` (gauges); `changefeed_frames_sent_total`,
 //! `changefeed_bytes_sent_total`, `changefeed_replayed_rows_total`,
 //! `changefeed_lag_fallbacks_total`, `changefeed_resets_total`,
-//! `changefeed_events_published_total`, `changefeed_store_errors_total` (counters);
+//! `changefeed_events_published_total`, `changefeed_store_errors_total`,
+//! `changefeed_degraded_rows_total` (counters);
 //! `changefeed_tail_latency_seconds` (histogram); auth and limits:
 //! `changefeed_auth_rejections_total{code="unauthorized"|"forbidden"}`,
 //! `changefeed_limit_rejections_total{limit="per_token"|"global"}` (429s) and
@@ -51,6 +52,7 @@ pub struct Metrics {
     log_head: Gauge<u64, AtomicU64>,
     events_published: Counter<u64, AtomicU64>,
     store_errors: Counter<u64, AtomicU64>,
+    degraded_rows: Counter<u64, AtomicU64>,
     latency: Histogram,
     /// Observations in `latency`, for [`Metrics::snapshot`] (the histogram's own count is
     /// only readable through the exposition).
@@ -116,6 +118,7 @@ impl Default for Metrics {
             log_head: Gauge::default(),
             events_published: Counter::default(),
             store_errors: Counter::default(),
+            degraded_rows: Counter::default(),
             latency: Histogram::new(LATENCY_BUCKETS),
             latency_count: AtomicU64::new(0),
             auth: AuthMetrics::default(),
@@ -173,6 +176,11 @@ impl Default for Metrics {
             metrics.store_errors.clone(),
         );
         registry.register(
+            "changefeed_degraded_rows",
+            "Rows the tailer published in a degraded form (PROTOCOL.md, Degraded rows) or with no project",
+            metrics.degraded_rows.clone(),
+        );
+        registry.register(
             "changefeed_tail_latency_seconds",
             "Time from a row's created_at (commit) to its publication to the live feed",
             metrics.latency.clone(),
@@ -208,6 +216,8 @@ pub struct MetricsSnapshot {
     pub events_published: u64,
     /// Store errors (tailer, streams, janitor).
     pub store_errors: u64,
+    /// Rows the tailer published degraded.
+    pub degraded_rows: u64,
     /// Tail-latency observations.
     pub latency_count: u64,
 }
@@ -261,6 +271,11 @@ impl Metrics {
     /// A store call failed.
     pub fn store_error(&self) {
         self.store_errors.inc();
+    }
+
+    /// The tailer published a row in a degraded form.
+    pub fn degraded_row(&self) {
+        self.degraded_rows.inc();
     }
 
     /// One commit → publish latency.
@@ -330,6 +345,7 @@ impl Metrics {
             log_head: self.log_head.get(),
             events_published: self.events_published.get(),
             store_errors: self.store_errors.get(),
+            degraded_rows: self.degraded_rows.get(),
             latency_count: self.latency_count.load(Relaxed),
         }
     }

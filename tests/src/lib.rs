@@ -52,7 +52,7 @@ pub struct TestServer {
     pub db_path: PathBuf,
     trigger: ShutdownTrigger,
     task: Option<JoinHandle<std::io::Result<()>>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -65,9 +65,38 @@ impl TestServer {
     pub async fn start_with(config: ServerConfig) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let db_path = dir.path().join("changefeed.db");
+        TestServer::start_on(dir, db_path, config).await
+    }
+
+    /// A server with `config` over the database at `db_path` (created if missing) in `dir`,
+    /// which the server keeps until it is dropped.
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        db_path: PathBuf,
+        config: ServerConfig,
+    ) -> TestServer {
         let store = SqliteStore::open(&sqlite_url(&db_path))
             .await
             .expect("open the store");
+        TestServer::start_with_store(store, config, db_path, Some(dir)).await
+    }
+
+    /// A server attached (`serve --attach`) to the existing database at `db_path`, with its
+    /// bookkeeping in `meta_file` (database opened read-only) when given.
+    pub async fn attach(db_path: &Path, meta_file: Option<&Path>) -> TestServer {
+        let store = SqliteStore::attach(&sqlite_url(db_path), meta_file)
+            .await
+            .expect("attach the store");
+        TestServer::start_with_store(store, ServerConfig::default(), db_path.to_path_buf(), None)
+            .await
+    }
+
+    async fn start_with_store(
+        store: SqliteStore,
+        config: ServerConfig,
+        db_path: PathBuf,
+        dir: Option<tempfile::TempDir>,
+    ) -> TestServer {
         let (trigger, signal) = shutdown::channel();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -56,6 +56,7 @@ async fn metrics_are_valid_openmetrics_with_every_series_named_and_typed() {
         ("changefeed_lag_fallbacks", OpenMetricsType::Counter),
         ("changefeed_resets", OpenMetricsType::Counter),
         ("changefeed_events_published", OpenMetricsType::Counter),
+        ("changefeed_degraded_rows", OpenMetricsType::Counter),
         ("changefeed_store_errors", OpenMetricsType::Counter),
         (
             "changefeed_tail_latency_seconds",
