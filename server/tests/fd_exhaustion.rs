@@ -24,7 +24,7 @@ struct Server {
 
 impl Server {
     /// The next stderr line `pick` accepts (all lines are kept in `lines`).
-    fn wait_line(&mut self, what: &str, pick: impl Fn(&serde_json::Value) -> bool) {
+    fn wait_line(&mut self, what: &str, mut pick: impl FnMut(&serde_json::Value) -> bool) {
         let deadline = Instant::now() + FAIL_AFTER;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
