@@ -233,9 +233,7 @@ where
     L::Addr: Debug,
 {
     let tls = match &config.tls {
-        Some(files) => Some(
-            tls_acceptor(files).map_err(|message| io::Error::new(io::ErrorKind::Other, message))?,
-        ),
+        Some(files) => Some(tls_acceptor(files).map_err(io::Error::other)?),
         None => None,
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());

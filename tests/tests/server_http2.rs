@@ -160,8 +160,8 @@ async fn over_tls_alpn_negotiates_h2_and_still_http1_for_clients_that_only_offer
         ..ServerConfig::default()
     })
     .await;
+    // (No `settle`: `/metrics` is HTTPS here, and a project row is not a log row.)
     server.write(&project_sql("p")).await;
-    server.settle().await;
 
     let tls = tls_connect(&server, &root, &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -169,7 +169,13 @@ async fn over_tls_alpn_negotiates_h2_and_still_http1_for_clients_that_only_offer
     all_live(&server, &mut streams, "s1").await;
     driver.abort();
     drop(streams);
-    server.wait_metric("changefeed_subscribers", 0.0).await;
+    // `/metrics` is HTTPS here: read the same gauge in-process.
+    within("the subscriptions to be released", async {
+        while server.state.metrics().snapshot().subscribers != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 
     let tls = tls_connect(&server, &root, &[b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
