@@ -887,7 +887,12 @@ impl Harness {
                 let located = self.locate(locate.count, locate.upto);
                 if !self.client.confirmed {
                     let segment = self.client.segments.last_mut().unwrap();
-                    segment.start = located.nth.map_or(located.floor, Seq::prev);
+                    // Never above the head read at open (retention may have passed it since:
+                    // then the first page reports `pruned`).
+                    segment.start = located
+                        .nth
+                        .map_or(located.floor, Seq::prev)
+                        .min(locate.upto);
                 }
                 self.connection
                     .subscription
