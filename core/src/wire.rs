@@ -507,6 +507,9 @@ mod tests {
             ("not_found", 404),
             ("method_not_allowed", 405),
             ("too_many_streams", 429),
+            ("uri_too_long", 414),
+            ("headers_too_large", 431),
+            ("overloaded", 503),
             ("unavailable", 503),
         ];
         let table: Vec<(&str, u16)> = ErrorCode::ALL

@@ -693,11 +693,9 @@ async fn open_store(args: &ServeArgs, demo: bool) -> Result<SqliteStore, CliErro
     let cannot_open =
         |error: StoreError| CliError::runtime(format!("cannot open database {url}: {error}"));
     if !args.attach {
+        check_change_log_schema(url).await?;
         return match sqlite::check_owned(url).await {
-            Ok(Ok(())) => {
-                check_change_log_schema(url).await?;
-                SqliteStore::open(url).await.map_err(cannot_open)
-            }
+            Ok(Ok(())) => SqliteStore::open(url).await.map_err(cannot_open),
             Ok(Err(foreign)) => Err(CliError::usage(foreign.to_string())),
             Err(error) => Err(cannot_open(error)),
         };

@@ -106,7 +106,8 @@ async fn check_rows(rows: Vec<Row>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("foreign.db");
     create_foreign_change_log(&db_path).await;
-    let server = TestServer::start_on(dir, db_path, ServerConfig::default()).await;
+    // Another program's change_log: served as it is (`serve --attach`); `dir` outlives it.
+    let server = TestServer::attach(&db_path, None).await;
     let mut live = server.stream("/api/v1/events").await;
     let mut write = server.store.begin_write().await.unwrap();
     for row in &rows {

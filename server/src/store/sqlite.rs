@@ -206,6 +206,10 @@ impl SqliteStore {
 
         let write_options = match mode {
             SqliteMode::Owned => {
+                // A change_log that cannot be served is named as such first (read-only).
+                schema::check_file(&path)
+                    .await?
+                    .map_err(|error| StoreError::from(error).context(path.display()))?;
                 // Before anything is created or a journal mode set: is it ours to migrate?
                 if let Err(foreign) = check_owned_file(&path).await? {
                     return Err(StoreError::fatal(foreign.to_string()));
@@ -236,11 +240,9 @@ impl SqliteStore {
                 // A change_log someone else created must be servable before anything touches
                 // it (the migrations would fail on it with a less helpful message, or serve it
                 // wrongly).
-                {
-                    let mut connection = write.acquire().await?;
-                    if schema::change_log_exists(&mut connection).await? {
-                        check_attached(&write, &path).await?;
-                    }
+                let exists = schema::change_log_exists(&mut *write.acquire().await?).await?;
+                if exists {
+                    check_attached(&write, &path).await?;
                 }
                 MIGRATOR.run(&write).await.map_err(|error| {
                     StoreError::fatal(format!("migrating {}: {error}", path.display()))

@@ -174,10 +174,26 @@ async fn check(
             path.display()
         )),
         Err(error) => {
+            // Only an answer about the file's content proves it is another file (not a
+            // database, corrupt, our table gone). Busy, mid-copy, or no descriptor to open it
+            // with (EMFILE: `unable to open database file`): look again next time.
+            let primary_code = match &error {
+                sqlx::Error::Database(database) => database
+                    .code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .map(|code| code & 0xff),
+                _ => None,
+            };
+            const SQLITE_CORRUPT: i32 = 11;
+            const SQLITE_NOTADB: i32 = 26;
+            const SQLITE_ERROR: i32 = 1; // e.g. no such table: changefeed_meta
+            const SQLITE_IOERR: i32 = 10; // reading pages of a file swapped underneath
+            let about_content = matches!(
+                primary_code,
+                Some(SQLITE_CORRUPT | SQLITE_NOTADB | SQLITE_ERROR | SQLITE_IOERR)
+            );
             let error = super::StoreError::from(error);
-            // Busy, or the file is mid-copy: look again next time. Anything else (not a
-            // database, corrupt, our table gone) means this file is not the log served.
-            (!error.is_transient()).then(|| {
+            (about_content && !error.is_transient()).then(|| {
                 format!(
                     "the database file {} cannot be read as the log served any more: {error}",
                     path.display()
