@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use changefeed::ServerConfig;
 use changefeed_tests::{change_seqs, data_json, seq_of, TestServer};
 use chrono_free::expected_created_at;
 use proptest::prelude::*;
