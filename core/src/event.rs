@@ -279,13 +279,23 @@ fn encode_json(row: &EventRow, with_seq: bool) -> (Vec<u8>, Degraded) {
 
 /// Whether `text` is one JSON value (surrounding whitespace allowed), checked without
 /// building it.
+/// Whether `text` is JSON a client can parse: `IgnoredAny` would skip numbers unchecked, so a
+/// `1e999` (finite in the grammar, out of range for every f64 parser) would pass and break the
+/// client's decode; a full parse refuses it.
 fn is_json(text: &str) -> bool {
-    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    serde_json::from_str::<serde_json::Value>(text).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unchecked_payload_with_an_out_of_range_number_is_embedded_as_a_string() {
+        assert!(is_json("{\"a\":1e308}"));
+        assert!(!is_json("{\"a\":1e999}"));
+        assert!(!is_json("66666666666666666666e6666"));
+    }
 
     fn row(session: Option<&str>, payload: &str) -> EventRow {
         EventRow {
