@@ -5,7 +5,8 @@
 //! running binary (SIGHUP) ends a revoked token's stream with a final checkpoint; and no token,
 //! valid or not, in a header, a cookie or the query string, ever reaches the debug log.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -109,16 +110,7 @@ fn warns_without_auth(dir: &Path, args: &[&str]) -> bool {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn changefeed");
-    let (sender, lines) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = support::lines(child.stderr.take().unwrap());
     let mut warned = false;
     loop {
         let line = lines
@@ -184,16 +176,7 @@ impl Serving {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn changefeed");
-        let (sender, stderr) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let stderr = support::lines(child.stderr.take().unwrap());
         let mut serving = Serving {
             child,
             stderr,

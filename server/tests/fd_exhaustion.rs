@@ -4,7 +4,9 @@
 //! connections at the head timeout, logs that accepting works again, and then serves new
 //! clients.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -104,16 +106,7 @@ fn accept_backs_off_on_emfile_logs_once_recovers_and_keeps_serving() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn changefeed under sh");
-    let (sender, stderr) = mpsc::channel();
-    let pipe = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let stderr = support::lines(child.stderr.take().unwrap());
     let mut server = Server {
         child,
         stderr,
