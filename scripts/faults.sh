@@ -18,7 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=${FAULTS_ROUNDS:-5}
-cargo build --profile fast -p changefeed --bin changefeed --quiet
+# The same feature set as the nextest build, so CI reuses its compiled dependencies.
+cargo build --profile fast --workspace --bins --tests --quiet
 bin=$PWD/target/fast/changefeed
 work=$(mktemp -d)
 db=$work/faults.db

@@ -62,6 +62,11 @@ if [ -x scripts/faults.sh ]; then
   FAULTS_ROUNDS=1 timeout 300 scripts/faults.sh
 fi
 
+if [ -x scripts/soak.sh ]; then
+  step "scripts/soak.sh --ci (2 minutes: 1,000 streams, 1,000 writes/s, growth bounds)"
+  timeout 600 scripts/soak.sh --ci
+fi
+
 if [ -x scripts/bench.sh ]; then
   step "benchmark harness (--quick, no performance assertions)"
   scripts/bench.sh --quick

@@ -2,7 +2,7 @@
 //! peer (Nchan, the `eventsource-stream` parser) in one run, on one machine.
 //!
 //! ```text
-//! changefeed-bench [latency|fanout|replay|idle|parser|all ...] [--quick] --server-bin PATH
+//! changefeed-bench [latency|fanout|replay|idle|parser|all|soak ...] [--quick] --server-bin PATH
 //!                  [--nchan ADDR --nchan-pid FILE] [--out DIR] [--work DIR]
 //! ```
 //!
@@ -22,6 +22,7 @@ mod parser;
 mod procs;
 mod replay;
 mod report;
+mod soak;
 mod system;
 mod writers;
 
@@ -49,8 +50,11 @@ enum Scenario {
     Idle,
     /// SSE parser throughput.
     Parser,
-    /// Every scenario.
+    /// Every scenario above.
     All,
+    /// The soak: long-running streams and writes, failing on growth beyond its bounds (not
+    /// part of `all`; see scripts/soak.sh).
+    Soak,
 }
 
 const EVERY: [Scenario; 5] = [
@@ -93,6 +97,35 @@ struct Args {
     /// Scratch directory for databases and logs (default: OUT/work).
     #[arg(long, value_name = "DIR")]
     work: Option<PathBuf>,
+
+    /// Soak: how long the writer runs, in minutes.
+    #[arg(long, value_name = "MINUTES", default_value_t = 30.0)]
+    soak_minutes: f64,
+
+    /// Soak: live streams.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    soak_streams: usize,
+
+    /// Soak: writes per second (one transaction each, the bench's own sqlx connection).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    soak_rate: u64,
+
+    /// Soak: seconds between samples of RSS, open fds and runtime tasks.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    soak_sample_secs: u64,
+
+    /// Soak: allowed RSS growth from the end of the warm-up (the first quarter) to the end.
+    #[arg(long, value_name = "MIB", default_value_t = 32.0)]
+    soak_max_rss_growth_mib: f64,
+
+    /// Soak: allowed growth of open fds (after the warm-up, and after every stream closed
+    /// compared with before any opened).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    soak_max_fd_growth: u64,
+
+    /// Soak: allowed growth of runtime tasks (measured as the fds are).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    soak_max_task_growth: u64,
 
     /// Passed by `cargo bench` to harness-less benches; ignored.
     #[arg(long, hide = true)]
@@ -191,6 +224,17 @@ fn main() {
         groups: 4,
     };
 
+    let soak_options = soak::SoakOptions {
+        duration: std::time::Duration::from_secs_f64(args.soak_minutes.max(0.05) * 60.0),
+        streams: args.soak_streams.max(1),
+        rate: args.soak_rate.max(1),
+        sample_every: std::time::Duration::from_secs(args.soak_sample_secs.max(1)),
+        max_rss_growth_mib: args.soak_max_rss_growth_mib,
+        max_fd_growth: args.soak_max_fd_growth,
+        max_task_growth: args.soak_max_task_growth,
+    };
+    let mut soak_failed = false;
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -207,11 +251,19 @@ fn main() {
                 Scenario::Replay => replay::run(&config, &mut report).await,
                 Scenario::Idle => idle::run(&config, &mut report).await,
                 Scenario::Parser => parser::run(&config, &mut report),
+                Scenario::Soak => {
+                    soak_failed |= !soak::run(&config, &soak_options, &mut report).await;
+                }
                 Scenario::All => unreachable!("expanded above"),
             }
         }
     });
     let errors = report.finish(&config.out, started.elapsed());
+    // The soak is a check, not a comparison: exceeding a bound fails the run.
+    if soak_failed {
+        eprintln!("the soak failed (see its verdict row)");
+        std::process::exit(1);
+    }
     // No performance assertions, ever; a measurement that could not be taken only fails the run
     // when asked (BENCH_STRICT=1).
     if errors > 0 && std::env::var("BENCH_STRICT").is_ok_and(|v| v == "1") {

@@ -53,6 +53,9 @@ pub struct Metrics {
     events_published: Counter<u64, AtomicU64>,
     store_errors: Counter<u64, AtomicU64>,
     degraded_rows: Counter<u64, AtomicU64>,
+    /// Tasks alive in the async runtime serving `/metrics`, sampled at each scrape (a leak of
+    /// tasks shows here first; the soak run watches it).
+    runtime_tasks: Gauge<i64, AtomicI64>,
     latency: Histogram,
     /// Observations in `latency`, for [`Metrics::snapshot`] (the histogram's own count is
     /// only readable through the exposition).
@@ -119,6 +122,7 @@ impl Default for Metrics {
             events_published: Counter::default(),
             store_errors: Counter::default(),
             degraded_rows: Counter::default(),
+            runtime_tasks: Gauge::default(),
             latency: Histogram::new(LATENCY_BUCKETS),
             latency_count: AtomicU64::new(0),
             auth: AuthMetrics::default(),
@@ -129,6 +133,11 @@ impl Default for Metrics {
             "changefeed_subscribers",
             "Event streams currently open",
             metrics.subscribers.clone(),
+        );
+        registry.register(
+            "changefeed_runtime_alive_tasks",
+            "Tasks alive in the server's async runtime, sampled at each scrape",
+            metrics.runtime_tasks.clone(),
         );
         registry.register(
             "changefeed_frames_sent",
@@ -352,6 +361,11 @@ impl Metrics {
 
     /// The OpenMetrics text exposition (served as [`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = runtime.metrics().num_alive_tasks();
+            self.runtime_tasks
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+        }
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

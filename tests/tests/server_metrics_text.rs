@@ -64,6 +64,7 @@ async fn metrics_are_valid_openmetrics_with_every_series_named_and_typed() {
     // Family names as OpenMetrics writes them: a counter family `x` is scraped as `x_total`.
     let expected = [
         ("changefeed_subscribers", OpenMetricsType::Gauge),
+        ("changefeed_runtime_alive_tasks", OpenMetricsType::Gauge),
         ("changefeed_log_head", OpenMetricsType::Gauge),
         ("changefeed_published_seq", OpenMetricsType::Gauge),
         ("changefeed_frames_sent", OpenMetricsType::Counter),
@@ -109,6 +110,10 @@ async fn metric_values_follow_real_traffic() {
     let families = scrape(&server).await;
     let value = |name: &str| number(&families[name].1);
     assert_eq!(value("changefeed_subscribers"), 1.0);
+    assert!(
+        value("changefeed_runtime_alive_tasks") >= 2.0,
+        "at least the tailer and the open stream are alive"
+    );
     assert_eq!(value("changefeed_events_published"), 3.0);
     assert_eq!(value("changefeed_published_seq"), 3.0);
     assert_eq!(value("changefeed_log_head"), 3.0);
