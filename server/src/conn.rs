@@ -479,12 +479,19 @@ where
 struct Prefixed<I> {
     read: Vec<u8>,
     start: usize,
+    /// An error met reading past the prefix, returned by the next read.
+    error: Option<io::Error>,
     io: I,
 }
 
 impl<I> Prefixed<I> {
     fn new(read: Vec<u8>, io: I) -> Prefixed<I> {
-        Prefixed { read, start: 0, io }
+        Prefixed {
+            read,
+            start: 0,
+            error: None,
+            io,
+        }
     }
 }
 
@@ -495,6 +502,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(error) = this.error.take() {
+            return Poll::Ready(Err(error));
+        }
         if this.start < this.read.len() {
             let n = buf.remaining().min(this.read.len() - this.start);
             buf.put_slice(&this.read[this.start..this.start + n]);
@@ -502,6 +512,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
             if this.start == this.read.len() {
                 this.read = Vec::new();
                 this.start = 0;
+                // And what else has arrived, in the same read: hyper then parses a request
+                // head in one go instead of growing its read buffer for the rest of it.
+                if buf.remaining() > 0 {
+                    if let Poll::Ready(Err(error)) = Pin::new(&mut this.io).poll_read(cx, buf) {
+                        this.error = Some(error);
+                    }
+                }
             }
             return Poll::Ready(Ok(()));
         }
