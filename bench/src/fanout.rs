@@ -40,7 +40,9 @@ async fn fanout_run(
     transport: Transport,
 ) -> Result<FanoutResult, String> {
     let subs = match transport {
-        Transport::Http1 => Subscribers::start(&system.target(None), subs_n, config.groups, false, 0),
+        Transport::Http1 => {
+            Subscribers::start(&system.target(None), subs_n, config.groups, false, 0)
+        }
         Transport::Http2 => {
             let mut target = system.target(None);
             if let System::Nchan { .. } = system {
@@ -106,7 +108,12 @@ pub async fn run(config: &Config, report: &mut Report) {
         .fanout_subs()
         .into_iter()
         .map(|n| (n, Transport::Http1))
-        .chain(config.fanout_subs().into_iter().map(|n| (n, Transport::Http2)));
+        .chain(
+            config
+                .fanout_subs()
+                .into_iter()
+                .map(|n| (n, Transport::Http2)),
+        );
     for (subs_n, transport) in runs {
         let (scenario, over, tag) = match transport {
             Transport::Http1 => ("2 fan-out", String::new(), ""),
@@ -127,7 +134,10 @@ pub async fn run(config: &Config, report: &mut Report) {
             Ok(system) => fanout_run(config, &system, subs_n, transport).await,
             Err(error) => Err(error),
         };
-        let nchan = match System::nchan(config, &format!("fanout{}{subs_n}", tag.trim_end_matches('-'))) {
+        let nchan = match System::nchan(
+            config,
+            &format!("fanout{}{subs_n}", tag.trim_end_matches('-')),
+        ) {
             Ok(system) => fanout_run(config, &system, subs_n, transport).await,
             Err(error) => Err(error),
         };

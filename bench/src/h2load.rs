@@ -64,19 +64,18 @@ async fn run_connection(
     latency: bool,
 ) -> Vec<u32> {
     let mut latencies = Vec::new();
-    let tcp = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target.addr))
-        .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(error)) => {
-            shared.fail(format!("h2 connect: {error}"));
-            return latencies;
-        }
-        Err(_) => {
-            shared.fail("h2 connect timed out".into());
-            return latencies;
-        }
-    };
+    let tcp =
+        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target.addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(error)) => {
+                shared.fail(format!("h2 connect: {error}"));
+                return latencies;
+            }
+            Err(_) => {
+                shared.fail("h2 connect timed out".into());
+                return latencies;
+            }
+        };
     let _ = tcp.set_nodelay(true);
     let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))

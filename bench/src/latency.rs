@@ -114,23 +114,22 @@ async fn run_size(config: &Config, report: &mut Report, subs_n: usize) {
         Err(error) => Err(error),
     };
     for (writer, cli) in [("bench sqlx connection", false), ("sqlite3 CLI", true)] {
-        let ours =
-            match System::changefeed(
-                config,
-                &format!("latency{}-{subs_n}", if cli { "-cli" } else { "" }),
-            )
-            .await
-            {
-                Ok(system) => {
-                    let sink = system.paced_sink(cli);
-                    if cli && which("sqlite3").is_none() {
-                        Err("sqlite3 CLI not installed".to_string())
-                    } else {
-                        latency_run(config, &system, sink, subs_n).await
-                    }
+        let ours = match System::changefeed(
+            config,
+            &format!("latency{}-{subs_n}", if cli { "-cli" } else { "" }),
+        )
+        .await
+        {
+            Ok(system) => {
+                let sink = system.paced_sink(cli);
+                if cli && which("sqlite3").is_none() {
+                    Err("sqlite3 CLI not installed".to_string())
+                } else {
+                    latency_run(config, &system, sink, subs_n).await
                 }
-                Err(error) => Err(error),
-            };
+            }
+            Err(error) => Err(error),
+        };
         let setup = format!("{setup}; writer: {writer}");
         let table = Compare {
             scenario: "1 latency",
