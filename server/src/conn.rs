@@ -450,10 +450,13 @@ async fn read_preface<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(bool, Vec
     }
 }
 
+/// What hyper reads and writes: the connection's IO with the sniffed bytes put back.
+type HyperIo<I> = TokioIo<Prefixed<I>>;
+
 /// One connection's hyper state, in an allocation of its own (sized for its protocol only).
 enum HttpConn<I> {
-    Http1(Pin<Box<http1::Connection<TokioIo<Prefixed<I>>, ConnService>>>),
-    Http2(Pin<Box<http2::Connection<TokioIo<Prefixed<I>>, ConnService, TokioExecutor>>>),
+    Http1(Pin<Box<http1::Connection<HyperIo<I>, ConnService>>>),
+    Http2(Pin<Box<http2::Connection<HyperIo<I>, ConnService, TokioExecutor>>>),
 }
 
 impl<I> HttpConn<I>
