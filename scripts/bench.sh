@@ -6,9 +6,10 @@
 #   scripts/bench.sh [latency|fanout|replay|idle|parser ...] [--quick]
 #   target/fast/changefeed-bench --help     # every flag of the harness itself
 #
-# --quick scales every scenario down (100 / 1,000 subscribers, a 100,000-row log, 1,000 idle
-# streams; about a minute in all); CI runs it, with no performance assertions. Without it:
-# 1,000 / 10,000 subscribers, a 1,000,000-row log, 10,000 idle streams (several minutes).
+# --quick scales every scenario down (latency at 20 / 100 subscribers, fan-out at 100 / 1,000
+# over HTTP/1.1 and HTTP/2, a 100,000-row log, 1,000 idle streams; a few minutes in all); CI
+# runs it, with no performance assertions. Without it: latency at 100 / 1,000, fan-out at
+# 1,000 / 10,000, a 1,000,000-row log, 10,000 idle streams (several minutes).
 #
 # Environment: BENCH_PROFILE=release (instead of `fast`), BENCH_NCHAN=0 (skip the Nchan peer),
 # BENCH_NCHAN_PUBLISHERS=N (concurrent publishers in the Nchan fan-out, default 1),
@@ -62,18 +63,24 @@ bench_bin="target/$profile/changefeed-bench"
 nchan_args=()
 if [ "${BENCH_NCHAN:-1}" != 0 ] && command -v nginx >/dev/null \
   && [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
-  port=""
+  # Two free ports: HTTP/1.1 and HTTP/2 (h2c with prior knowledge).
+  ports=()
   for candidate in $(seq 18080 18180); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then port=$candidate; break; fi
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then ports+=("$candidate"); fi
+    if [ "${#ports[@]}" -ge 2 ]; then break; fi
   done
-  if [ -n "$port" ]; then
+  if [ "${#ports[@]}" -ge 2 ]; then
+    port=${ports[0]}
+    h2port=${ports[1]}
     mkdir -p "$work/nchan/logs"
     nginx_conf="$PWD/$work/nchan/nginx.conf"
-    sed "s/@PORT@/$port/; s/@NOFILE@/$(ulimit -n)/" scripts/nchan/nginx.conf.template >"$nginx_conf"
+    sed "s/@PORT@/$port/; s/@H2PORT@/$h2port/; s/@NOFILE@/$(ulimit -n)/" \
+      scripts/nchan/nginx.conf.template >"$nginx_conf"
     if nginx -c "$nginx_conf" -p "$PWD/$work/nchan" 2>"$work/nchan/start.log"; then
       for _ in $(seq 50); do [ -s "$work/nchan/nginx.pid" ] && break; sleep 0.1; done
-      nchan_args=(--nchan "127.0.0.1:$port" --nchan-pid "$work/nchan/nginx.pid")
-      echo "Nchan peer: nginx on 127.0.0.1:$port"
+      nchan_args=(--nchan "127.0.0.1:$port" --nchan-pid "$work/nchan/nginx.pid"
+        --nchan-h2 "127.0.0.1:$h2port")
+      echo "Nchan peer: nginx on 127.0.0.1:$port (HTTP/2: $h2port)"
     else
       echo "Nchan peer not started: $(cat "$work/nchan/start.log")" >&2
       nginx_conf=""

@@ -1,14 +1,27 @@
-//! Fan-out throughput: one writer as fast as delivery keeps up, N subscribers, frames/s and CPU.
+//! Fan-out throughput: one writer as fast as delivery keeps up, N subscribers, frames/s and CPU;
+//! over HTTP/1.1 (one connection per subscriber) and over HTTP/2 (h2c with prior knowledge,
+//! [`STREAMS_PER_CONNECTION`] streams on each connection, as a browser multiplexes its tabs).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::h2load;
 use crate::loadgen::Subscribers;
 use crate::procs;
 use crate::report::{Better, Compare, Report};
 use crate::system::{join_writer, SelfCpu, System};
 use crate::writers::{self, Sink};
 use crate::{Config, PAYLOAD};
+
+/// HTTP/2 streams per connection in the HTTP/2 fan-out (the server allows 200).
+pub const STREAMS_PER_CONNECTION: usize = 100;
+
+/// How the subscribers connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Http1,
+    Http2,
+}
 
 struct FanoutResult {
     lag_fallbacks: f64,
@@ -24,8 +37,22 @@ async fn fanout_run(
     config: &Config,
     system: &System,
     subs_n: usize,
+    transport: Transport,
 ) -> Result<FanoutResult, String> {
-    let subs = Subscribers::start(&system.target(None), subs_n, config.groups, false, 0);
+    let subs = match transport {
+        Transport::Http1 => {
+            Subscribers::start(&system.target(None), subs_n, config.groups, false, 0)
+        }
+        Transport::Http2 => {
+            let mut target = system.target(None);
+            if let System::Nchan { .. } = system {
+                target.addr = config
+                    .nchan_h2
+                    .ok_or("Nchan has no HTTP/2 port in this run")?;
+            }
+            h2load::start(&target, subs_n, STREAMS_PER_CONNECTION, false, 0)
+        }
+    };
     if let Err(error) = subs.wait_ready(Duration::from_secs(120)).await {
         subs.stop().await;
         return Err(error);
@@ -77,21 +104,45 @@ async fn fanout_run(
 }
 
 pub async fn run(config: &Config, report: &mut Report) {
-    for subs_n in config.fanout_subs() {
+    let runs = config
+        .fanout_subs()
+        .into_iter()
+        .map(|n| (n, Transport::Http1))
+        .chain(
+            config
+                .fanout_subs()
+                .into_iter()
+                .map(|n| (n, Transport::Http2)),
+        );
+    for (subs_n, transport) in runs {
+        let (scenario, over, tag) = match transport {
+            Transport::Http1 => ("2 fan-out", String::new(), ""),
+            Transport::Http2 => (
+                "2 fan-out, HTTP/2",
+                format!(
+                    " as HTTP/2 streams (h2c, {STREAMS_PER_CONNECTION} per connection, {} connections)",
+                    subs_n.div_ceil(STREAMS_PER_CONNECTION)
+                ),
+                "h2-",
+            ),
+        };
         let setup = format!(
-            "{subs_n} subscribers, writer as fast as delivery keeps up (≤ 1,000 events ahead), {} s, {PAYLOAD} B payload",
+            "{subs_n} subscribers{over}, writer as fast as delivery keeps up (≤ 1,000 events ahead), {} s, {PAYLOAD} B payload",
             config.fanout_secs()
         );
-        let ours = match System::changefeed(config, &format!("fanout-{subs_n}")).await {
-            Ok(system) => fanout_run(config, &system, subs_n).await,
+        let ours = match System::changefeed(config, &format!("fanout-{tag}{subs_n}")).await {
+            Ok(system) => fanout_run(config, &system, subs_n, transport).await,
             Err(error) => Err(error),
         };
-        let nchan = match System::nchan(config, &format!("fanout{subs_n}")) {
-            Ok(system) => fanout_run(config, &system, subs_n).await,
+        let nchan = match System::nchan(
+            config,
+            &format!("fanout{}{subs_n}", tag.trim_end_matches('-')),
+        ) {
+            Ok(system) => fanout_run(config, &system, subs_n, transport).await,
             Err(error) => Err(error),
         };
         let table = Compare {
-            scenario: "2 fan-out",
+            scenario,
             setup: &setup,
             peer: "Nchan (POST /pub)",
         };
@@ -148,10 +199,10 @@ pub async fn run(config: &Config, report: &mut Report) {
             format!("{} / {}", r.lag_fallbacks as u64, r.replayed_rows as u64)
         });
         if let Ok(r) = &ours {
-            report.load_generator(&format!("fan-out {subs_n}, changefeed"), r.gen_cpu);
+            report.load_generator(&format!("fan-out {tag}{subs_n}, changefeed"), r.gen_cpu);
         }
         if let Ok(r) = &nchan {
-            report.load_generator(&format!("fan-out {subs_n}, Nchan"), r.gen_cpu);
+            report.load_generator(&format!("fan-out {tag}{subs_n}, Nchan"), r.gen_cpu);
         }
     }
 }

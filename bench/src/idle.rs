@@ -1,4 +1,5 @@
-//! Idle memory: RSS per connected, live, idle stream.
+//! Idle memory: RSS per connected, live, idle stream, and RSS once they all closed again
+//! (memory a server keeps after its clients left: allocator retention, caches).
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use crate::Config;
 struct IdleResult {
     before_kib: u64,
     after_kib: u64,
+    closed_kib: u64,
     per_conn_kib: f64,
 }
 
@@ -28,9 +30,13 @@ async fn idle_run(system: &System, n: usize, groups: usize) -> Result<IdleResult
     if let Some(error) = error {
         return Err(error);
     }
+    // The server notices the closed connections at once (read EOF); give it a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let closed_kib = system.rss_kib();
     Ok(IdleResult {
         before_kib,
         after_kib,
+        closed_kib,
         per_conn_kib: after_kib.saturating_sub(before_kib) as f64 / n as f64,
     })
 }
@@ -68,6 +74,15 @@ pub async fn run(config: &Config, report: &mut Report) {
         &ours,
         theirs,
         |r| r.after_kib as f64 / 1024.0,
+        Better::Lower,
+    );
+    let metric = "server RSS after the streams closed (MiB)";
+    table.row(
+        report,
+        metric,
+        &ours,
+        theirs,
+        |r| r.closed_kib as f64 / 1024.0,
         Better::Lower,
     );
     let metric = "RSS per stream (KiB)";

@@ -28,8 +28,8 @@ async fn latency_run(
     config: &Config,
     system: &System,
     sink: Sink,
+    subs_n: usize,
 ) -> Result<LatencyResult, String> {
-    let subs_n = config.latency_subs();
     let rate = 1000u64;
     let count = rate * config.latency_secs();
     let subs = Subscribers::start(
@@ -99,28 +99,37 @@ async fn latency_run(
 }
 
 pub async fn run(config: &Config, report: &mut Report) {
+    for subs_n in config.latency_subs() {
+        run_size(config, report, subs_n).await;
+    }
+}
+
+async fn run_size(config: &Config, report: &mut Report, subs_n: usize) {
     let setup = format!(
-        "{} subscribers, 1,000 writes/s for {} s, {PAYLOAD} B payload",
-        config.latency_subs(),
+        "{subs_n} subscribers, 1,000 writes/s for {} s, {PAYLOAD} B payload",
         config.latency_secs()
     );
-    let nchan = match System::nchan(config, "latency") {
-        Ok(system) => latency_run(config, &system, system.paced_sink(false)).await,
+    let nchan = match System::nchan(config, &format!("latency{subs_n}")) {
+        Ok(system) => latency_run(config, &system, system.paced_sink(false), subs_n).await,
         Err(error) => Err(error),
     };
     for (writer, cli) in [("bench sqlx connection", false), ("sqlite3 CLI", true)] {
-        let ours =
-            match System::changefeed(config, if cli { "latency-cli" } else { "latency" }).await {
-                Ok(system) => {
-                    let sink = system.paced_sink(cli);
-                    if cli && which("sqlite3").is_none() {
-                        Err("sqlite3 CLI not installed".to_string())
-                    } else {
-                        latency_run(config, &system, sink).await
-                    }
+        let ours = match System::changefeed(
+            config,
+            &format!("latency{}-{subs_n}", if cli { "-cli" } else { "" }),
+        )
+        .await
+        {
+            Ok(system) => {
+                let sink = system.paced_sink(cli);
+                if cli && which("sqlite3").is_none() {
+                    Err("sqlite3 CLI not installed".to_string())
+                } else {
+                    latency_run(config, &system, sink, subs_n).await
                 }
-                Err(error) => Err(error),
-            };
+            }
+            Err(error) => Err(error),
+        };
         let setup = format!("{setup}; writer: {writer}");
         let table = Compare {
             scenario: "1 latency",
@@ -181,11 +190,11 @@ pub async fn run(config: &Config, report: &mut Report) {
         );
         if let Ok(r) = &ours {
             report.load_generator(
-                &format!("commit→client latency, writer: {writer}"),
+                &format!("commit→client latency, {subs_n} subscribers, writer: {writer}"),
                 r.gen_cpu,
             );
             report.bars.push(LatencyBar {
-                label: format!("changefeed, {writer}"),
+                label: format!("changefeed, {subs_n} subs, {writer}"),
                 p50: r.delivery[0],
                 p99: r.delivery[1],
                 max: r.delivery[2],
@@ -193,9 +202,12 @@ pub async fn run(config: &Config, report: &mut Report) {
         }
     }
     if let Ok(r) = &nchan {
-        report.load_generator("commit→client latency, Nchan", r.gen_cpu);
+        report.load_generator(
+            &format!("commit→client latency, {subs_n} subscribers, Nchan"),
+            r.gen_cpu,
+        );
         report.bars.push(LatencyBar {
-            label: "Nchan, HTTP publish".into(),
+            label: format!("Nchan, {subs_n} subs, HTTP publish"),
             p50: r.delivery[0],
             p99: r.delivery[1],
             max: r.delivery[2],

@@ -5,7 +5,9 @@
 //!
 //! Cheap by construction: each group task owns hundreds or thousands of connections, waits on
 //! their readiness through one `FuturesUnordered`, reads into one buffer per task, and takes the
-//! clock once per read, not once per frame.
+//! clock once per read, not once per frame. Where no latency is measured (fan-out, idle) a
+//! [`FrameCounter`] counts the change frames without building events (the same counter for
+//! changefeed and Nchan), so the generator spends its CPU on the sockets, not on parsing.
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
@@ -63,7 +65,7 @@ impl Shared {
         }
     }
 
-    fn fail(&self, message: String) {
+    pub fn fail(&self, message: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let mut first = self.first_error.lock().unwrap();
         if first.is_none() {
@@ -113,6 +115,22 @@ impl Subscribers {
             shared,
             stop,
             groups: handles,
+            count,
+        }
+    }
+
+    /// Subscriptions run by tasks spawned elsewhere (the HTTP/2 subscribers in
+    /// [`crate::h2load`]): each task returns its latencies when `stop` turns `true`.
+    pub fn from_tasks(
+        shared: Arc<Shared>,
+        stop: watch::Sender<bool>,
+        groups: Vec<tokio::task::JoinHandle<Vec<u32>>>,
+        count: usize,
+    ) -> Subscribers {
+        Subscribers {
+            shared,
+            stop,
+            groups,
             count,
         }
     }
@@ -172,7 +190,7 @@ impl Subscribers {
 struct Conn {
     stream: TcpStream,
     http: HttpBody,
-    parser: Parser,
+    decoder: Decoder,
     ready: bool,
 }
 
@@ -222,7 +240,7 @@ async fn run_group(
             Ok(stream) => pending.push(readable(Box::new(Conn {
                 stream,
                 http: HttpBody::default(),
-                parser: Parser::new(""),
+                decoder: Decoder::new(latency),
                 ready: false,
             }))),
             Err(error) => shared.fail(format!("connect: {error}")),
@@ -291,14 +309,17 @@ fn process(
     latencies: Option<&mut Vec<u32>>,
 ) -> Result<(), String> {
     let was_head = conn.http.in_head();
-    let parser = &mut conn.parser;
-    let mut parse_error = None;
+    let mut latencies = latencies;
+    let mut decode_error = None;
     conn.http.feed(bytes, |body| {
-        if let Err(error) = parser.feed(body) {
-            parse_error = Some(error.to_string());
+        if decode_error.is_none() {
+            decode_error = conn
+                .decoder
+                .feed(body, &mut conn.ready, shared, now, latencies.as_deref_mut())
+                .err();
         }
     })?;
-    if let Some(error) = parse_error {
+    if let Some(error) = decode_error {
         return Err(error);
     }
     if was_head && !conn.http.in_head() {
@@ -308,13 +329,127 @@ fn process(
             shared.ready.fetch_add(1, Ordering::Relaxed);
         }
     }
+    Ok(())
+}
+
+/// How a subscription's body is read: with the core's SSE parser where latencies are measured
+/// (each payload carries its send time), else with a [`FrameCounter`].
+pub enum Decoder {
+    Parse(Parser),
+    Count(FrameCounter),
+}
+
+impl Decoder {
+    pub fn new(latency: bool) -> Decoder {
+        if latency {
+            Decoder::Parse(Parser::new(""))
+        } else {
+            Decoder::Count(FrameCounter::default())
+        }
+    }
+
+    /// Reads body bytes: counts change events into `shared`, marks the subscription `ready` at
+    /// its `changefeed.ready` event, and records each delivery's latency into `latencies`.
+    pub fn feed(
+        &mut self,
+        body: &[u8],
+        ready: &mut bool,
+        shared: &Shared,
+        now: u64,
+        latencies: Option<&mut Vec<u32>>,
+    ) -> Result<(), String> {
+        match self {
+            Decoder::Parse(parser) => {
+                parser.feed(body).map_err(|error| error.to_string())?;
+                take_events(parser, ready, shared, now, latencies);
+            }
+            Decoder::Count(counter) => {
+                let (events, saw_ready) = counter.feed(body);
+                if saw_ready && !*ready {
+                    *ready = true;
+                    shared.ready.fetch_add(1, Ordering::Relaxed);
+                }
+                if events > 0 {
+                    shared.events.fetch_add(events, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts SSE change frames without building them: a frame (lines up to a blank line) with a
+/// `data` field counts unless its `event` is a `changefeed.*` control event; comments and
+/// id-only frames do not count. Only the first bytes of each line are looked at (kept across
+/// reads when a line is split).
+#[derive(Debug, Default)]
+pub struct FrameCounter {
+    /// The first bytes of the current, unfinished line.
+    line: Vec<u8>,
+    data: bool,
+    control: bool,
+}
+
+/// Enough of a line to classify it (`event: changefeed.ready` is 23 bytes).
+const LINE_PREFIX: usize = 32;
+
+impl FrameCounter {
+    /// Feeds body bytes; returns the change frames completed and whether a `changefeed.ready`
+    /// event was among the frames.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> (u64, bool) {
+        let mut events = 0;
+        let mut ready = false;
+        while !bytes.is_empty() {
+            let (part, rest, ended) = match memchr::memchr(b'\n', bytes) {
+                Some(at) => (&bytes[..at], &bytes[at + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            bytes = rest;
+            if self.line.len() < LINE_PREFIX {
+                let take = part.len().min(LINE_PREFIX - self.line.len());
+                self.line.extend_from_slice(&part[..take]);
+            }
+            if !ended {
+                break;
+            }
+            let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+            if line.is_empty() {
+                if self.data && !self.control {
+                    events += 1;
+                }
+                self.data = false;
+                self.control = false;
+            } else if line.starts_with(b"data:") {
+                self.data = true;
+            } else if let Some(kind) = line.strip_prefix(b"event:") {
+                let kind = kind.strip_prefix(b" ").unwrap_or(kind);
+                if kind.starts_with(b"changefeed.") {
+                    self.control = true;
+                    ready |= kind == b"changefeed.ready";
+                }
+            }
+            self.line.clear();
+        }
+        (events, ready)
+    }
+}
+
+/// Counts the change events `parser` has ready (and marks the subscription ready at its
+/// `changefeed.ready` event); with `latencies`, records each delivery's latency against the
+/// send time in its payload.
+fn take_events(
+    parser: &mut Parser,
+    ready: &mut bool,
+    shared: &Shared,
+    now: u64,
+    mut latencies: Option<&mut Vec<u32>>,
+) {
     let mut events = 0u64;
-    let mut latencies = latencies;
-    while let Some(item) = conn.parser.next_item() {
+    while let Some(item) = parser.next_item() {
         let Item::Event(event) = item else { continue };
         if event.event_type.starts_with("changefeed.") {
-            if event.event_type == "changefeed.ready" && !conn.ready {
-                conn.ready = true;
+            if event.event_type == "changefeed.ready" && !*ready {
+                *ready = true;
                 shared.ready.fetch_add(1, Ordering::Relaxed);
             }
             continue;
@@ -340,7 +475,6 @@ fn process(
     if events > 0 {
         shared.events.fetch_add(events, Ordering::Relaxed);
     }
-    Ok(())
 }
 
 /// The unsigned integer after `key` in `text` (first occurrence).
@@ -555,5 +689,48 @@ impl Publisher {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fan-out's frame counter counts what the core's parser would, however the bytes are
+    //! split across reads.
+
+    use super::*;
+
+    /// changefeed's first frame and ready event, two change frames, a heartbeat, an id-only
+    /// checkpoint, a CRLF change frame, and an Nchan frame (no `event` field).
+    const BODY: &[u8] = b"retry: 1000\nid: e:0\n\n\
+        id: e:0\nevent: changefeed.ready\ndata: {\"after\":\"e:0\"}\n\n\
+        id: e:1\nevent: bench_tick\ndata: {\"t\":1,\"i\":0}\n\n\
+        : heartbeat\n\n\
+        id: e:2\nevent: bench_tick\ndata: {\"t\":2,\n\
+        data: \"i\":1}\n\n\
+        id: e:3\n\n\
+        id: e:4\r\nevent: bench_tick\r\ndata: x\r\n\r\n\
+        id: 1795728850:0\ndata: {\"t\":3,\"i\":2}\n\n";
+
+    #[test]
+    fn the_frame_counter_counts_change_frames_across_every_split() {
+        for split in 0..=BODY.len() {
+            let mut counter = FrameCounter::default();
+            let (first, first_ready) = counter.feed(&BODY[..split]);
+            let (second, second_ready) = counter.feed(&BODY[split..]);
+            assert_eq!(first + second, 4, "split at {split}");
+            assert!(first_ready || second_ready, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn the_parser_and_the_counter_agree() {
+        let shared = Shared::new(0);
+        let mut ready = false;
+        Decoder::new(true)
+            .feed(BODY, &mut ready, &shared, 0, None)
+            .unwrap();
+        assert!(ready);
+        assert_eq!(shared.events.load(Ordering::Relaxed), 4);
+        assert_eq!(shared.ready.load(Ordering::Relaxed), 1);
     }
 }

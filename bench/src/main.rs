@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! changefeed-bench [latency|fanout|replay|idle|parser|all|soak ...] [--quick] --server-bin PATH
-//!                  [--nchan ADDR --nchan-pid FILE] [--out DIR] [--work DIR]
+//!                  [--nchan ADDR --nchan-pid FILE [--nchan-h2 ADDR]] [--out DIR] [--work DIR]
 //! ```
 //!
 //! Starts a fresh `changefeed serve` (on a fresh SQLite file) per measurement, drives it with
@@ -15,6 +15,7 @@
 //! (`BENCH_STRICT=1` makes such a run exit 1).
 
 mod fanout;
+mod h2load;
 mod idle;
 mod latency;
 mod loadgen;
@@ -86,6 +87,10 @@ struct Args {
     #[arg(long, value_name = "ADDR", requires = "nchan_pid")]
     nchan: Option<SocketAddr>,
 
+    /// Nchan's HTTP/2 port (h2c with prior knowledge; same nginx), for the HTTP/2 fan-out.
+    #[arg(long, value_name = "ADDR", requires = "nchan")]
+    nchan_h2: Option<SocketAddr>,
+
     /// The Nchan peer's nginx pid file (its workers are measured and restarted per run).
     #[arg(long, value_name = "FILE", requires = "nchan")]
     nchan_pid: Option<PathBuf>,
@@ -137,17 +142,19 @@ struct Config {
     quick: bool,
     server_bin: PathBuf,
     nchan: Option<(SocketAddr, PathBuf)>,
+    nchan_h2: Option<SocketAddr>,
     out: PathBuf,
     work: PathBuf,
     groups: usize,
 }
 
 impl Config {
-    fn latency_subs(&self) -> usize {
+    /// Subscriber counts of the latency runs (each against Nchan in the same run).
+    fn latency_subs(&self) -> Vec<usize> {
         if self.quick {
-            100
+            vec![20, 100]
         } else {
-            1000
+            vec![100, 1000]
         }
     }
     fn latency_secs(&self) -> u64 {
@@ -219,6 +226,7 @@ fn main() {
         quick: args.quick,
         server_bin: args.server_bin,
         nchan: args.nchan.zip(args.nchan_pid),
+        nchan_h2: args.nchan_h2,
         out: args.out,
         work,
         groups: 4,

@@ -26,6 +26,14 @@
 //!   request and went away is noticed at once rather than at the next failed heartbeat write.
 //!   As hyper does by default, a read EOF counts as gone (no half-closed clients). HTTP/2 notices
 //!   it itself (stream reset or connection EOF drops the body).
+//!
+//! **Memory per connection** (most connections are idle event streams, so this is what a
+//! stream costs): the protocol is chosen from the first bytes ([`read_preface`]; the HTTP/2
+//! preface, or anything else for HTTP/1.1) and only that protocol's connection is built, in an
+//! allocation of its own, so a connection's task carries neither the other protocol's state nor
+//! a TLS handshake's. hyper's HTTP/1.1 connection does not read while a response is in flight
+//! (`half_close`): the read-half watch above does that, into no buffer unless bytes arrive, so
+//! hyper keeps the one read buffer it parsed the request head from.
 
 use std::convert::Infallible;
 use std::fmt::Debug;
@@ -46,9 +54,9 @@ use axum::Router;
 use bytes::Bytes;
 use changefeed_core::{ApiError, ErrorCode};
 use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -236,19 +244,22 @@ where
         Some(files) => Some(tls_acceptor(files).map_err(io::Error::other)?),
         None => None,
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .keep_alive(true)
-        .max_buf_size(config.head_buffer_bytes());
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(config.head_buffer_bytes()).unwrap_or(u32::MAX));
+        .max_buf_size(config.head_buffer_bytes())
+        // No read of hyper's own while a response streams (see the module docs): an event
+        // stream's read half is watched by [`ClientGone`], and requests answered at once are
+        // answered whether or not the client half-closed.
+        .half_close(true);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2.max_header_list_size(u32::try_from(config.head_buffer_bytes()).unwrap_or(u32::MAX));
     let shared = Arc::new(Served {
-        builder,
+        http1,
+        http2,
         router,
         tls,
-        config: config.clone(),
+        config: Arc::new(config.clone()),
         connections: Arc::new(Semaphore::new(config.max_connections)),
     });
     // Every connection task holds a sender; `recv` returns `None` once all are gone.
@@ -288,10 +299,11 @@ where
 
 /// What every connection of one [`serve`] shares.
 struct Served {
-    builder: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     router: Router,
     tls: Option<TlsAcceptor>,
-    config: ConnectionConfig,
+    config: Arc<ConnectionConfig>,
     connections: Arc<Semaphore>,
 }
 
@@ -308,11 +320,15 @@ impl Served {
         let state = Arc::new(ConnState::new(Instant::now()));
         let io = WatchedIo::new(io, state.clone(), self.config.head_buffer_bytes());
         match &self.tls {
-            None => self.drive(io, state, peer, admitted, shutdown).await,
+            None => self.http(io, state, peer, admitted, shutdown).await,
             Some(acceptor) => {
+                // Boxed, as is the rest of a TLS connection: a handshake's state is large, and
+                // plain connections' tasks should not be sized for it.
                 let deadline = state.opened + self.config.head_timeout;
-                match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
-                    Ok(Ok(tls)) => self.drive(tls, state, peer, admitted, shutdown).await,
+                match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(io))).await {
+                    Ok(Ok(tls)) => {
+                        Box::pin(self.http(tls, state, peer, admitted, shutdown)).await;
+                    }
                     Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 }
@@ -320,10 +336,10 @@ impl Served {
         }
     }
 
-    /// Runs hyper on one connection next to the read-half watch and the head/idle deadline.
-    async fn drive<I>(
+    /// Learns the protocol from the first bytes, then serves it.
+    async fn http<I>(
         &self,
-        io: I,
+        mut io: I,
         state: Arc<ConnState>,
         peer: crate::http::PeerAddr,
         admitted: bool,
@@ -331,14 +347,49 @@ impl Served {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let deadline = state.opened + self.config.head_timeout;
+        let sniffed = tokio::select! {
+            biased;
+            // No request yet: nothing to finish.
+            _ = shutdown.wait() => return,
+            sniffed = tokio::time::timeout_at(deadline, read_preface(&mut io)) => sniffed,
+        };
+        let (http2, read) = match sniffed {
+            Ok(Ok(sniffed)) => sniffed,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "connection failed before a request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("closing a connection: no complete request head in time");
+                return;
+            }
+        };
         let service = ConnService {
             router: self.router.clone(),
             state: state.clone(),
             peer,
             admitted,
-            config: Arc::new(self.config.clone()),
+            config: self.config.clone(),
         };
-        let mut conn = pin!(self.builder.serve_connection(TokioIo::new(io), service));
+        let io = TokioIo::new(Prefixed::new(read, io));
+        let conn = if http2 {
+            HttpConn::Http2(Box::pin(self.http2.serve_connection(io, service)))
+        } else {
+            HttpConn::Http1(Box::pin(self.http1.serve_connection(io, service)))
+        };
+        self.drive(conn, state, shutdown).await;
+    }
+
+    /// Runs hyper on one connection next to the read-half watch and the head/idle deadline.
+    async fn drive<I>(
+        &self,
+        mut conn: HttpConn<I>,
+        state: Arc<ConnState>,
+        mut shutdown: ShutdownSignal,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let mut shutdown_wait = pin!(shutdown.wait());
         let mut timer = pin!(tokio::time::sleep_until(
             state.opened + self.config.head_timeout
@@ -348,9 +399,9 @@ impl Served {
         poll_fn(|cx| {
             if !shutting_down && shutdown_wait.as_mut().poll(cx).is_ready() {
                 shutting_down = true;
-                conn.as_mut().graceful_shutdown();
+                conn.graceful_shutdown();
             }
-            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            if let Poll::Ready(result) = conn.poll(cx) {
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
@@ -371,6 +422,140 @@ impl Served {
             Poll::Pending
         })
         .await;
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113, section 3.4): the first bytes of every HTTP/2
+/// connection, with prior knowledge or after ALPN `h2`.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the bytes read are the HTTP/2 preface or cannot be (an HTTP/1.1 request's first
+/// read differs at its first byte), or the client closed; returns whether they are, and the
+/// bytes read (hyper is handed them first, see [`Prefixed`]).
+async fn read_preface<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(bool, Vec<u8>)> {
+    let mut read = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    loop {
+        if read[..n] != H2_PREFACE[..n] {
+            return Ok((false, read[..n].to_vec()));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((true, read.to_vec()));
+        }
+        match io.read(&mut read[n..]).await? {
+            // hyper sees the EOF itself and closes the connection.
+            0 => return Ok((false, read[..n].to_vec())),
+            got => n += got,
+        }
+    }
+}
+
+/// What hyper reads and writes: the connection's IO with the sniffed bytes put back.
+type HyperIo<I> = TokioIo<Prefixed<I>>;
+
+/// One connection's hyper state, in an allocation of its own (sized for its protocol only).
+enum HttpConn<I> {
+    Http1(Pin<Box<http1::Connection<HyperIo<I>, ConnService>>>),
+    Http2(Pin<Box<http2::Connection<HyperIo<I>, ConnService, TokioExecutor>>>),
+}
+
+impl<I> HttpConn<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        match self {
+            HttpConn::Http1(conn) => conn.as_mut().poll(cx),
+            HttpConn::Http2(conn) => conn.as_mut().poll(cx),
+        }
+    }
+
+    fn graceful_shutdown(&mut self) {
+        match self {
+            HttpConn::Http1(conn) => conn.as_mut().graceful_shutdown(),
+            HttpConn::Http2(conn) => conn.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
+/// A connection's IO with the bytes [`read_preface`] took from it put back in front.
+struct Prefixed<I> {
+    read: Vec<u8>,
+    start: usize,
+    /// An error met reading past the prefix, returned by the next read.
+    error: Option<io::Error>,
+    io: I,
+}
+
+impl<I> Prefixed<I> {
+    fn new(read: Vec<u8>, io: I) -> Prefixed<I> {
+        Prefixed {
+            read,
+            start: 0,
+            error: None,
+            io,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(error) = this.error.take() {
+            return Poll::Ready(Err(error));
+        }
+        if this.start < this.read.len() {
+            let n = buf.remaining().min(this.read.len() - this.start);
+            buf.put_slice(&this.read[this.start..this.start + n]);
+            this.start += n;
+            if this.start == this.read.len() {
+                this.read = Vec::new();
+                this.start = 0;
+                // And what else has arrived, in the same read: hyper then parses a request
+                // head in one go instead of growing its read buffer for the rest of it.
+                if buf.remaining() > 0 {
+                    if let Poll::Ready(Err(error)) = Pin::new(&mut this.io).poll_read(cx, buf) {
+                        this.error = Some(error);
+                    }
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

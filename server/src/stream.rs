@@ -327,7 +327,8 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
             if !chunk.is_empty() && (self.fetch.is_some() || self.live_budget == 0) {
                 return Some(self.flush(chunk));
             }
-            // The next input.
+            // The next input. (The store read is boxed: its state is large, and an idle live
+            // stream's future should not be sized for it.)
             if let Some(fetch) = self.fetch.take() {
                 if self.shutdown.is_triggered() {
                     // Long replays still end promptly at shutdown.
@@ -335,7 +336,7 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
                 } else if let Some(reason) = self.auth.as_mut().and_then(StreamAuth::check_now) {
                     // And at a revocation or expiry: nothing more is read for this token.
                     self.end_for_auth(reason);
-                } else if let Err(error) = self.answer(fetch).await {
+                } else if let Err(error) = Box::pin(self.answer(fetch)).await {
                     self.replay_failed(&error);
                     return None;
                 }
