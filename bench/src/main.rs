@@ -22,6 +22,7 @@ mod parser;
 mod procs;
 mod replay;
 mod report;
+mod sqlite_cli;
 mod system;
 mod writers;
 

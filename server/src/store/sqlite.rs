@@ -6,8 +6,10 @@
 //!   `IF NOT EXISTS`, and keeps our own bookkeeping in `changefeed_meta` (`epoch`, `published`,
 //!   `floor`), so it can run against a database whose tables another program owns.
 //! - **Reads** (`bounds`, `window`, `rows_after`, `missing_projects`) use a pool of read-only
-//!   (`query_only`) connections, one short transaction per call. Payload text is never parsed
-//!   here; the encoder checks it only when the table has no `CHECK (json_valid(payload))`.
+//!   (`query_only`) connections, one short transaction per call, each holding a shared turn
+//!   of the [`checkpoint`] gate, so the store's own WAL checkpoints run between them and the
+//!   WAL restarts however many replays run. Payload text is never parsed here; the encoder
+//!   checks it only when the table has no `CHECK (json_valid(payload))`.
 //! - **Rows of any storage class** (a `change_log` another program created may hold anything;
 //!   [`schema`] checks only columns and keys) are read leniently and never fail to decode:
 //!   `created_at` of any class goes to the core's timestamp codec as text (INTEGER and REAL
@@ -34,6 +36,7 @@
 //! transaction (a writer with `synchronous=NORMAL` can lose committed rows, whose seqs will then
 //! be allocated again).
 
+mod checkpoint;
 mod identity;
 mod meta_file;
 mod monitor;
@@ -52,6 +55,7 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Connection, Decode, Row, Sqlite, Transaction, TypeInfo, ValueRef};
+use futures_util::TryStreamExt;
 use tokio::sync::watch;
 
 use super::{
@@ -80,6 +84,9 @@ const BOUNDS_SQL: &str = "SELECT \
      COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0), \
      (SELECT value FROM changefeed_meta WHERE key = 'floor')";
 
+/// Rows a read connection's worker thread may step ahead of the reader.
+const READ_ROW_CHANNEL: usize = 1024;
+
 /// How to open a [`SqliteStore`]; [`Default`] is what [`SqliteStore::open`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SqliteStoreOptions {
@@ -89,6 +96,9 @@ pub struct SqliteStoreOptions {
     pub busy_timeout: Duration,
     /// The safety-net poll of `PRAGMA data_version`, for commits the file watch did not report.
     pub poll_interval: Duration,
+    /// How often the store checkpoints the WAL itself between its read transactions (see
+    /// [`checkpoint`]); `None` leaves checkpoints to SQLite's automatic ones.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 impl Default for SqliteStoreOptions {
@@ -97,6 +107,7 @@ impl Default for SqliteStoreOptions {
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
+            checkpoint_interval: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -118,6 +129,9 @@ struct Inner {
     bookkeeping: Bookkeeping,
     changes: watch::Sender<u64>,
     identity: Arc<identity::Identity>,
+    /// Every read transaction holds a shared turn; the checkpointer holds it alone.
+    gate: Arc<checkpoint::ReadGate>,
+    checkpointer: Option<checkpoint::Checkpointer>,
     _monitor: monitor::ChangeMonitor,
 }
 
@@ -233,7 +247,7 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            .connect_with(write_options)
+            .connect_with(write_options.clone())
             .await?;
         let bookkeeping = match mode {
             SqliteMode::Owned => {
@@ -273,7 +287,12 @@ impl SqliteStore {
         };
 
         // Readers only read (an owned database is in WAL mode now, a persistent setting).
-        let read_options = base.clone().pragma("query_only", "ON");
+        // A replay window's rows queue up on the connection's worker thread instead of making
+        // it wait for the reader every 50 rows (sqlx's default channel).
+        let read_options = base
+            .clone()
+            .pragma("query_only", "ON")
+            .row_buffer_size(READ_ROW_CHANNEL);
         let read = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .connect_with(read_options.clone())
@@ -294,6 +313,17 @@ impl SqliteStore {
             options.poll_interval,
         )
         .map_err(|error| StoreError::fatal(format!("cannot stat {}: {error}", path.display())))?;
+        let gate = Arc::new(checkpoint::ReadGate::default());
+        // A read-only database cannot be checkpointed by us; its owner's writers do it.
+        let checkpointer = match (options.checkpoint_interval, read_only) {
+            (Some(interval), false) => Some(checkpoint::start(
+                &path,
+                SqliteConnection::connect_with(&write_options).await?,
+                gate.clone(),
+                interval,
+            )),
+            _ => None,
+        };
         let (changes, _) = watch::channel(0u64);
         let monitor = monitor::start(
             &path,
@@ -311,6 +341,8 @@ impl SqliteStore {
                 bookkeeping,
                 changes,
                 identity,
+                gate,
+                checkpointer,
                 _monitor: monitor,
             }),
         })
@@ -390,6 +422,9 @@ impl SqliteStore {
     /// process still reading the database keeps its frames (the checkpoint then stops short and
     /// says so in the log, nothing is lost).
     pub async fn close(&self) {
+        if let Some(checkpointer) = &self.inner.checkpointer {
+            checkpointer.stop().await;
+        }
         self.inner.read.close().await;
         if self.replaced().is_some() {
             // Checkpointing would write the old database's pages into whatever file is there.
@@ -483,12 +518,14 @@ fn lock(
 impl Store for SqliteStore {
     async fn bounds(&self) -> Result<LogBounds, StoreError> {
         self.check_identity()?;
+        let _turn = self.inner.gate.enter().await;
         let mut connection = self.inner.read.acquire().await?;
         self.inner.bounds_in(&mut connection).await
     }
 
     async fn window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
         self.check_identity()?;
+        let _turn = self.inner.gate.enter().await;
         let mut transaction = self.inner.read.begin().await?;
         let rows = match WindowQuery::new(filter, range) {
             None => Vec::new(),
@@ -499,10 +536,14 @@ impl Store for SqliteStore {
                 for value in &query.binds {
                     statement = statement.bind(value.as_str());
                 }
-                let rows = statement.fetch_all(&mut *transaction).await?;
-                rows.iter()
-                    .map(|row| row_from(row, self.inner.payload_check))
-                    .collect::<Result<Vec<_>, _>>()?
+                // Each row becomes an EventRow as it arrives (the SQLite rows are freed at once,
+                // and decoding overlaps the worker thread's stepping).
+                let mut rows = Vec::new();
+                let mut stream = statement.fetch(&mut *transaction);
+                while let Some(row) = stream.try_next().await? {
+                    rows.push(row_from(&row, self.inner.payload_check)?);
+                }
+                rows
             }
         };
         let bounds = self.inner.bounds_in(&mut transaction).await?;
@@ -514,6 +555,7 @@ impl Store for SqliteStore {
         self.check_identity()?;
         let sql =
             format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?");
+        let _turn = self.inner.gate.enter().await;
         let mut transaction = self.inner.read.begin().await?;
         let rows = sqlx::query(&sql)
             .bind(to_sql(after))
