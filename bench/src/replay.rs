@@ -107,7 +107,9 @@ async fn ten_replays(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let time = ten.wait_ready(timeout.saturating_sub(start.elapsed())).await;
+    let time = ten
+        .wait_ready(timeout.saturating_sub(start.elapsed()))
+        .await;
     let events = ten.shared.events.load(Ordering::Relaxed);
     ten.stop().await;
     let during = tokio::task::spawn_blocking(move || join_writer(writer))
@@ -210,8 +212,13 @@ async fn replay_run(config: &Config, rows: u64) -> Result<Results, String> {
     let writers = async {
         let sqlx_idle = join_writer(sqlx_writer(idle_count, never.clone()))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (ten, sqlx_during) =
-            ten_replays(&target, timeout, stop.clone(), sqlx_writer(during_count, stop)).await?;
+        let (ten, sqlx_during) = ten_replays(
+            &target,
+            timeout,
+            stop.clone(),
+            sqlx_writer(during_count, stop),
+        )
+        .await?;
         let cli_idle = tokio::task::spawn_blocking({
             let handle = cli_writer(idle_count, never.clone());
             move || join_writer(handle)
@@ -219,8 +226,13 @@ async fn replay_run(config: &Config, rows: u64) -> Result<Results, String> {
         .await
         .map_err(|e| e.to_string())??;
         let stop = Arc::new(AtomicBool::new(false));
-        let (_, cli_during) =
-            ten_replays(&target, timeout, stop.clone(), cli_writer(during_count, stop)).await?;
+        let (_, cli_during) = ten_replays(
+            &target,
+            timeout,
+            stop.clone(),
+            cli_writer(during_count, stop),
+        )
+        .await?;
         Ok::<_, String>((
             ten,
             Writers {
@@ -256,22 +268,34 @@ pub async fn run(config: &Config, report: &mut Report) {
         }
         Err(error) => (Err(error), "?".into(), "?".into()),
     };
-    let one = results.as_ref().map_err(Clone::clone).and_then(|r| match &r.one {
-        Ok(o) => Ok((o.events_per_s, o.secs)),
-        Err(e) => Err(e.clone()),
-    });
-    let scan = results.as_ref().map_err(Clone::clone).and_then(|r| match &r.scan {
-        Ok(o) => Ok((o.events_per_s, o.secs)),
-        Err(e) => Err(e.clone()),
-    });
-    let ten = results.as_ref().map_err(Clone::clone).and_then(|r| match &r.ten {
-        Ok(t) => Ok((t.events_per_s, t.secs)),
-        Err(e) => Err(e.clone()),
-    });
-    let writers = results.as_ref().map_err(Clone::clone).and_then(|r| match &r.writers {
-        Ok(w) => Ok([w.sqlx_idle, w.sqlx_during, w.cli_idle, w.cli_during]),
-        Err(e) => Err(e.clone()),
-    });
+    let one = results
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|r| match &r.one {
+            Ok(o) => Ok((o.events_per_s, o.secs)),
+            Err(e) => Err(e.clone()),
+        });
+    let scan = results
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|r| match &r.scan {
+            Ok(o) => Ok((o.events_per_s, o.secs)),
+            Err(e) => Err(e.clone()),
+        });
+    let ten = results
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|r| match &r.ten {
+            Ok(t) => Ok((t.events_per_s, t.secs)),
+            Err(e) => Err(e.clone()),
+        });
+    let writers = results
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|r| match &r.writers {
+            Ok(w) => Ok([w.sqlx_idle, w.sqlx_during, w.cli_idle, w.cli_during]),
+            Err(e) => Err(e.clone()),
+        });
 
     let setup = format!(
         "{rows} rows of {PAYLOAD} B payload, replay from seq 0 to changefeed.ready; the sqlite3 \

@@ -40,7 +40,9 @@ pub fn scan(db: &Path) -> Result<Scan, String> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut rows = 0u64;
     loop {
-        let n = stdout.read(&mut buf).map_err(|e| format!("sqlite3 stdout: {e}"))?;
+        let n = stdout
+            .read(&mut buf)
+            .map_err(|e| format!("sqlite3 stdout: {e}"))?;
         if n == 0 {
             break;
         }

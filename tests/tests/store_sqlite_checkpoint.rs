@@ -124,5 +124,8 @@ async fn without_them_the_wal_never_restarts() {
     };
     let (restarts, commits) = replays_and_a_writer(options, Duration::from_secs(2)).await;
     assert_eq!(restarts, 0, "in {commits} commits");
-    assert!(commits > 100, "the writer was not blocked: {commits} commits");
+    assert!(
+        commits > 100,
+        "the writer was not blocked: {commits} commits"
+    );
 }

@@ -50,12 +50,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, PayloadCheck, Seq, TypePattern};
+use futures_util::TryStreamExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Connection, Decode, Row, Sqlite, Transaction, TypeInfo, ValueRef};
-use futures_util::TryStreamExt;
 use tokio::sync::watch;
 
 use super::{
@@ -76,6 +76,20 @@ const HEAD_SQL: &str =
 
 /// The columns of an [`EventRow`], in [`row_from`]'s order.
 const ROW_COLUMNS: &str = "seq, project_id, session_id, event_type, payload, created_at";
+
+/// A replay window's columns: the seq and, for a row whose columns are all TEXT (the session
+/// TEXT or NULL), its five text columns packed into one value (see [`unpack_row`]); NULL for
+/// any other row, which is then read again with [`ROW_COLUMNS`]. Two values per row instead of
+/// six: sqlx copies every value of every row on its worker thread, and those copies (and
+/// freeing them on another thread) were most of a replay's cost. Only for UTF-8 databases
+/// (the byte lengths are those of the packed text).
+const PACKED_COLUMNS: &str = "seq, CASE WHEN typeof(project_id) = 'text' \
+     AND typeof(event_type) = 'text' AND typeof(payload) = 'text' \
+     AND typeof(created_at) = 'text' AND typeof(session_id) IN ('text', 'null') \
+     THEN printf('%d %d %d %d ', length(CAST(project_id AS BLOB)), \
+     COALESCE(length(CAST(session_id AS BLOB)), -1), length(CAST(event_type AS BLOB)), \
+     length(CAST(payload AS BLOB))) \
+     || project_id || COALESCE(session_id, '') || event_type || payload || created_at END";
 
 /// Epoch, head and floor in one statement (so one consistent snapshot even outside a
 /// transaction). Head is `sqlite_sequence`'s value, not `MAX(seq)`.
@@ -124,6 +138,8 @@ struct Inner {
     read: SqlitePool,
     /// Whether the table's `CHECK (json_valid(payload))` vouches for TEXT payloads.
     payload_check: PayloadCheck,
+    /// Whether replay windows read [`PACKED_COLUMNS`] (the database's text is UTF-8).
+    packed_reads: bool,
     write: SqlitePool,
     path: PathBuf,
     bookkeeping: Bookkeeping,
@@ -285,6 +301,10 @@ impl SqliteStore {
         } else {
             PayloadCheck::Unchecked
         };
+        let encoding: String = sqlx::query_scalar("PRAGMA encoding")
+            .fetch_one(&write)
+            .await?;
+        let packed_reads = encoding == "UTF-8";
 
         // Readers only read (an owned database is in WAL mode now, a persistent setting).
         // A replay window's rows queue up on the connection's worker thread instead of making
@@ -320,6 +340,7 @@ impl SqliteStore {
                 &path,
                 SqliteConnection::connect_with(&write_options).await?,
                 gate.clone(),
+                identity.clone(),
                 interval,
             )),
             _ => None,
@@ -336,6 +357,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 read,
                 payload_check,
+                packed_reads,
                 write,
                 path,
                 bookkeeping,
@@ -527,7 +549,9 @@ impl Store for SqliteStore {
         self.check_identity()?;
         let _turn = self.inner.gate.enter().await;
         let mut transaction = self.inner.read.begin().await?;
-        let rows = match WindowQuery::new(filter, range) {
+        let packed = self.inner.packed_reads;
+        let columns = if packed { PACKED_COLUMNS } else { ROW_COLUMNS };
+        let rows = match WindowQuery::new(columns, filter, range) {
             None => Vec::new(),
             Some(query) => {
                 let mut statement = sqlx::query(&query.sql)
@@ -536,12 +560,46 @@ impl Store for SqliteStore {
                 for value in &query.binds {
                     statement = statement.bind(value.as_str());
                 }
+                let span = range.upto.0.saturating_sub(range.after.0);
+                let mut rows = Vec::with_capacity(usize::try_from(span.min(4096)).unwrap_or(0));
+                // Rows of other storage classes, read again in full: (index in `rows`, seq).
+                let mut unpacked = Vec::new();
                 // Each row becomes an EventRow as it arrives (the SQLite rows are freed at once,
                 // and decoding overlaps the worker thread's stepping).
-                let mut rows = Vec::new();
                 let mut stream = statement.fetch(&mut *transaction);
                 while let Some(row) = stream.try_next().await? {
-                    rows.push(row_from(&row, self.inner.payload_check)?);
+                    if !packed {
+                        rows.push(row_from(&row, self.inner.payload_check)?);
+                        continue;
+                    }
+                    let seq = seq_from("seq", row.try_get(0)?)?;
+                    let value = row.try_get_raw(1)?;
+                    let bytes = if value.is_null() {
+                        None
+                    } else {
+                        Some(<&[u8] as Decode<Sqlite>>::decode(value).map_err(|source| {
+                            StoreError::from(sqlx::Error::ColumnDecode {
+                                index: "1".into(),
+                                source,
+                            })
+                        })?)
+                    };
+                    match bytes.and_then(|bytes| unpack_row(seq, bytes, self.inner.payload_check)) {
+                        Some(event) => rows.push(event),
+                        None => {
+                            unpacked.push((rows.len(), seq));
+                            rows.push(placeholder(seq));
+                        }
+                    }
+                }
+                drop(stream);
+                let sql = format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq = ?");
+                for (index, seq) in unpacked {
+                    let row = sqlx::query(&sql)
+                        .bind(to_sql(seq))
+                        .fetch_one(&mut *transaction)
+                        .await?;
+                    rows[index] = row_from(&row, self.inner.payload_check)?;
                 }
                 rows
             }
@@ -872,11 +930,11 @@ struct WindowQuery {
 }
 
 impl WindowQuery {
-    fn new(filter: &Filter, range: FetchRequest) -> Option<WindowQuery> {
+    fn new(columns: &str, filter: &Filter, range: FetchRequest) -> Option<WindowQuery> {
         if range.upto <= range.after {
             return None;
         }
-        let mut sql = format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? AND seq <= ?");
+        let mut sql = format!("SELECT {columns} FROM change_log WHERE seq > ? AND seq <= ?");
         let mut binds = Vec::new();
         if let Some(projects) = &filter.projects {
             if projects.is_empty() {
@@ -1001,6 +1059,64 @@ fn row_from(row: &SqliteRow, payload_check: PayloadCheck) -> Result<EventRow, St
     })
 }
 
+/// The row of a [`PACKED_COLUMNS`] value: `"<project> <session or -1> <kind> <payload> "`
+/// byte lengths, then the five texts back to back (`created_at` is the rest). `None` when the
+/// value is not in that shape (the caller reads the row in full instead).
+fn unpack_row(seq: Seq, packed: &[u8], payload_check: PayloadCheck) -> Option<EventRow> {
+    let mut rest = packed;
+    let mut lengths = [0i64; 4];
+    for length in &mut lengths {
+        let end = rest.iter().position(|&b| b == b' ')?;
+        *length = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+        rest = &rest[end + 1..];
+    }
+    let mut take = |length: i64| -> Option<&[u8]> {
+        let length = usize::try_from(length).ok()?;
+        let (text, tail) = (rest.get(..length)?, rest.get(length..)?);
+        rest = tail;
+        Some(text)
+    };
+    let project_id = utf8_text(take(lengths[0])?);
+    let session_id = if lengths[1] < 0 {
+        None
+    } else {
+        Some(utf8_text(take(lengths[1])?))
+    };
+    let kind = utf8_text(take(lengths[2])?);
+    let payload = utf8_text(take(lengths[3])?);
+    Some(EventRow {
+        seq,
+        project_id,
+        session_id,
+        kind,
+        payload,
+        payload_check,
+        created_at: utf8_text(rest),
+    })
+}
+
+/// Stands in for a row read again in full.
+fn placeholder(seq: Seq) -> EventRow {
+    EventRow {
+        seq,
+        project_id: String::new(),
+        session_id: None,
+        kind: String::new(),
+        payload: String::new(),
+        payload_check: PayloadCheck::Unchecked,
+        created_at: String::new(),
+    }
+}
+
+/// Text bytes as a `String`, invalid UTF-8 sequences replaced by U+FFFD (checked the fast way
+/// first: valid text is the rule).
+fn utf8_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 /// SQLite's storage classes (what `typeof()` answers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StorageClass {
@@ -1036,10 +1152,7 @@ fn column_text(row: &SqliteRow, index: usize) -> Result<(StorageClass, String), 
         StorageClass::Real => <f64 as Decode<Sqlite>>::decode(value)
             .map_err(decode_error)?
             .to_string(),
-        _ => {
-            String::from_utf8_lossy(<&[u8] as Decode<Sqlite>>::decode(value).map_err(decode_error)?)
-                .into_owned()
-        }
+        _ => utf8_text(<&[u8] as Decode<Sqlite>>::decode(value).map_err(decode_error)?),
     };
     Ok((class, text))
 }
@@ -1086,6 +1199,7 @@ mod tests {
     #[test]
     fn window_query_pushes_the_filter_down() {
         let query = WindowQuery::new(
+            ROW_COLUMNS,
             &query("project=a&project=b&types=pr_*,session_created"),
             range(1, 9),
         )
@@ -1102,7 +1216,7 @@ mod tests {
     #[test]
     fn window_query_skips_the_kind_clause_for_all_types() {
         for text in ["", "types=*", "types=pr_*,*"] {
-            let query = WindowQuery::new(&query(text), range(0, 5)).unwrap();
+            let query = WindowQuery::new(ROW_COLUMNS, &query(text), range(0, 5)).unwrap();
             let clauses = query.sql.split(" WHERE ").nth(1).unwrap();
             assert!(!clauses.contains("event_type"), "{}", query.sql);
             assert!(query.binds.is_empty());
@@ -1111,7 +1225,7 @@ mod tests {
 
     #[test]
     fn window_query_is_none_when_nothing_can_match() {
-        assert!(WindowQuery::new(&Filter::all(), range(5, 5)).is_none());
+        assert!(WindowQuery::new(ROW_COLUMNS, &Filter::all(), range(5, 5)).is_none());
         let no_project = Filter {
             projects: Some(BTreeSet::new()),
             ..Filter::all()
@@ -1120,8 +1234,8 @@ mod tests {
             types: Some(Vec::new()),
             ..Filter::all()
         };
-        assert!(WindowQuery::new(&no_project, range(0, 5)).is_none());
-        assert!(WindowQuery::new(&no_type, range(0, 5)).is_none());
+        assert!(WindowQuery::new(ROW_COLUMNS, &no_project, range(0, 5)).is_none());
+        assert!(WindowQuery::new(ROW_COLUMNS, &no_type, range(0, 5)).is_none());
     }
 
     #[tokio::test]
@@ -1131,6 +1245,7 @@ mod tests {
         let store = SqliteStore::open(&url).await.unwrap();
         for projects in ["project=a", "project=a&project=b&project=c"] {
             let query = WindowQuery::new(
+                PACKED_COLUMNS,
                 &query(&format!("{projects}&types=pr_*,session_created")),
                 range(0, 100),
             )
@@ -1154,6 +1269,84 @@ mod tests {
             );
         }
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn packed_window_rows_read_exactly_as_the_full_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("packed.db");
+        let url = format!("sqlite://{}", path.display());
+        // Another program's table, without our CHECKs: any value of any class.
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let mut connection = SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query(
+            "CREATE TABLE change_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, project_id, \
+             session_id, event_type, payload, created_at)",
+        )
+        .execute(&mut connection)
+        .await
+        .unwrap();
+        connection.close().await.unwrap();
+        let store = SqliteStore::attach(&url, None).await.unwrap();
+        assert!(store.inner.packed_reads);
+        // Texts with the packing's own characters (spaces, digits), multi-byte and invalid
+        // UTF-8, NULs, empty strings, NULL and empty sessions; and rows of other classes, which
+        // are read again in full.
+        store
+            .execute_write(
+                "INSERT INTO change_log (project_id, session_id, event_type, payload, created_at) VALUES \
+                 ('p 1 2', NULL, 'pr_updated', '{\"a\":\"1 2 3 \"}', '2026-01-01T00:00:00.000Z'), \
+                 ('', '', '', '\"\"', ''), \
+                 ('é☃', 's 9', 'k', '[1, 2]', '  2026-01-01 10:00:00  '), \
+                 (CAST(X'66FF6F' AS TEXT), CAST(X'00' AS TEXT), 'a' || char(0) || 'b', '1', '7'), \
+                 (42, 'sess', 'kind', '{}', 1700000000), \
+                 ('p', 3.5, X'6B', NULL, 1.5)",
+            )
+            .await
+            .unwrap();
+        let head = store.bounds().await.unwrap().head;
+        let packed = store
+            .window(&Filter::all(), range(0, head.0))
+            .await
+            .unwrap();
+        let full: Vec<EventRow> = sqlx::query(&format!(
+            "SELECT {ROW_COLUMNS} FROM change_log ORDER BY seq"
+        ))
+        .fetch_all(&store.inner.read)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row_from(row, store.inner.payload_check).unwrap())
+        .collect();
+        assert_eq!(full.len(), 6);
+        assert_eq!(packed.rows(), &full[..]);
+        store.close().await;
+    }
+
+    #[test]
+    fn a_value_not_in_the_packed_shape_is_read_in_full() {
+        let check = PayloadCheck::Valid;
+        for bad in [
+            &b""[..],
+            b"1 2 3",
+            b"1 -1 1 x a",
+            b"9 -1 0 0 short",
+            b"-2 -1 0 0 x",
+        ] {
+            assert_eq!(unpack_row(Seq(1), bad, check), None, "{bad:?}");
+        }
+        let row = unpack_row(Seq(1), b"1 -1 2 2 pkd{}now", check).unwrap();
+        assert_eq!(
+            (row.project_id.as_str(), row.session_id, row.kind.as_str()),
+            ("p", None, "kd")
+        );
+        assert_eq!(
+            (row.payload.as_str(), row.created_at.as_str()),
+            ("{}", "now")
+        );
     }
 
     #[test]

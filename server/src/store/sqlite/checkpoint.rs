@@ -27,6 +27,8 @@ use sqlx::Connection;
 use tokio::sync::{watch, RwLock, RwLockReadGuard};
 use tokio::task::JoinHandle;
 
+use super::identity::Identity;
+
 /// Read transactions share it; a checkpoint holds it alone.
 #[derive(Debug, Default)]
 pub(super) struct ReadGate(RwLock<()>);
@@ -73,12 +75,14 @@ impl Drop for Checkpointer {
     }
 }
 
-/// Starts checkpointing `database` through `connection` every `interval`. Must be called within
-/// a tokio runtime.
+/// Starts checkpointing `database` through `connection` every `interval`, until `identity`
+/// finds the file replaced (a checkpoint would then write the old database's pages into
+/// whatever file is there). Must be called within a tokio runtime.
 pub(super) fn start(
     database: &Path,
     connection: SqliteConnection,
     gate: Arc<ReadGate>,
+    identity: Arc<Identity>,
     interval: Duration,
 ) -> Checkpointer {
     let (stop, stopped) = watch::channel(false);
@@ -88,6 +92,7 @@ pub(super) fn start(
         PathBuf::from(wal),
         connection,
         gate,
+        identity,
         interval,
         stopped,
     ));
@@ -109,6 +114,7 @@ async fn run(
     wal: PathBuf,
     mut connection: SqliteConnection,
     gate: Arc<ReadGate>,
+    identity: Arc<Identity>,
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -126,6 +132,9 @@ async fn run(
         }
         let result = {
             let _alone = gate.0.write().await;
+            if identity.replaced().is_some() {
+                break;
+            }
             sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
                 .fetch_one(&mut connection)
                 .await
@@ -140,10 +149,19 @@ async fn run(
                     tracing::info!("WAL checkpoints work again");
                     failing = false;
                 }
-                tracing::trace!(busy, wal_frames = log, checkpointed = done, "WAL checkpoint");
+                tracing::trace!(
+                    busy,
+                    wal_frames = log,
+                    checkpointed = done,
+                    "WAL checkpoint"
+                );
                 // Frames left over (a commit landed meanwhile, another process's reader): again
                 // at the next tick even if the file does not change.
-                checkpointed = if busy == 0 && done == log { before } else { None };
+                checkpointed = if busy == 0 && done == log {
+                    before
+                } else {
+                    None
+                };
             }
             Err(error) => {
                 if !failing {
