@@ -163,10 +163,7 @@ async fn replay_run(config: &Config, rows: u64) -> Result<Results, String> {
                 first_error.get_or_insert(error);
             }
         }
-        match one_replay(&target, rows, timeout).await {
-            Ok(one) => ours.push(one),
-            Err(error) => return Err(error),
-        }
+        ours.push(one_replay(&target, rows, timeout).await?);
     }
     let one = Ok(OneClient {
         events_per_s: median(ours.iter().map(|r| r.events_per_s).collect()),

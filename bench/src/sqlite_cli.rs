@@ -82,48 +82,7 @@ pub fn paced(
             .spawn()
             .map_err(|e| format!("starting sqlite3: {e}"))?;
         crate::procs::record_pid(&work, child.id());
-        let result = (|| {
-            let mut stdin = child.stdin.take().ok_or("no stdin")?;
-            let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-            let io = |e: std::io::Error| format!("sqlite3 pipe: {e}");
-            stdin
-                .write_all(b".timeout 10000\nPRAGMA synchronous=NORMAL;\n")
-                .map_err(io)?;
-            let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-            let mut report = WriterReport::default();
-            let start = Instant::now();
-            let mut line = String::new();
-            for i in 0..count {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let due = start + period.mul_f64(i as f64);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                let statement = format!(
-                    "INSERT INTO change_log (project_id, event_type, payload) VALUES ('bench', 'bench_tick', '{}'); SELECT 1;\n",
-                    payload(unix_micros(), i, size)
-                );
-                let before = Instant::now();
-                stdin.write_all(statement.as_bytes()).map_err(io)?;
-                stdin.flush().map_err(io)?;
-                line.clear();
-                if stdout.read_line(&mut line).map_err(io)? == 0 {
-                    return Err("sqlite3 ended its output early".to_string());
-                }
-                report
-                    .commit_micros
-                    .push(before.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                if line.trim() != "1" {
-                    return Err(format!("sqlite3 answered {:?}", line.trim()));
-                }
-                report.written += 1;
-            }
-            report.elapsed = start.elapsed();
-            drop(stdin);
-            Ok(report)
-        })();
+        let result = write_paced(&mut child, rate, count, size, &stop);
         let out = child.wait_with_output().map_err(|e| e.to_string())?;
         let report = result?;
         if !out.status.success() || !out.stderr.is_empty() {
@@ -135,4 +94,54 @@ pub fn paced(
         }
         Ok(report)
     })
+}
+
+/// The pacing loop of [`paced`] on a started `sqlite3` process.
+fn write_paced(
+    child: &mut std::process::Child,
+    rate: u64,
+    count: u64,
+    size: usize,
+    stop: &AtomicBool,
+) -> Result<WriterReport, String> {
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+    let io = |e: std::io::Error| format!("sqlite3 pipe: {e}");
+    stdin
+        .write_all(b".timeout 10000\nPRAGMA synchronous=NORMAL;\n")
+        .map_err(io)?;
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut report = WriterReport::default();
+    let start = Instant::now();
+    let mut line = String::new();
+    for i in 0..count {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let due = start + period.mul_f64(i as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let statement = format!(
+                "INSERT INTO change_log (project_id, event_type, payload) VALUES ('bench', 'bench_tick', '{}'); SELECT 1;\n",
+                payload(unix_micros(), i, size)
+            );
+        let before = Instant::now();
+        stdin.write_all(statement.as_bytes()).map_err(io)?;
+        stdin.flush().map_err(io)?;
+        line.clear();
+        if stdout.read_line(&mut line).map_err(io)? == 0 {
+            return Err("sqlite3 ended its output early".to_string());
+        }
+        report
+            .commit_micros
+            .push(before.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        if line.trim() != "1" {
+            return Err(format!("sqlite3 answered {:?}", line.trim()));
+        }
+        report.written += 1;
+    }
+    report.elapsed = start.elapsed();
+    drop(stdin);
+    Ok(report)
 }
