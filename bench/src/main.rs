@@ -24,6 +24,7 @@ mod procs;
 mod replay;
 mod report;
 mod soak;
+mod sqlite_cli;
 mod system;
 mod writers;
 

@@ -1,27 +1,132 @@
-//! Replay: one and ten clients replaying a large log from seq 0 to `changefeed.ready`, and a
-//! writer's commit latency idle and during the ten replays.
+//! Replay: one client replaying a large log from seq 0 to `changefeed.ready`, side by side with
+//! the `sqlite3` CLI's own scan and print of the same rows (the storage limit), alternating in
+//! rounds so both see the same load; ten clients at once; and the commit latency of a writer in
+//! this process (sqlx) and of one in another process (the `sqlite3` CLI), each idle and during
+//! ten concurrent full replays.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::loadgen::Subscribers;
+use crate::loadgen::{Subscribers, Target};
 use crate::procs::Server;
 use crate::report::{Better, Compare, Report};
 use crate::system::{fresh_db, join_writer, percentile, System};
-use crate::writers::{self, Sink};
-use crate::{Config, PAYLOAD};
+use crate::writers::{self, Sink, WriterReport};
+use crate::{sqlite_cli, Config, PAYLOAD};
 
-struct ReplayResult {
-    one_events_per_s: f64,
-    one_secs: f64,
-    ten_events_per_s: f64,
-    ten_secs: f64,
-    idle: [f64; 3],
-    during: [f64; 3],
+/// Rounds of (CLI scan, one-client replay); the medians are reported.
+const ROUNDS: usize = 3;
+
+/// Commits per second of each paced writer.
+const WRITE_RATE: u64 = 500;
+
+struct OneClient {
+    events_per_s: f64,
+    secs: f64,
 }
 
-async fn replay_run(config: &Config, rows: u64) -> Result<ReplayResult, String> {
+struct TenClients {
+    events_per_s: f64,
+    secs: f64,
+}
+
+/// p50, p99 and max commit latency (ms).
+type Latency = [f64; 3];
+
+struct Writers {
+    sqlx_idle: Latency,
+    sqlx_during: Latency,
+    cli_idle: Latency,
+    cli_during: Latency,
+}
+
+struct Results {
+    one: Result<OneClient, String>,
+    scan: Result<OneClient, String>,
+    ten: Result<TenClients, String>,
+    writers: Result<Writers, String>,
+    /// The load average (1 min) when each part was measured.
+    load_one: String,
+    load_writers: String,
+}
+
+fn load_now() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split(' ').next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn stats(mut micros: Vec<u32>) -> Latency {
+    micros.sort_unstable();
+    [
+        percentile(&micros, 50.0) / 1000.0,
+        percentile(&micros, 99.0) / 1000.0,
+        micros.last().copied().unwrap_or(0) as f64 / 1000.0,
+    ]
+}
+
+/// One client from seq 0 until `changefeed.ready`.
+async fn one_replay(target: &Target, rows: u64, timeout: Duration) -> Result<OneClient, String> {
+    let one = Subscribers::start(target, 1, 1, false, 0);
+    let time = one.wait_ready(timeout).await;
+    let events = one.shared.events.load(Ordering::Relaxed);
+    one.stop().await;
+    let time = time?;
+    if events < rows {
+        return Err(format!(
+            "replayed {events} of {rows} rows before changefeed.ready"
+        ));
+    }
+    Ok(OneClient {
+        events_per_s: events as f64 / time.as_secs_f64(),
+        secs: time.as_secs_f64(),
+    })
+}
+
+/// Ten clients from seq 0 at once while `writer` commits; the writer is stopped as soon as
+/// the first client is ready, so every commit it timed overlapped ten running replays.
+async fn ten_replays(
+    target: &Target,
+    timeout: Duration,
+    stop: Arc<AtomicBool>,
+    writer: std::thread::JoinHandle<Result<WriterReport, String>>,
+) -> Result<(TenClients, WriterReport), String> {
+    let ten = Subscribers::start(target, 10, 2, false, 0);
+    let start = Instant::now();
+    while ten.shared.ready.load(Ordering::Relaxed) == 0
+        && ten.shared.failed.load(Ordering::Relaxed) == 0
+        && start.elapsed() < timeout
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let time = ten
+        .wait_ready(timeout.saturating_sub(start.elapsed()))
+        .await;
+    let events = ten.shared.events.load(Ordering::Relaxed);
+    ten.stop().await;
+    let during = tokio::task::spawn_blocking(move || join_writer(writer))
+        .await
+        .map_err(|e| e.to_string())??;
+    let _ = time?;
+    let secs = start.elapsed().as_secs_f64();
+    Ok((
+        TenClients {
+            events_per_s: events as f64 / secs,
+            secs,
+        },
+        during,
+    ))
+}
+
+async fn replay_run(config: &Config, rows: u64) -> Result<Results, String> {
     let db = fresh_db(config, "replay").await?;
     let fill = Instant::now();
     writers::bulk_fill(&db, rows, PAYLOAD).await?;
@@ -40,112 +145,232 @@ async fn replay_run(config: &Config, rows: u64) -> Result<ReplayResult, String> 
     let target = system.target(Some("/api/v1/events?after=0"));
     let timeout = Duration::from_secs(if config.quick { 60 } else { 600 });
 
-    // One client from seq 0.
-    let one = Subscribers::start(&target, 1, 1, false, 0);
-    let one_time = one.wait_ready(timeout).await;
-    let one_events = one.shared.events.load(Ordering::Relaxed);
-    one.stop().await;
-    let one_time = one_time?;
-    if one_events < rows {
-        return Err(format!(
-            "replayed {one_events} of {rows} rows before changefeed.ready"
-        ));
+    // The scan and the replay alternate, so a change of load hits both.
+    let load_one = load_now();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut first_error = None;
+    for _ in 0..ROUNDS {
+        let scan_db = db.clone();
+        match tokio::task::spawn_blocking(move || sqlite_cli::scan(&scan_db))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Ok(scan) if scan.rows >= rows => theirs.push(scan),
+            Ok(scan) => {
+                first_error.get_or_insert(format!("sqlite3 printed {} of {rows} rows", scan.rows));
+            }
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+        ours.push(one_replay(&target, rows, timeout).await?);
     }
-
-    // Writer alone (idle), then during ten concurrent replays.
-    let rate = 500u64;
-    let idle_secs = if config.quick { 2 } else { 5 };
-    let stop = Arc::new(AtomicBool::new(false));
-    let idle = join_writer(writers::paced(
-        Sink::Sqlx(db.clone()),
-        rate,
-        rate * idle_secs,
-        PAYLOAD,
-        stop.clone(),
-    ))?;
-    let writer = writers::paced(
-        Sink::Sqlx(db.clone()),
-        rate,
-        rate * timeout.as_secs(),
-        PAYLOAD,
-        stop.clone(),
+    let one = Ok(OneClient {
+        events_per_s: median(ours.iter().map(|r| r.events_per_s).collect()),
+        secs: median(ours.iter().map(|r| r.secs).collect()),
+    });
+    let scan = if theirs.is_empty() {
+        Err(first_error.unwrap_or_else(|| "no scan".into()))
+    } else {
+        Ok(OneClient {
+            events_per_s: median(
+                theirs
+                    .iter()
+                    .map(|s| s.rows as f64 / s.elapsed.as_secs_f64())
+                    .collect(),
+            ),
+            secs: median(theirs.iter().map(|s| s.elapsed.as_secs_f64()).collect()),
+        })
+    };
+    eprintln!(
+        "   one client: {:.0} events/s; sqlite3 scan: {:.0} rows/s (load {load_one})",
+        one.as_ref().map_or(f64::NAN, |r| r.events_per_s),
+        scan.as_ref().map_or(f64::NAN, |r| r.events_per_s),
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let ten = Subscribers::start(&target, 10, 2, false, 0);
-    let ten_time = ten.wait_ready(timeout).await;
-    let ten_events = ten.shared.events.load(Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    ten.stop().await;
-    let during = tokio::task::spawn_blocking(move || join_writer(writer))
+
+    // Each writer alone (idle), then during ten concurrent replays.
+    let load_writers = load_now();
+    let idle_count = WRITE_RATE * if config.quick { 2 } else { 5 };
+    let during_count = WRITE_RATE * timeout.as_secs();
+    let never = Arc::new(AtomicBool::new(false));
+    let sqlx_writer = |count: u64, stop: Arc<AtomicBool>| {
+        writers::paced(Sink::Sqlx(db.clone()), WRITE_RATE, count, PAYLOAD, stop)
+    };
+    let cli_writer = |count: u64, stop: Arc<AtomicBool>| {
+        sqlite_cli::paced(
+            db.clone(),
+            config.work.clone(),
+            WRITE_RATE,
+            count,
+            PAYLOAD,
+            stop,
+        )
+    };
+    let writers = async {
+        let sqlx_idle = join_writer(sqlx_writer(idle_count, never.clone()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ten, sqlx_during) = ten_replays(
+            &target,
+            timeout,
+            stop.clone(),
+            sqlx_writer(during_count, stop),
+        )
+        .await?;
+        let cli_idle = tokio::task::spawn_blocking({
+            let handle = cli_writer(idle_count, never.clone());
+            move || join_writer(handle)
+        })
         .await
         .map_err(|e| e.to_string())??;
-    let ten_time = ten_time?;
-    let stats = |mut v: Vec<u32>| {
-        v.sort_unstable();
-        [
-            percentile(&v, 50.0) / 1000.0,
-            percentile(&v, 99.0) / 1000.0,
-            v.last().copied().unwrap_or(0) as f64 / 1000.0,
-        ]
+        let stop = Arc::new(AtomicBool::new(false));
+        let (_, cli_during) = ten_replays(
+            &target,
+            timeout,
+            stop.clone(),
+            cli_writer(during_count, stop),
+        )
+        .await?;
+        Ok::<_, String>((
+            ten,
+            Writers {
+                sqlx_idle: stats(sqlx_idle.commit_micros),
+                sqlx_during: stats(sqlx_during.commit_micros),
+                cli_idle: stats(cli_idle.commit_micros),
+                cli_during: stats(cli_during.commit_micros),
+            },
+        ))
+    }
+    .await;
+    let (ten, writers) = match writers {
+        Ok((ten, writers)) => (Ok(ten), Ok(writers)),
+        Err(error) => (Err(error.clone()), Err(error)),
     };
-    Ok(ReplayResult {
-        one_events_per_s: one_events as f64 / one_time.as_secs_f64(),
-        one_secs: one_time.as_secs_f64(),
-        ten_events_per_s: ten_events as f64 / ten_time.as_secs_f64(),
-        ten_secs: ten_time.as_secs_f64(),
-        idle: stats(idle.commit_micros),
-        during: stats(during.commit_micros),
+    Ok(Results {
+        one,
+        scan,
+        ten,
+        writers,
+        load_one,
+        load_writers,
     })
 }
 
 pub async fn run(config: &Config, report: &mut Report) {
     let rows = config.replay_rows();
-    let result = replay_run(config, rows).await;
-    let setup =
-        format!("{rows} rows of {PAYLOAD} B payload, replay from seq 0 to changefeed.ready");
+    let results = replay_run(config, rows).await;
+    let (results, load_one, load_writers) = match results {
+        Ok(r) => {
+            let (one, writers) = (r.load_one.clone(), r.load_writers.clone());
+            (Ok(r), one, writers)
+        }
+        Err(error) => (Err(error), "?".into(), "?".into()),
+    };
+    let one = results
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|r| match &r.one {
+            Ok(o) => Ok((o.events_per_s, o.secs)),
+            Err(e) => Err(e.clone()),
+        });
+    let scan = results
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|r| match &r.scan {
+            Ok(o) => Ok((o.events_per_s, o.secs)),
+            Err(e) => Err(e.clone()),
+        });
+    let ten = results
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|r| match &r.ten {
+            Ok(t) => Ok((t.events_per_s, t.secs)),
+            Err(e) => Err(e.clone()),
+        });
+    let writers = results
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|r| match &r.writers {
+            Ok(w) => Ok([w.sqlx_idle, w.sqlx_during, w.cli_idle, w.cli_during]),
+            Err(e) => Err(e.clone()),
+        });
+
+    let setup = format!(
+        "{rows} rows of {PAYLOAD} B payload, replay from seq 0 to changefeed.ready; the sqlite3 \
+         CLI prints the same columns of the same rows to a pipe; median of {ROUNDS} alternating \
+         rounds; load avg {load_one}"
+    );
     let table = Compare {
         scenario: "3 replay",
         setup: &setup,
-        peer: "—",
+        peer: "sqlite3 CLI scan+print",
     };
-    let metric = "1 client: events/s";
     table.row(
         report,
-        metric,
-        &result,
-        None,
-        |r| r.one_events_per_s,
+        "1 client: events/s",
+        &one,
+        Some(&scan),
+        |r| r.0,
         Better::Higher,
     );
-    let metric = "1 client: seconds to ready";
-    table.row(report, metric, &result, None, |r| r.one_secs, Better::Lower);
-    let setup10 = format!("{setup}; 10 clients at once while a sqlx writer commits 500/s");
+    table.row(
+        report,
+        "1 client: seconds to ready",
+        &one,
+        Some(&scan),
+        |r| r.1,
+        Better::Lower,
+    );
+    let setup10 = format!(
+        "{rows} rows each, 10 clients at once while a writer commits {WRITE_RATE}/s; load avg \
+         {load_writers}"
+    );
     let table = Compare {
         setup: &setup10,
+        peer: "—",
         ..table
     };
-    let metric = "10 clients: events/s (all clients)";
     table.row(
         report,
-        metric,
-        &result,
+        "10 clients: events/s (all clients)",
+        &ten,
         None,
-        |r| r.ten_events_per_s,
+        |r| r.0,
         Better::Higher,
     );
-    let metric = "10 clients: seconds until all ready";
-    table.row(report, metric, &result, None, |r| r.ten_secs, Better::Lower);
-    for (k, name) in ["p50", "p99", "max"].iter().enumerate() {
-        let metric = format!("writer commit {name}, idle (ms)");
-        table.row(report, metric, &result, None, |r| r.idle[k], Better::Lower);
-        let metric = format!("writer commit {name}, during 10 replays (ms)");
-        table.row(
-            report,
-            metric,
-            &result,
-            None,
-            |r| r.during[k],
-            Better::Lower,
-        );
+    table.row(
+        report,
+        "10 clients: seconds until all ready",
+        &ten,
+        None,
+        |r| r.1,
+        Better::Lower,
+    );
+    let setup_writers = format!(
+        "one writer at a time, {WRITE_RATE} commits/s of one row: sqlx (this process, \
+         synchronous=NORMAL) and the sqlite3 CLI (another process; commit timed across its \
+         pipe), idle, then during 10 concurrent full replays (until the first is ready); the \
+         peer column is the same writer idle; load avg {load_writers}"
+    );
+    let table = Compare {
+        setup: &setup_writers,
+        peer: "same writer, idle",
+        ..table
+    };
+    for (writer, idle, during) in [("writer", 0, 1), ("sqlite3 CLI writer", 2, 3)] {
+        for (k, name) in ["p50", "p99", "max"].iter().enumerate() {
+            let idle_value = writers.as_ref().map(|w| w[idle][k]).map_err(Clone::clone);
+            let during_value = writers.as_ref().map(|w| w[during][k]).map_err(Clone::clone);
+            let metric = format!("{writer} commit {name}, idle (ms)");
+            table.row(report, metric, &idle_value, None, |v| *v, Better::Lower);
+            let metric = format!("{writer} commit {name}, during 10 replays (ms)");
+            table.row(
+                report,
+                metric,
+                &during_value,
+                Some(&idle_value),
+                |v| *v,
+                Better::Lower,
+            );
+        }
     }
 }

@@ -198,13 +198,23 @@ impl EventEncoder {
     /// The frame of `row` and which of its columns were degraded: `id: <id>`,
     /// `event: <kind>` (left out for a degraded kind), `data: <event JSON>`.
     pub fn frame(&self, row: &EventRow) -> (Bytes, Degraded) {
-        let (json, degraded) = encode_json(row, !self.ids.is_sealed());
         let id = self.ids.spell(Cursor::new(self.epoch, row.seq), 0);
-        let mut frame = FrameBuilder::with_capacity(json.len() + row.kind.len() + 48).id(&id);
-        if !degraded.contains(Degraded::TYPE) {
+        // One buffer for the whole frame: the event JSON is written straight into it.
+        let session = row.session_id.as_deref().map_or(0, str::len);
+        let capacity = id.len()
+            + 2 * row.kind.len()
+            + row.project_id.len()
+            + session
+            + row.payload.len()
+            + row.created_at.len()
+            + 128;
+        let mut frame = FrameBuilder::with_capacity(capacity).id(&id);
+        if is_kind(&row.kind) {
             frame = frame.event(&row.kind);
         }
-        (frame.data_line(&json).finish(), degraded)
+        let with_seq = !self.ids.is_sealed();
+        let (frame, degraded) = frame.data_line_with(|out| write_json(out, row, with_seq));
+        (frame.finish(), degraded)
     }
 }
 
@@ -213,28 +223,29 @@ impl EventEncoder {
 /// `createdAt`, then `degraded` only when something was), the payload embedded as stored with
 /// each raw CR or LF (insignificant whitespace in valid JSON) turned into a space.
 pub fn event_json(row: &EventRow) -> (Vec<u8>, Degraded) {
-    encode_json(row, true)
+    let mut out = Vec::with_capacity(row.payload.len() + 128);
+    let degraded = write_json(&mut out, row, true);
+    (out, degraded)
 }
 
-/// [`event_json`], with the `seq` key only when `with_seq` (sealed ids leave it out: it is the
-/// global position the sealed id hides).
-fn encode_json(row: &EventRow, with_seq: bool) -> (Vec<u8>, Degraded) {
+/// Appends [`event_json`] to `out`, with the `seq` key only when `with_seq` (sealed ids leave
+/// it out: it is the global position the sealed id hides).
+fn write_json(out: &mut Vec<u8>, row: &EventRow, with_seq: bool) -> Degraded {
     let mut degraded = Degraded::NONE;
-    let mut out = Vec::with_capacity(row.payload.len() + 128);
     if with_seq {
         out.extend_from_slice(b"{\"seq\":");
-        out.extend_from_slice(row.seq.0.to_string().as_bytes());
+        write_decimal(out, row.seq.0);
         out.extend_from_slice(b",\"projectId\":");
     } else {
         out.extend_from_slice(b"{\"projectId\":");
     }
-    json::write_str(&mut out, &row.project_id);
+    json::write_str(out, &row.project_id);
     if let Some(session_id) = row.session_id.as_deref().filter(|id| !id.is_empty()) {
         out.extend_from_slice(b",\"sessionId\":");
-        json::write_str(&mut out, session_id);
+        json::write_str(out, session_id);
     }
     out.extend_from_slice(b",\"type\":");
-    json::write_str(&mut out, &row.kind);
+    json::write_str(out, &row.kind);
     if !is_kind(&row.kind) {
         degraded |= Degraded::TYPE;
     }
@@ -253,11 +264,11 @@ fn encode_json(row: &EventRow, with_seq: bool) -> (Vec<u8>, Degraded) {
         }
     } else {
         degraded |= Degraded::PAYLOAD;
-        json::write_str(&mut out, &row.payload);
+        json::write_str(out, &row.payload);
     }
     out.extend_from_slice(b",\"createdAt\":");
-    match timestamp::normalize(&row.created_at) {
-        Some(created_at) => json::write_str(&mut out, &created_at),
+    match timestamp::normalize_cow(&row.created_at) {
+        Some(created_at) => json::write_str(out, &created_at),
         None => {
             degraded |= Degraded::CREATED_AT;
             out.extend_from_slice(b"null");
@@ -269,12 +280,28 @@ fn encode_json(row: &EventRow, with_seq: bool) -> (Vec<u8>, Degraded) {
             if index > 0 {
                 out.push(b',');
             }
-            json::write_str(&mut out, name);
+            json::write_str(out, name);
         }
         out.push(b']');
     }
     out.push(b'}');
-    (out, degraded)
+    degraded
+}
+
+/// Appends `value` in decimal (no allocation).
+fn write_decimal(out: &mut Vec<u8>, value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Whether `text` is one JSON value (surrounding whitespace allowed), checked without

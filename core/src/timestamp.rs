@@ -27,17 +27,24 @@
 //! `None` and the event encoder writes `"createdAt":null` (a degraded row, see
 //! [`crate::event`]). No input panics.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Datelike, NaiveDate, Timelike};
 
 /// The contract form of `text` (RFC 3339 UTC with milliseconds), or `None` when `text` is in
 /// none of the accepted formats (see the [module docs](self)).
 pub fn normalize(text: &str) -> Option<String> {
+    normalize_cow(text).map(Cow::into_owned)
+}
+
+/// [`normalize`], borrowing `text` when it already is in the contract form (the encoder's hot
+/// path: what our own writers store is already the contract form).
+pub fn normalize_cow(text: &str) -> Option<Cow<'_, str>> {
     let trimmed = trim(text);
     if is_canonical(trimmed) {
-        // The encoder's hot path: what our own writers store is already the contract form.
-        return Some(trimmed.to_owned());
+        return Some(Cow::Borrowed(trimmed));
     }
-    format_unix_millis(parse_unix_millis(trimmed)?)
+    format_unix_millis(parse_unix_millis(trimmed)?).map(Cow::Owned)
 }
 
 /// Milliseconds since 1970-01-01T00:00:00Z of `text` in any accepted format.

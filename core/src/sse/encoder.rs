@@ -79,6 +79,18 @@ impl FrameBuilder {
         self
     }
 
+    /// `data: <line>` where `write` appends the line straight into the frame (no separate
+    /// buffer) and guarantees it holds no CR or LF (checked in debug builds), like
+    /// [`FrameBuilder::data_line`].
+    pub fn data_line_with<T>(mut self, write: impl FnOnce(&mut Vec<u8>) -> T) -> (Self, T) {
+        self.buf.extend_from_slice(b"data: ");
+        let start = self.buf.len();
+        let result = write(&mut self.buf);
+        debug_assert!(memchr::memchr2(b'\r', b'\n', &self.buf[start..]).is_none());
+        self.buf.push(b'\n');
+        (self, result)
+    }
+
     /// A comment line `:<text>` (CR and LF removed); an empty comment is a bare `:`.
     pub fn comment(mut self, text: &str) -> Self {
         self.buf.push(b':');
@@ -136,6 +148,12 @@ mod tests {
                 .finish()[..],
             b"id: 7\ndata: {}\n\n"
         );
+        let (frame, written) = FrameBuilder::new().id("8").data_line_with(|buf| {
+            buf.extend_from_slice(b"{\"a\":1}");
+            7
+        });
+        assert_eq!(written, 7);
+        assert_eq!(&frame.finish()[..], b"id: 8\ndata: {\"a\":1}\n\n");
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //!   `IF NOT EXISTS`, and keeps our own bookkeeping in `changefeed_meta` (`epoch`, `published`,
 //!   `floor`), so it can run against a database whose tables another program owns.
 //! - **Reads** (`bounds`, `window`, `rows_after`, `missing_projects`) use a pool of read-only
-//!   (`query_only`) connections, one short transaction per call. Payload text is never parsed
-//!   here; the encoder checks it only when the table has no `CHECK (json_valid(payload))`.
+//!   (`query_only`) connections, one short transaction per call, each holding a shared turn
+//!   of the [`checkpoint`] gate, so the store's own WAL checkpoints run between them and the
+//!   WAL restarts however many replays run. Payload text is never parsed here; the encoder
+//!   checks it only when the table has no `CHECK (json_valid(payload))`.
 //! - **Rows of any storage class** (a `change_log` another program created may hold anything;
 //!   [`schema`] checks only columns and keys) are read leniently and never fail to decode:
 //!   `created_at` of any class goes to the core's timestamp codec as text (INTEGER and REAL
@@ -34,6 +36,7 @@
 //! transaction (a writer with `synchronous=NORMAL` can lose committed rows, whose seqs will then
 //! be allocated again).
 
+mod checkpoint;
 mod identity;
 mod meta_file;
 mod monitor;
@@ -47,6 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, PayloadCheck, Seq, TypePattern};
+use futures_util::TryStreamExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -73,12 +77,29 @@ const HEAD_SQL: &str =
 /// The columns of an [`EventRow`], in [`row_from`]'s order.
 const ROW_COLUMNS: &str = "seq, project_id, session_id, event_type, payload, created_at";
 
+/// A replay window's columns: the seq and, for a row whose columns are all TEXT (the session
+/// TEXT or NULL), its five text columns packed into one value (see [`unpack_row`]); NULL for
+/// any other row, which is then read again with [`ROW_COLUMNS`]. Two values per row instead of
+/// six: sqlx copies every value of every row on its worker thread, and those copies (and
+/// freeing them on another thread) were most of a replay's cost. Only for UTF-8 databases
+/// (the byte lengths are those of the packed text).
+const PACKED_COLUMNS: &str = "seq, CASE WHEN typeof(project_id) = 'text' \
+     AND typeof(event_type) = 'text' AND typeof(payload) = 'text' \
+     AND typeof(created_at) = 'text' AND typeof(session_id) IN ('text', 'null') \
+     THEN printf('%d %d %d %d ', length(CAST(project_id AS BLOB)), \
+     COALESCE(length(CAST(session_id AS BLOB)), -1), length(CAST(event_type AS BLOB)), \
+     length(CAST(payload AS BLOB))) \
+     || project_id || COALESCE(session_id, '') || event_type || payload || created_at END";
+
 /// Epoch, head and floor in one statement (so one consistent snapshot even outside a
 /// transaction). Head is `sqlite_sequence`'s value, not `MAX(seq)`.
 const BOUNDS_SQL: &str = "SELECT \
      (SELECT value FROM changefeed_meta WHERE key = 'epoch'), \
      COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0), \
      (SELECT value FROM changefeed_meta WHERE key = 'floor')";
+
+/// Rows a read connection's worker thread may step ahead of the reader.
+const READ_ROW_CHANNEL: usize = 1024;
 
 /// How to open a [`SqliteStore`]; [`Default`] is what [`SqliteStore::open`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +110,9 @@ pub struct SqliteStoreOptions {
     pub busy_timeout: Duration,
     /// The safety-net poll of `PRAGMA data_version`, for commits the file watch did not report.
     pub poll_interval: Duration,
+    /// How often the store checkpoints the WAL itself between its read transactions (see
+    /// [`checkpoint`]); `None` leaves checkpoints to SQLite's automatic ones.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 impl Default for SqliteStoreOptions {
@@ -97,6 +121,7 @@ impl Default for SqliteStoreOptions {
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
+            checkpoint_interval: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -113,11 +138,16 @@ struct Inner {
     read: SqlitePool,
     /// Whether the table's `CHECK (json_valid(payload))` vouches for TEXT payloads.
     payload_check: PayloadCheck,
+    /// Whether replay windows read [`PACKED_COLUMNS`] (the database's text is UTF-8).
+    packed_reads: bool,
     write: SqlitePool,
     path: PathBuf,
     bookkeeping: Bookkeeping,
     changes: watch::Sender<u64>,
     identity: Arc<identity::Identity>,
+    /// Every read transaction holds a shared turn; the checkpointer holds it alone.
+    gate: Arc<checkpoint::ReadGate>,
+    checkpointer: Option<checkpoint::Checkpointer>,
     _monitor: monitor::ChangeMonitor,
 }
 
@@ -233,7 +263,7 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            .connect_with(write_options)
+            .connect_with(write_options.clone())
             .await?;
         let bookkeeping = match mode {
             SqliteMode::Owned => {
@@ -271,9 +301,18 @@ impl SqliteStore {
         } else {
             PayloadCheck::Unchecked
         };
+        let encoding: String = sqlx::query_scalar("PRAGMA encoding")
+            .fetch_one(&write)
+            .await?;
+        let packed_reads = encoding == "UTF-8";
 
         // Readers only read (an owned database is in WAL mode now, a persistent setting).
-        let read_options = base.clone().pragma("query_only", "ON");
+        // A replay window's rows queue up on the connection's worker thread instead of making
+        // it wait for the reader every 50 rows (sqlx's default channel).
+        let read_options = base
+            .clone()
+            .pragma("query_only", "ON")
+            .row_buffer_size(READ_ROW_CHANNEL);
         let read = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .connect_with(read_options.clone())
@@ -294,6 +333,18 @@ impl SqliteStore {
             options.poll_interval,
         )
         .map_err(|error| StoreError::fatal(format!("cannot stat {}: {error}", path.display())))?;
+        let gate = Arc::new(checkpoint::ReadGate::default());
+        // A read-only database cannot be checkpointed by us; its owner's writers do it.
+        let checkpointer = match (options.checkpoint_interval, read_only) {
+            (Some(interval), false) => Some(checkpoint::start(
+                &path,
+                SqliteConnection::connect_with(&write_options).await?,
+                gate.clone(),
+                identity.clone(),
+                interval,
+            )),
+            _ => None,
+        };
         let (changes, _) = watch::channel(0u64);
         let monitor = monitor::start(
             &path,
@@ -306,11 +357,14 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 read,
                 payload_check,
+                packed_reads,
                 write,
                 path,
                 bookkeeping,
                 changes,
                 identity,
+                gate,
+                checkpointer,
                 _monitor: monitor,
             }),
         })
@@ -390,6 +444,9 @@ impl SqliteStore {
     /// process still reading the database keeps its frames (the checkpoint then stops short and
     /// says so in the log, nothing is lost).
     pub async fn close(&self) {
+        if let Some(checkpointer) = &self.inner.checkpointer {
+            checkpointer.stop().await;
+        }
         self.inner.read.close().await;
         if self.replaced().is_some() {
             // Checkpointing would write the old database's pages into whatever file is there.
@@ -483,14 +540,18 @@ fn lock(
 impl Store for SqliteStore {
     async fn bounds(&self) -> Result<LogBounds, StoreError> {
         self.check_identity()?;
+        let _turn = self.inner.gate.enter().await;
         let mut connection = self.inner.read.acquire().await?;
         self.inner.bounds_in(&mut connection).await
     }
 
     async fn window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
         self.check_identity()?;
+        let _turn = self.inner.gate.enter().await;
         let mut transaction = self.inner.read.begin().await?;
-        let rows = match WindowQuery::new(filter, range) {
+        let packed = self.inner.packed_reads;
+        let columns = if packed { PACKED_COLUMNS } else { ROW_COLUMNS };
+        let rows = match WindowQuery::new(columns, filter, range) {
             None => Vec::new(),
             Some(query) => {
                 let mut statement = sqlx::query(&query.sql)
@@ -499,10 +560,48 @@ impl Store for SqliteStore {
                 for value in &query.binds {
                     statement = statement.bind(value.as_str());
                 }
-                let rows = statement.fetch_all(&mut *transaction).await?;
-                rows.iter()
-                    .map(|row| row_from(row, self.inner.payload_check))
-                    .collect::<Result<Vec<_>, _>>()?
+                let span = range.upto.0.saturating_sub(range.after.0);
+                let mut rows = Vec::with_capacity(usize::try_from(span.min(4096)).unwrap_or(0));
+                // Rows of other storage classes, read again in full: (index in `rows`, seq).
+                let mut unpacked = Vec::new();
+                // Each row becomes an EventRow as it arrives (the SQLite rows are freed at once,
+                // and decoding overlaps the worker thread's stepping).
+                let mut stream = statement.fetch(&mut *transaction);
+                while let Some(row) = stream.try_next().await? {
+                    if !packed {
+                        rows.push(row_from(&row, self.inner.payload_check)?);
+                        continue;
+                    }
+                    let seq = seq_from("seq", row.try_get(0)?)?;
+                    let value = row.try_get_raw(1)?;
+                    let bytes = if value.is_null() {
+                        None
+                    } else {
+                        Some(<&[u8] as Decode<Sqlite>>::decode(value).map_err(|source| {
+                            StoreError::from(sqlx::Error::ColumnDecode {
+                                index: "1".into(),
+                                source,
+                            })
+                        })?)
+                    };
+                    match bytes.and_then(|bytes| unpack_row(seq, bytes, self.inner.payload_check)) {
+                        Some(event) => rows.push(event),
+                        None => {
+                            unpacked.push((rows.len(), seq));
+                            rows.push(placeholder(seq));
+                        }
+                    }
+                }
+                drop(stream);
+                let sql = format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq = ?");
+                for (index, seq) in unpacked {
+                    let row = sqlx::query(&sql)
+                        .bind(to_sql(seq))
+                        .fetch_one(&mut *transaction)
+                        .await?;
+                    rows[index] = row_from(&row, self.inner.payload_check)?;
+                }
+                rows
             }
         };
         let bounds = self.inner.bounds_in(&mut transaction).await?;
@@ -514,6 +613,7 @@ impl Store for SqliteStore {
         self.check_identity()?;
         let sql =
             format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?");
+        let _turn = self.inner.gate.enter().await;
         let mut transaction = self.inner.read.begin().await?;
         let rows = sqlx::query(&sql)
             .bind(to_sql(after))
@@ -830,11 +930,11 @@ struct WindowQuery {
 }
 
 impl WindowQuery {
-    fn new(filter: &Filter, range: FetchRequest) -> Option<WindowQuery> {
+    fn new(columns: &str, filter: &Filter, range: FetchRequest) -> Option<WindowQuery> {
         if range.upto <= range.after {
             return None;
         }
-        let mut sql = format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? AND seq <= ?");
+        let mut sql = format!("SELECT {columns} FROM change_log WHERE seq > ? AND seq <= ?");
         let mut binds = Vec::new();
         if let Some(projects) = &filter.projects {
             if projects.is_empty() {
@@ -959,6 +1059,64 @@ fn row_from(row: &SqliteRow, payload_check: PayloadCheck) -> Result<EventRow, St
     })
 }
 
+/// The row of a [`PACKED_COLUMNS`] value: `"<project> <session or -1> <kind> <payload> "`
+/// byte lengths, then the five texts back to back (`created_at` is the rest). `None` when the
+/// value is not in that shape (the caller reads the row in full instead).
+fn unpack_row(seq: Seq, packed: &[u8], payload_check: PayloadCheck) -> Option<EventRow> {
+    let mut rest = packed;
+    let mut lengths = [0i64; 4];
+    for length in &mut lengths {
+        let end = rest.iter().position(|&b| b == b' ')?;
+        *length = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+        rest = &rest[end + 1..];
+    }
+    let mut take = |length: i64| -> Option<&[u8]> {
+        let length = usize::try_from(length).ok()?;
+        let (text, tail) = (rest.get(..length)?, rest.get(length..)?);
+        rest = tail;
+        Some(text)
+    };
+    let project_id = utf8_text(take(lengths[0])?);
+    let session_id = if lengths[1] < 0 {
+        None
+    } else {
+        Some(utf8_text(take(lengths[1])?))
+    };
+    let kind = utf8_text(take(lengths[2])?);
+    let payload = utf8_text(take(lengths[3])?);
+    Some(EventRow {
+        seq,
+        project_id,
+        session_id,
+        kind,
+        payload,
+        payload_check,
+        created_at: utf8_text(rest),
+    })
+}
+
+/// Stands in for a row read again in full.
+fn placeholder(seq: Seq) -> EventRow {
+    EventRow {
+        seq,
+        project_id: String::new(),
+        session_id: None,
+        kind: String::new(),
+        payload: String::new(),
+        payload_check: PayloadCheck::Unchecked,
+        created_at: String::new(),
+    }
+}
+
+/// Text bytes as a `String`, invalid UTF-8 sequences replaced by U+FFFD (checked the fast way
+/// first: valid text is the rule).
+fn utf8_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 /// SQLite's storage classes (what `typeof()` answers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StorageClass {
@@ -994,10 +1152,7 @@ fn column_text(row: &SqliteRow, index: usize) -> Result<(StorageClass, String), 
         StorageClass::Real => <f64 as Decode<Sqlite>>::decode(value)
             .map_err(decode_error)?
             .to_string(),
-        _ => {
-            String::from_utf8_lossy(<&[u8] as Decode<Sqlite>>::decode(value).map_err(decode_error)?)
-                .into_owned()
-        }
+        _ => utf8_text(<&[u8] as Decode<Sqlite>>::decode(value).map_err(decode_error)?),
     };
     Ok((class, text))
 }
@@ -1044,6 +1199,7 @@ mod tests {
     #[test]
     fn window_query_pushes_the_filter_down() {
         let query = WindowQuery::new(
+            ROW_COLUMNS,
             &query("project=a&project=b&types=pr_*,session_created"),
             range(1, 9),
         )
@@ -1060,7 +1216,7 @@ mod tests {
     #[test]
     fn window_query_skips_the_kind_clause_for_all_types() {
         for text in ["", "types=*", "types=pr_*,*"] {
-            let query = WindowQuery::new(&query(text), range(0, 5)).unwrap();
+            let query = WindowQuery::new(ROW_COLUMNS, &query(text), range(0, 5)).unwrap();
             let clauses = query.sql.split(" WHERE ").nth(1).unwrap();
             assert!(!clauses.contains("event_type"), "{}", query.sql);
             assert!(query.binds.is_empty());
@@ -1069,7 +1225,7 @@ mod tests {
 
     #[test]
     fn window_query_is_none_when_nothing_can_match() {
-        assert!(WindowQuery::new(&Filter::all(), range(5, 5)).is_none());
+        assert!(WindowQuery::new(ROW_COLUMNS, &Filter::all(), range(5, 5)).is_none());
         let no_project = Filter {
             projects: Some(BTreeSet::new()),
             ..Filter::all()
@@ -1078,8 +1234,8 @@ mod tests {
             types: Some(Vec::new()),
             ..Filter::all()
         };
-        assert!(WindowQuery::new(&no_project, range(0, 5)).is_none());
-        assert!(WindowQuery::new(&no_type, range(0, 5)).is_none());
+        assert!(WindowQuery::new(ROW_COLUMNS, &no_project, range(0, 5)).is_none());
+        assert!(WindowQuery::new(ROW_COLUMNS, &no_type, range(0, 5)).is_none());
     }
 
     #[tokio::test]
@@ -1089,6 +1245,7 @@ mod tests {
         let store = SqliteStore::open(&url).await.unwrap();
         for projects in ["project=a", "project=a&project=b&project=c"] {
             let query = WindowQuery::new(
+                PACKED_COLUMNS,
                 &query(&format!("{projects}&types=pr_*,session_created")),
                 range(0, 100),
             )
@@ -1112,6 +1269,84 @@ mod tests {
             );
         }
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn packed_window_rows_read_exactly_as_the_full_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("packed.db");
+        let url = format!("sqlite://{}", path.display());
+        // Another program's table, without our CHECKs: any value of any class.
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let mut connection = SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query(
+            "CREATE TABLE change_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, project_id, \
+             session_id, event_type, payload, created_at)",
+        )
+        .execute(&mut connection)
+        .await
+        .unwrap();
+        connection.close().await.unwrap();
+        let store = SqliteStore::attach(&url, None).await.unwrap();
+        assert!(store.inner.packed_reads);
+        // Texts with the packing's own characters (spaces, digits), multi-byte and invalid
+        // UTF-8, NULs, empty strings, NULL and empty sessions; and rows of other classes, which
+        // are read again in full.
+        store
+            .execute_write(
+                "INSERT INTO change_log (project_id, session_id, event_type, payload, created_at) VALUES \
+                 ('p 1 2', NULL, 'pr_updated', '{\"a\":\"1 2 3 \"}', '2026-01-01T00:00:00.000Z'), \
+                 ('', '', '', '\"\"', ''), \
+                 ('é☃', 's 9', 'k', '[1, 2]', '  2026-01-01 10:00:00  '), \
+                 (CAST(X'66FF6F' AS TEXT), CAST(X'00' AS TEXT), 'a' || char(0) || 'b', '1', '7'), \
+                 (42, 'sess', 'kind', '{}', 1700000000), \
+                 ('p', 3.5, X'6B', NULL, 1.5)",
+            )
+            .await
+            .unwrap();
+        let head = store.bounds().await.unwrap().head;
+        let packed = store
+            .window(&Filter::all(), range(0, head.0))
+            .await
+            .unwrap();
+        let full: Vec<EventRow> = sqlx::query(&format!(
+            "SELECT {ROW_COLUMNS} FROM change_log ORDER BY seq"
+        ))
+        .fetch_all(&store.inner.read)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row_from(row, store.inner.payload_check).unwrap())
+        .collect();
+        assert_eq!(full.len(), 6);
+        assert_eq!(packed.rows(), &full[..]);
+        store.close().await;
+    }
+
+    #[test]
+    fn a_value_not_in_the_packed_shape_is_read_in_full() {
+        let check = PayloadCheck::Valid;
+        for bad in [
+            &b""[..],
+            b"1 2 3",
+            b"1 -1 1 x a",
+            b"9 -1 0 0 short",
+            b"-2 -1 0 0 x",
+        ] {
+            assert_eq!(unpack_row(Seq(1), bad, check), None, "{bad:?}");
+        }
+        let row = unpack_row(Seq(1), b"1 -1 2 2 pkd{}now", check).unwrap();
+        assert_eq!(
+            (row.project_id.as_str(), row.session_id, row.kind.as_str()),
+            ("p", None, "kd")
+        );
+        assert_eq!(
+            (row.payload.as_str(), row.created_at.as_str()),
+            ("{}", "now")
+        );
     }
 
     #[test]
