@@ -7,6 +7,7 @@ use std::future::Future;
 use changefeed_core::{Epoch, EventRow, Filter, Seq};
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 /// What a store failure looks like to the server.

@@ -1,7 +1,7 @@
 //! The SQLite store: a database file in WAL mode, read through a small pool and written through
 //! exactly one connection.
 //!
-//! - **Schema.** `migrations/` (embedded at compile time, no database needed to build) creates
+//! - **Schema.** `migrations/sqlite/` (embedded at compile time, no database needed to build) creates
 //!   the domain tables, `change_log` and its triggers (ARCHITECTURE-NOTES §2) with
 //!   `IF NOT EXISTS`, and keeps our own bookkeeping in `changefeed_meta` (`epoch`, `published`,
 //!   `floor`), so it can run against a database whose tables another program owns.
@@ -39,8 +39,8 @@ use tokio::sync::watch;
 
 use super::{bump, ChangeWatch, LogBounds, Retention, Store, StoreError, WindowRows};
 
-/// The embedded migrations (`server/migrations/`).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The embedded migrations (`server/migrations/sqlite/`).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// The columns of an [`EventRow`], in [`row_from`]'s order.
 const ROW_COLUMNS: &str = "seq, project_id, session_id, event_type, payload, created_at";
