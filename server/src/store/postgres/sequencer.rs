@@ -202,9 +202,7 @@ impl Sequencer {
             Tick::Assigned { rows, head } => {
                 self.stats.rows_assigned.fetch_add(rows, Relaxed);
                 self.stats.batches.fetch_add(1, Relaxed);
-                if self.config.mode != AssignMode::ConcurrentSequence {
-                    self.stats.notifies_sent.fetch_add(1, Relaxed);
-                }
+                self.stats.notifies_sent.fetch_add(1, Relaxed);
                 if let Some(changes) = &self.changes {
                     self.stats.announce(head.0);
                     bump(changes);
@@ -369,5 +367,9 @@ const CONCURRENT_SEQUENCE_SQL: &str = "WITH pending AS ( \
          UPDATE change_log AS c SET seq = nextval('changefeed_planted_seq') \
          FROM pending WHERE c.id = pending.id AND c.seq IS NULL \
          RETURNING c.seq \
+     ), \
+     notified AS ( \
+         SELECT pg_notify('changefeed', max(seq)::text) FROM assigned HAVING count(*) > 0 \
      ) \
-     SELECT count(*) AS assigned, max(seq) AS head FROM assigned";
+     SELECT (SELECT count(*) FROM assigned) AS assigned, (SELECT max(seq) FROM assigned) AS head, \
+         (SELECT count(*) FROM notified) AS notified";
