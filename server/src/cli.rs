@@ -13,13 +13,15 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::broadcast::DEFAULT_CAPACITY;
 use crate::client::{run_tail, TailArgs, TailError};
-use crate::demo::{self, DemoConfig};
+use crate::demo::{self, DemoConfig, DemoTarget};
 use crate::http::{AppState, ServerConfig};
 use crate::shutdown;
+use crate::store::postgres::{redact_url, PostgresStore};
 use crate::store::sqlite::SqliteStore;
-use crate::store::Retention;
+use crate::store::{Retention, Store};
 
-/// Streams a SQLite change_log to HTTP clients as Server-Sent Events, with exact resume.
+/// Streams a SQLite or Postgres change_log to HTTP clients as Server-Sent Events, with exact
+/// resume.
 #[derive(Debug, Parser)]
 #[command(name = "changefeed", version, arg_required_else_help = true)]
 pub struct Cli {
@@ -52,7 +54,8 @@ pub struct ContractServiceArgs {
 /// Flags of `changefeed serve` (and `demo`).
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The database to serve: `sqlite://PATH` (created if missing). Postgres is not supported yet.
+    /// The database to serve: `sqlite://PATH` (created if missing) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` (several replicas may serve one Postgres database).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -266,25 +269,61 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     })
 }
 
+/// The kinds of database `--database` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// `sqlite://PATH` or `sqlite:PATH`.
+    Sqlite,
+    /// `postgres://...` or `postgresql://...`.
+    Postgres,
+}
+
 /// Checks that `url` names a database this build can serve.
-pub fn check_database_url(url: &str) -> Result<(), CliError> {
+pub fn check_database_url(url: &str) -> Result<DatabaseKind, CliError> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or("");
     match scheme.to_ascii_lowercase().as_str() {
-        "sqlite" => Ok(()),
-        "postgres" | "postgresql" => Err(CliError::usage(
-            "postgres databases are not supported yet (use a sqlite:// URL)",
-        )),
+        "sqlite" => Ok(DatabaseKind::Sqlite),
+        "postgres" | "postgresql" => Ok(DatabaseKind::Postgres),
         _ => Err(CliError::usage(format!(
-            "unsupported database URL {url:?} (expected sqlite://PATH)"
+            "unsupported database URL {} (expected sqlite://PATH or postgres://USER@HOST/DB)",
+            redact_url(url)
         ))),
     }
 }
 
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
-    check_database_url(&args.database)?;
-    let store = SqliteStore::open(&args.database).await.map_err(|error| {
-        CliError::runtime(format!("cannot open database {}: {error}", args.database))
-    })?;
+    match check_database_url(&args.database)? {
+        DatabaseKind::Sqlite => {
+            let store = SqliteStore::open(&args.database).await.map_err(|error| {
+                CliError::runtime(format!("cannot open database {}: {error}", args.database))
+            })?;
+            let result = serve_store(store.clone(), &args, args.database.clone(), demo).await;
+            store.close().await;
+            result
+        }
+        DatabaseKind::Postgres => {
+            // The store's errors name the URL, without its password.
+            let store = PostgresStore::open(&args.database)
+                .await
+                .map_err(|error| CliError::runtime(format!("cannot open database: {error}")))?;
+            let shown = store.url().to_owned();
+            let result = serve_store(store.clone(), &args, shown, demo).await;
+            store.close().await;
+            result
+        }
+    }
+}
+
+/// Serves `store` (and runs the demo writer into it) until a shutdown signal.
+async fn serve_store<S>(
+    store: S,
+    args: &ServeArgs,
+    shown_url: String,
+    demo: Option<DemoConfig>,
+) -> Result<(), CliError>
+where
+    S: Store + Into<DemoTarget>,
+{
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|error| CliError::runtime(format!("cannot listen on {}: {error}", args.listen)))?;
@@ -294,12 +333,10 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
     let (trigger, signal) = shutdown::channel();
     let state = AppState::new(store.clone(), args.server_config(), signal.clone())
         .await
-        .map_err(|error| {
-            CliError::runtime(format!("cannot read database {}: {error}", args.database))
-        })?;
+        .map_err(|error| CliError::runtime(format!("cannot read database {shown_url}: {error}")))?;
     tracing::info!(
         listen = %local,
-        database = %args.database,
+        database = %shown_url,
         epoch = %state.epoch(),
         head = state.feed().published().0,
         "changefeed serving"
@@ -331,7 +368,6 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
             Err(error) => tracing::error!(%error, "demo writer task failed"),
         }
     }
-    store.close().await;
     result.map_err(|error| CliError::runtime(format!("server failed: {error}")))
 }
 
@@ -390,9 +426,21 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(check_database_url("postgres://h/db").unwrap_err().code, 2);
-        assert_eq!(check_database_url("mysql://h/db").unwrap_err().code, 2);
-        assert!(check_database_url("sqlite://changefeed.db").is_ok());
+        assert_eq!(
+            check_database_url("postgres://h/db").unwrap(),
+            DatabaseKind::Postgres
+        );
+        assert_eq!(
+            check_database_url("postgresql://u:p@h/db").unwrap(),
+            DatabaseKind::Postgres
+        );
+        let mysql = check_database_url("mysql://u:secret@h/db").unwrap_err();
+        assert_eq!(mysql.code, 2);
+        assert!(!mysql.message.contains("secret"), "{}", mysql.message);
+        assert_eq!(
+            check_database_url("sqlite://changefeed.db").unwrap(),
+            DatabaseKind::Sqlite
+        );
         assert!(check_database_url("sqlite:changefeed.db").is_ok());
     }
 

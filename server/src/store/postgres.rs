@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use changefeed_core::{Epoch, EventRow, Filter, Seq, TypePattern};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::watch as tokio_watch;
 
 pub use sequencer::{AssignMode, SequencerConfig, SequencerStats};
@@ -132,6 +132,27 @@ impl PostgresStore {
     ) -> Result<PostgresStore, StoreError> {
         let shown = redact_url(url);
         let connect = connect_options(url)?;
+        // One direct connection first: the pool would report every failure as a timeout, this
+        // says why (refused, authentication, no such database).
+        match tokio::time::timeout(
+            options.acquire_timeout,
+            PgConnection::connect_with(&connect),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(StoreError(format!(
+                    "cannot connect to {shown}: no answer within {:?}",
+                    options.acquire_timeout
+                )))
+            }
+            Ok(Err(error)) => {
+                return Err(StoreError(format!("cannot connect to {shown}: {error}")));
+            }
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(options.connections.max(2))
             .acquire_timeout(options.acquire_timeout)
