@@ -666,3 +666,48 @@ async fn an_unreachable_database_fails_fast_with_the_url_but_not_its_password() 
     assert!(!message.contains("hunter2"), "{message}");
     assert!(started.elapsed() < BOUND);
 }
+
+#[tokio::test]
+async fn a_lost_notify_is_made_up_for_by_the_poll() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PostgresStore::open_with(
+        &db.url,
+        PostgresStoreOptions {
+            sequencer: None,
+            poll_interval: Duration::from_millis(200),
+            ..PostgresStoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    store
+        .execute_write(
+            "INSERT INTO projects (id, name) VALUES ('p1', 'One'); \
+             INSERT INTO sessions (id, project_id) VALUES ('s1', 'p1')",
+        )
+        .await
+        .unwrap();
+    let mut changes = store.changes();
+    // A sequencer whose NOTIFY never arrives: the seq assigned by hand, no NOTIFY sent.
+    db.execute(
+        "UPDATE change_log SET seq = 1 WHERE seq IS NULL; \
+         UPDATE changefeed_sequencer SET head = 1",
+    )
+    .await;
+    let stats = store.stats().clone();
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    // Woken (each time) by the watch; done once the poll has announced the head nobody else did.
+    tokio::time::timeout(BOUND, async {
+        while stats.poll_fallbacks.load(relaxed) == 0 {
+            changes.changed().await;
+        }
+    })
+    .await
+    .expect("the poll noticed the new head and woke the waiter");
+    assert_eq!(store.bounds().await.unwrap().head, Seq(1));
+    assert_eq!(stats.notifies_received.load(relaxed), 0);
+    assert_eq!(stats.poll_fallbacks.load(relaxed), 1);
+    store.close().await;
+}

@@ -168,8 +168,12 @@ impl PostgresStore {
             .fetch_one(&pool)
             .await?;
 
+        let initial_head: i64 = sqlx::query_scalar("SELECT head FROM changefeed_sequencer")
+            .fetch_one(&pool)
+            .await?;
         let (changes, _) = tokio_watch::channel(0u64);
         let stats = Arc::new(SequencerStats::default());
+        stats.announce(u64::try_from(initial_head).unwrap_or(0));
         let mut tasks = Vec::new();
         tasks.push(AbortOnDrop(tokio::spawn(watch::run(
             pool.clone(),
@@ -178,6 +182,7 @@ impl PostgresStore {
             watch::WatchConfig {
                 poll_interval: options.poll_interval,
                 replica: replica.clone(),
+                initial_head: u64::try_from(initial_head).unwrap_or(0),
             },
         ))));
         if let Some(config) = options.sequencer {

@@ -25,6 +25,8 @@ use crate::store::bump;
 pub(crate) struct WatchConfig {
     pub poll_interval: Duration,
     pub replica: String,
+    /// Head when the store opened: any later head counts as a change.
+    pub initial_head: u64,
 }
 
 /// Head, the oldest pending row's age, the horizon's age and pid, all in one statement.
@@ -104,7 +106,7 @@ async fn poll(
 ) {
     let mut interval = tokio::time::interval(config.poll_interval.max(Duration::from_millis(10)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen_head: Option<u64> = None;
+    let mut seen_head = config.initial_head;
     loop {
         interval.tick().await;
         let row = match sqlx::query(POLL_SQL).fetch_one(&pool).await {
@@ -119,13 +121,13 @@ async fn poll(
             .ok()
             .and_then(|head| u64::try_from(head).ok());
         if let Some(head) = head {
-            if seen_head.is_some_and(|seen| head > seen) && stats.announce(head) {
+            if head > seen_head && stats.announce(head) {
                 // Nobody told this replica about this head: a NOTIFY was lost.
                 stats.poll_fallbacks.fetch_add(1, Relaxed);
                 tracing::debug!(head, "poll found rows no NOTIFY announced");
                 bump(&changes);
             }
-            seen_head = Some(head);
+            seen_head = seen_head.max(head);
         }
         let now_ms: i64 = row.try_get("now_ms").unwrap_or(0);
         let lag = row
