@@ -4,6 +4,7 @@
 #   eval "$(scripts/postgres.sh start)"   # exports PGTMP and DATABASE_URL (also printed)
 #   cargo nextest run ...                 # DATABASE_URL=postgres://postgres@127.0.0.1:<port>/postgres
 #   scripts/postgres.sh stop "$PGTMP"     # stops the cluster and deletes its directory
+#   scripts/postgres.sh restart "$PGTMP"  # a fast restart on the same port (for tests)
 #
 # By default fsync, synchronous_commit and full_page_writes are off (tests only). POSTGRES_DURABLE=1
 # keeps Postgres's durable defaults (the benchmarks measure writers with fsync on).
@@ -67,8 +68,15 @@ stop() {
   rm -rf "$dir"
 }
 
+restart() {
+  local dir=${1:?usage: $0 restart <PGTMP>} pgbin
+  pgbin=$(find_pgbin)
+  as_pg "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 -m fast restart >/dev/null
+}
+
 case "${1:-}" in
   start) start ;;
   stop) shift; stop "$@" ;;
-  *) echo "usage: $0 start | stop <PGTMP>" >&2; exit 2 ;;
+  restart) shift; restart "$@" ;;
+  *) echo "usage: $0 start | stop <PGTMP> | restart <PGTMP>" >&2; exit 2 ;;
 esac
