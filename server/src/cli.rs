@@ -16,7 +16,7 @@ use crate::client::{run_tail, TailArgs, TailError};
 use crate::demo::{self, DemoConfig, DemoTarget};
 use crate::http::{AppState, ServerConfig};
 use crate::shutdown;
-use crate::store::postgres::{redact_url, PostgresStore};
+use crate::store::postgres::{redact_url, PostgresStore, PostgresStoreOptions, SequencerConfig};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Retention, Store};
 
@@ -96,6 +96,16 @@ pub struct ServeArgs {
     /// database instead.
     #[arg(long, default_value_t = DEFAULT_CAPACITY, value_name = "N", value_parser = parse_capacity)]
     pub broadcast_capacity: usize,
+
+    /// Postgres: how often this replica's sequencer looks for committed rows to give seqs (the
+    /// feed's latency floor; replicas take turns, so more replicas tick more often).
+    #[arg(long, default_value_t = 5, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub sequencer_tick_ms: u64,
+
+    /// Postgres: run no sequencer in this replica (it only serves; another replica, or another
+    /// process, must run one, or no new row ever reaches clients).
+    #[arg(long)]
+    pub no_sequencer: bool,
 }
 
 /// Flags of `changefeed demo`.
@@ -303,7 +313,14 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
         }
         DatabaseKind::Postgres => {
             // The store's errors name the URL, without its password.
-            let store = PostgresStore::open(&args.database)
+            let options = PostgresStoreOptions {
+                sequencer: (!args.no_sequencer).then(|| SequencerConfig {
+                    tick: Duration::from_millis(args.sequencer_tick_ms),
+                    ..SequencerConfig::default()
+                }),
+                ..PostgresStoreOptions::default()
+            };
+            let store = PostgresStore::open_with(&args.database, options)
                 .await
                 .map_err(|error| CliError::runtime(format!("cannot open database: {error}")))?;
             let shown = store.url().to_owned();

@@ -12,6 +12,7 @@
 //! reported as such and the others still run (`BENCH_STRICT=1` makes such a run exit 1).
 
 mod loadgen;
+mod postgres;
 mod procs;
 mod report;
 mod writers;
@@ -40,6 +41,8 @@ struct Config {
     out: PathBuf,
     work: PathBuf,
     groups: usize,
+    /// Admin URL of a disposable Postgres cluster for the `postgres` scenario.
+    postgres: Option<String>,
 }
 
 impl Config {
@@ -94,11 +97,11 @@ impl Config {
     }
 }
 
-const SCENARIOS: [&str; 5] = ["latency", "fanout", "replay", "idle", "parser"];
+const SCENARIOS: [&str; 6] = ["latency", "fanout", "replay", "idle", "parser", "postgres"];
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench [{}|all ...] [--quick] --server-bin PATH [--nchan ADDR --nchan-pid FILE] [--out DIR] [--work DIR]",
+        "usage: bench [{}|all ...] [--quick] --server-bin PATH [--nchan ADDR --nchan-pid FILE] [--postgres URL] [--out DIR] [--work DIR]",
         SCENARIOS.join("|")
     );
     std::process::exit(2)
@@ -112,6 +115,7 @@ fn main() {
     let mut nchan_pid = None;
     let mut out = PathBuf::from("target/bench");
     let mut work = None;
+    let mut postgres = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -123,6 +127,7 @@ fn main() {
             "--nchan-pid" => nchan_pid = args.next().map(PathBuf::from),
             "--out" => out = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
             "--work" => work = args.next().map(PathBuf::from),
+            "--postgres" => postgres = args.next(),
             "all" => scenarios.extend(SCENARIOS.iter().map(|s| s.to_string())),
             s if SCENARIOS.contains(&s) => scenarios.push(s.to_string()),
             _ => usage(),
@@ -141,6 +146,7 @@ fn main() {
         out,
         work,
         groups: 4,
+        postgres,
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -159,6 +165,7 @@ fn main() {
                 "replay" => replay(&config, &mut report).await,
                 "idle" => idle(&config, &mut report).await,
                 "parser" => parser(&config, &mut report),
+                "postgres" => postgres::run(&config, &mut report).await,
                 _ => unreachable!(),
             }
         }
