@@ -1,28 +1,125 @@
-//! Change events: a stored row ([`EventRow`]) and its wire form ([`Event`]), encoded once.
+//! Change events: a stored row ([`EventRow`]) and its wire form ([`Event`]), encoded once by
+//! the one encoder, [`EventEncoder`].
+//!
+//! Encoding is total (`PROTOCOL.md`, "Degraded rows"): whatever a row's text columns hold, the
+//! result is one well-formed SSE frame whose data is one line of valid JSON. A column that has
+//! no honest place in the event JSON as it is gets a documented degraded form instead, and the
+//! event says so in `"degraded":[...]` (also reported in [`Event::degraded`], so the shell can
+//! count and log it):
+//!
+//! | column | when | degraded form |
+//! |---|---|---|
+//! | `type` | the kind is not `[a-z][a-z0-9_]*` (it could break the `event:` line, or pass for `changefeed.ready`) | the frame has no `event:` line (SSE clients see a `message` event); `"type"` still holds the kind, JSON-escaped |
+//! | `payload` | the store did not vouch for it ([`PayloadCheck::Unchecked`]) and it is not JSON | `"payload"` is the text as a JSON string |
+//! | `createdAt` | no format of [`crate::timestamp`] matches it | `"createdAt":null` |
+//!
+//! Not degraded, because JSON escaping carries them exactly: any characters in the project and
+//! session ids (control characters included). A session id that is absent or empty leaves
+//! `sessionId` out.
 
+use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::filter::is_kind;
 use crate::json;
 use crate::position::{Cursor, Epoch, Seq};
 use crate::sse::FrameBuilder;
+use crate::timestamp;
 
-/// One `change_log` row as a store reads it. `payload` is the stored JSON text, never parsed.
+/// What the store knows about a row's `payload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayloadCheck {
+    /// The store vouches that it is valid JSON text (a `CHECK (json_valid(payload))` on the
+    /// column, or the store checked it): it is embedded as-is and never parsed.
+    Valid,
+    /// Not known: the encoder checks it and embeds it as a JSON string if it is not JSON.
+    Unchecked,
+}
+
+/// One `change_log` row as a store reads it, every text column as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
     /// Position in the log.
     pub seq: Seq,
     /// The project the change belongs to.
     pub project_id: String,
-    /// The session the change belongs to, if any.
+    /// The session the change belongs to, if any (`Some("")` counts as none).
     pub session_id: Option<String>,
     /// The kind, e.g. `pr_updated`.
     pub kind: String,
-    /// The JSON payload text exactly as stored.
+    /// The payload text exactly as stored.
     pub payload: String,
-    /// When the change was written, as stored (RFC 3339, or SQLite's `YYYY-MM-DD HH:MM:SS`).
+    /// Whether the store vouches that `payload` is JSON.
+    pub payload_check: PayloadCheck,
+    /// When the change was written, in any format [`crate::timestamp`] reads (or not).
     pub created_at: String,
+}
+
+/// Which columns of a row were written in their degraded form (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Degraded(u8);
+
+impl Degraded {
+    /// Nothing degraded.
+    pub const NONE: Degraded = Degraded(0);
+    /// The kind is not a valid event name.
+    pub const TYPE: Degraded = Degraded(1);
+    /// The payload was not JSON.
+    pub const PAYLOAD: Degraded = Degraded(2);
+    /// `created_at` is not a timestamp.
+    pub const CREATED_AT: Degraded = Degraded(4);
+
+    const NAMES: [(Degraded, &'static str); 3] = [
+        (Degraded::TYPE, "type"),
+        (Degraded::PAYLOAD, "payload"),
+        (Degraded::CREATED_AT, "createdAt"),
+    ];
+
+    /// Whether no column was degraded.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether every column of `other` is degraded here.
+    pub fn contains(self, other: Degraded) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The degraded columns' JSON keys, in event JSON order.
+    pub fn columns(self) -> impl Iterator<Item = &'static str> {
+        Degraded::NAMES
+            .into_iter()
+            .filter(move |&(flag, _)| self.contains(flag))
+            .map(|(_, name)| name)
+    }
+}
+
+impl std::ops::BitOr for Degraded {
+    type Output = Degraded;
+    fn bitor(self, other: Degraded) -> Degraded {
+        Degraded(self.0 | other.0)
+    }
+}
+
+impl std::ops::BitOrAssign for Degraded {
+    fn bitor_assign(&mut self, other: Degraded) {
+        self.0 |= other.0;
+    }
+}
+
+impl fmt::Display for Degraded {
+    /// The columns' JSON keys separated by commas (`type,createdAt`), empty when none.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, name) in self.columns().enumerate() {
+            if index > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(name)?;
+        }
+        Ok(())
+    }
 }
 
 /// A change event ready for the wire: the fields a filter needs plus its whole SSE frame,
@@ -33,93 +130,120 @@ pub struct Event {
     pub seq: Seq,
     /// The project the change belongs to.
     pub project_id: Arc<str>,
-    /// The kind, e.g. `pr_updated`.
+    /// The kind as stored (filters match it, whatever it holds).
     pub kind: Arc<str>,
+    /// Which columns were written in their degraded form.
+    pub degraded: Degraded,
     /// `id: <epoch>:<seq>` / `event: <kind>` / `data: <event JSON>` and the blank line.
     pub frame: Bytes,
 }
 
-impl Event {
-    /// Encodes a row of the log identified by `epoch` (see the contract's event JSON).
-    pub fn encode(row: &EventRow, epoch: Epoch) -> Event {
-        let json = event_json(row);
-        let id = Cursor::new(epoch, row.seq).to_string();
-        let frame = FrameBuilder::with_capacity(json.len() + row.kind.len() + 48)
-            .id(&id)
-            .event(&row.kind)
-            .data_line(&json)
-            .finish();
+/// The one encoder of rows into frames, for the log of one epoch. The subscription encodes
+/// replayed rows with it; the tailer encodes live rows with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventEncoder {
+    epoch: Epoch,
+}
+
+impl EventEncoder {
+    /// The encoder of the log identified by `epoch`.
+    pub fn new(epoch: Epoch) -> EventEncoder {
+        EventEncoder { epoch }
+    }
+
+    /// The epoch every frame's id carries.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The event of `row`, frame included. Never fails (see the [module docs](self)).
+    pub fn encode(&self, row: &EventRow) -> Event {
+        let (frame, degraded) = self.frame(row);
         Event {
             seq: row.seq,
             project_id: Arc::from(row.project_id.as_str()),
             kind: Arc::from(row.kind.as_str()),
+            degraded,
             frame,
         }
     }
+
+    /// The frame of `row` and which of its columns were degraded: `id: <epoch>:<seq>`,
+    /// `event: <kind>` (left out for a degraded kind), `data: <event JSON>`.
+    pub fn frame(&self, row: &EventRow) -> (Bytes, Degraded) {
+        let (json, degraded) = event_json(row);
+        let id = Cursor::new(self.epoch, row.seq).to_string();
+        let mut frame = FrameBuilder::with_capacity(json.len() + row.kind.len() + 48).id(&id);
+        if !degraded.contains(Degraded::TYPE) {
+            frame = frame.event(&row.kind);
+        }
+        (frame.data_line(&json).finish(), degraded)
+    }
 }
 
-/// The event JSON of the contract, on one line: keys in contract order, `sessionId` omitted when
-/// absent, the payload embedded as stored with each raw CR or LF (insignificant whitespace in
-/// valid JSON) turned into a space.
-pub fn event_json(row: &EventRow) -> Vec<u8> {
+/// The event JSON of the contract, on one line, and which columns were degraded: keys in
+/// contract order (`seq`, `projectId`, `sessionId` unless absent or empty, `type`, `payload`,
+/// `createdAt`, then `degraded` only when something was), the payload embedded as stored with
+/// each raw CR or LF (insignificant whitespace in valid JSON) turned into a space.
+pub fn event_json(row: &EventRow) -> (Vec<u8>, Degraded) {
+    let mut degraded = Degraded::NONE;
     let mut out = Vec::with_capacity(row.payload.len() + 128);
     out.extend_from_slice(b"{\"seq\":");
     out.extend_from_slice(row.seq.0.to_string().as_bytes());
     out.extend_from_slice(b",\"projectId\":");
     json::write_str(&mut out, &row.project_id);
-    if let Some(session_id) = &row.session_id {
+    if let Some(session_id) = row.session_id.as_deref().filter(|id| !id.is_empty()) {
         out.extend_from_slice(b",\"sessionId\":");
         json::write_str(&mut out, session_id);
     }
     out.extend_from_slice(b",\"type\":");
     json::write_str(&mut out, &row.kind);
+    if !is_kind(&row.kind) {
+        degraded |= Degraded::TYPE;
+    }
     out.extend_from_slice(b",\"payload\":");
-    let payload_start = out.len();
-    out.extend_from_slice(row.payload.as_bytes());
-    for byte in &mut out[payload_start..] {
-        if matches!(*byte, b'\r' | b'\n') {
-            *byte = b' ';
+    let payload_is_json = match row.payload_check {
+        PayloadCheck::Valid => true,
+        PayloadCheck::Unchecked => is_json(&row.payload),
+    };
+    if payload_is_json {
+        let payload_start = out.len();
+        out.extend_from_slice(row.payload.as_bytes());
+        for byte in &mut out[payload_start..] {
+            if matches!(*byte, b'\r' | b'\n') {
+                *byte = b' ';
+            }
         }
+    } else {
+        degraded |= Degraded::PAYLOAD;
+        json::write_str(&mut out, &row.payload);
     }
     out.extend_from_slice(b",\"createdAt\":");
-    json::write_str(&mut out, &normalize_created_at(&row.created_at));
+    match timestamp::normalize(&row.created_at) {
+        Some(created_at) => json::write_str(&mut out, &created_at),
+        None => {
+            degraded |= Degraded::CREATED_AT;
+            out.extend_from_slice(b"null");
+        }
+    }
+    if !degraded.is_empty() {
+        out.extend_from_slice(b",\"degraded\":[");
+        for (index, name) in degraded.columns().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            json::write_str(&mut out, name);
+        }
+        out.push(b']');
+    }
     out.push(b'}');
-    out
+    (out, degraded)
 }
 
-/// Normalises SQLite's `YYYY-MM-DD HH:MM:SS[.fff]` (written by programs other than ours) to
-/// RFC 3339 UTC with milliseconds; any other text is passed through unchanged.
-pub fn normalize_created_at(text: &str) -> std::borrow::Cow<'_, str> {
-    let b = text.as_bytes();
-    let digits = |range: std::ops::Range<usize>| b[range].iter().all(u8::is_ascii_digit);
-    let sqlite_shape = b.len() >= 19
-        && digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
-        && b[10] == b' '
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19);
-    if !sqlite_shape {
-        return text.into();
-    }
-    let fraction = &text[19..];
-    let millis = match fraction.as_bytes() {
-        [] => "000".to_string(),
-        [b'.', rest @ ..] if !rest.is_empty() && rest.iter().all(u8::is_ascii_digit) => {
-            let mut ms: String = fraction[1..].chars().take(3).collect();
-            while ms.len() < 3 {
-                ms.push('0');
-            }
-            ms
-        }
-        _ => return text.into(),
-    };
-    format!("{}T{}.{millis}Z", &text[..10], &text[11..19]).into()
+/// Whether `text` is one JSON value (surrounding whitespace allowed), checked without
+/// building it.
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 #[cfg(test)]
@@ -133,47 +257,161 @@ mod tests {
             session_id: session.map(Into::into),
             kind: "pr_updated".into(),
             payload: payload.into(),
+            payload_check: PayloadCheck::Valid,
             created_at: "2026-11-26T21:13:07.123Z".into(),
         }
     }
 
+    fn text(row: &EventRow) -> (String, Degraded) {
+        let (json, degraded) = event_json(row);
+        (String::from_utf8(json).unwrap(), degraded)
+    }
+
     #[test]
     fn renders_the_contract_json_and_frame() {
-        let event = Event::encode(&row(Some("s1"), "{\"state\":\"open\"}"), Epoch(0xab));
+        let event = EventEncoder::new(Epoch(0xab)).encode(&row(Some("s1"), "{\"state\":\"open\"}"));
         assert_eq!(
             std::str::from_utf8(&event.frame).unwrap(),
             "id: 00000000000000ab:42\nevent: pr_updated\ndata: {\"seq\":42,\"projectId\":\"p1\",\"sessionId\":\"s1\",\"type\":\"pr_updated\",\"payload\":{\"state\":\"open\"},\"createdAt\":\"2026-11-26T21:13:07.123Z\"}\n\n"
         );
+        assert_eq!(event.seq, Seq(42));
+        assert_eq!(&*event.project_id, "p1");
+        assert_eq!(&*event.kind, "pr_updated");
+        assert_eq!(event.degraded, Degraded::NONE);
+        assert_eq!(EventEncoder::new(Epoch(0xab)).epoch(), Epoch(0xab));
     }
 
     #[test]
-    fn omits_absent_session_and_flattens_raw_newlines() {
-        let json = event_json(&row(None, "{\r\n\"a\":\n1}"));
-        let text = String::from_utf8(json).unwrap();
-        assert!(!text.contains("sessionId"));
-        assert!(text.contains("\"payload\":{  \"a\": 1}"));
-        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(parsed["payload"]["a"], 1);
+    fn omits_absent_or_empty_session_and_flattens_raw_newlines() {
+        for session in [None, Some("")] {
+            let (text, degraded) = text(&row(session, "{\r\n\"a\":\n1}"));
+            assert!(!text.contains("sessionId"), "{text}");
+            assert!(text.contains("\"payload\":{  \"a\": 1}"));
+            assert!(degraded.is_empty());
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(parsed["payload"]["a"], 1);
+        }
     }
 
     #[test]
-    fn normalizes_sqlite_timestamps_only() {
+    fn normalizes_created_at_through_the_timestamp_codec() {
+        let mut stored = row(None, "{}");
+        stored.created_at = "2026-11-26 21:13:07.5".into();
+        let (text, degraded) = text(&stored);
+        assert!(
+            text.ends_with(",\"createdAt\":\"2026-11-26T21:13:07.500Z\"}"),
+            "{text}"
+        );
+        assert!(degraded.is_empty());
+    }
+
+    #[test]
+    fn unreadable_columns_get_their_degraded_form() {
+        let stored = EventRow {
+            seq: Seq(7),
+            project_id: "p\u{1}\n".into(),
+            session_id: Some("s\r".into()),
+            kind: "changefeed.ready\r\nid: 1".into(),
+            payload: "not json\r\n".into(),
+            payload_check: PayloadCheck::Unchecked,
+            created_at: "yesterday".into(),
+        };
+        let (text, degraded) = text(&stored);
         assert_eq!(
-            normalize_created_at("2026-11-26 21:13:07"),
-            "2026-11-26T21:13:07.000Z"
+            text,
+            "{\"seq\":7,\"projectId\":\"p\\u0001\\n\",\"sessionId\":\"s\\r\",\"type\":\"changefeed.ready\\r\\nid: 1\",\"payload\":\"not json\\r\\n\",\"createdAt\":null,\"degraded\":[\"type\",\"payload\",\"createdAt\"]}"
         );
         assert_eq!(
-            normalize_created_at("2026-11-26 21:13:07.5"),
-            "2026-11-26T21:13:07.500Z"
+            degraded,
+            Degraded::TYPE | Degraded::PAYLOAD | Degraded::CREATED_AT
+        );
+        let event = EventEncoder::new(Epoch(1)).encode(&stored);
+        assert_eq!(event.degraded, degraded);
+        assert_eq!(
+            &*event.kind, "changefeed.ready\r\nid: 1",
+            "filters see the kind as stored"
+        );
+        let frame = std::str::from_utf8(&event.frame).unwrap();
+        assert!(
+            frame.starts_with("id: 0000000000000001:7\ndata: {"),
+            "{frame}"
         );
         assert_eq!(
-            normalize_created_at("2026-11-26T21:13:07.123Z"),
-            "2026-11-26T21:13:07.123Z"
+            frame.matches('\n').count(),
+            3,
+            "id, data and the blank line: {frame:?}"
         );
-        assert_eq!(normalize_created_at("yesterday"), "yesterday");
+        assert!(!frame.contains('\r'));
+    }
+
+    #[test]
+    fn each_column_degrades_alone() {
+        let mut kind = row(None, "{}");
+        kind.kind = "Pr updated".into();
+        assert_eq!(text(&kind).1, Degraded::TYPE);
+        assert!(text(&kind).0.ends_with(",\"degraded\":[\"type\"]}"));
+        let mut payload = row(None, "{\"a\":1,}");
+        payload.payload_check = PayloadCheck::Unchecked;
+        assert_eq!(text(&payload).1, Degraded::PAYLOAD);
+        let mut created = row(None, "{}");
+        created.created_at = String::new();
+        assert_eq!(text(&created).1, Degraded::CREATED_AT);
+        assert!(text(&created)
+            .0
+            .ends_with(",\"createdAt\":null,\"degraded\":[\"createdAt\"]}"));
+    }
+
+    #[test]
+    fn unchecked_payloads_are_checked_and_vouched_ones_are_not() {
+        for good in [
+            "{}",
+            " [1, 2]\n",
+            "\"text\"",
+            "42",
+            "null",
+            "{\"a\":{\"b\":[true]}}",
+        ] {
+            let mut stored = row(None, good);
+            stored.payload_check = PayloadCheck::Unchecked;
+            assert!(text(&stored).1.is_empty(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "{",
+            "{\"a\":\"\u{1}\"}",
+            "[1,]",
+            "{\"a\" 1}",
+            "1 2",
+            "\"\\u12\"",
+            "NaN",
+        ] {
+            let mut stored = row(None, bad);
+            stored.payload_check = PayloadCheck::Unchecked;
+            let (json, degraded) = text(&stored);
+            assert_eq!(degraded, Degraded::PAYLOAD, "{bad:?}");
+            let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(parsed["payload"], bad);
+            // The store's word is taken: no check, the text goes in as it is.
+            assert_eq!(text(&row(None, bad)).1, Degraded::NONE);
+        }
+    }
+
+    #[test]
+    fn degraded_lists_its_columns() {
+        assert_eq!(Degraded::NONE.to_string(), "");
+        assert_eq!(Degraded::TYPE.to_string(), "type");
         assert_eq!(
-            normalize_created_at("2026-11-26 21:13:07junk"),
-            "2026-11-26 21:13:07junk"
+            (Degraded::CREATED_AT | Degraded::TYPE).to_string(),
+            "type,createdAt"
         );
+        let all = Degraded::TYPE | Degraded::PAYLOAD | Degraded::CREATED_AT;
+        assert_eq!(
+            all.columns().collect::<Vec<_>>(),
+            ["type", "payload", "createdAt"]
+        );
+        assert!(all.contains(Degraded::PAYLOAD));
+        assert!(!Degraded::TYPE.contains(Degraded::PAYLOAD));
+        assert!(!all.is_empty());
+        assert!(Degraded::default().is_empty());
     }
 }

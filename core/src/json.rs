@@ -30,10 +30,8 @@ pub(crate) fn write_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
-/// `value` as a JSON string literal.
-pub(crate) fn string(value: &str) -> String {
-    let mut out = Vec::with_capacity(value.len() + 2);
-    write_str(&mut out, value);
-    // Only ASCII escapes were inserted into valid UTF-8.
-    String::from_utf8(out).unwrap_or_default()
+/// The JSON text written into `out`: only ASCII escapes were inserted into valid UTF-8.
+pub(crate) fn into_string(out: Vec<u8>) -> String {
+    String::from_utf8(out)
+        .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
 }

@@ -2,7 +2,8 @@
 //!
 //! The sans-IO protocol core of changefeed. Nothing here performs IO, spawns tasks or reads a
 //! clock: time, database rows and live events enter as inputs (`handle_*`), frames to send and
-//! rows to fetch leave as outputs (`poll_*`). Every protocol invariant is stated and tested here:
+//! rows to fetch leave as outputs (`poll_*`). It implements the wire contract of `PROTOCOL.md`
+//! at the repository root. Every protocol invariant is stated and tested here:
 //!
 //! - **Exactly once, in order.** A subscription emits every event its filter matches after its
 //!   starting cursor, once each, with strictly increasing seqs ([`subscription`]).
@@ -10,6 +11,8 @@
 //!   epoch, malformed) yields one `changefeed.reset` frame carrying the new cursor.
 //! - **Bounded.** Live events held during replay, replay windows, parser lines and event sizes
 //!   are all bounded; overflow and lag fall back to replaying the gap from the store.
+//! - **Total encoding.** Every row becomes one well-formed frame; columns that cannot appear as
+//!   the contract says get documented degraded forms ([`event`], [`timestamp`]).
 //! - **Browser-exact SSE.** The [`sse`] parser follows WHATWG HTML §9.2 and the encoder produces
 //!   frames it (and browsers) parse back exactly.
 
@@ -27,12 +30,17 @@ pub mod reconnect;
 pub mod request;
 pub mod sse;
 pub mod subscription;
+pub mod timestamp;
+pub mod wire;
 
-pub use event::{Event, EventRow};
+pub use event::{Degraded, Event, EventEncoder, EventRow, PayloadCheck};
 pub use filter::{Filter, TypePattern};
 pub use position::{Cursor, CursorError, Epoch, Seq};
-pub use request::{ErrorCode, EventsQuery, RequestError, Start};
+pub use request::{EventsQuery, RequestError, Start};
 pub use subscription::{
-    FetchRequest, LogPosition, Output, Phase, ReplayPage, ResetReason, Subscription,
-    SubscriptionConfig, TimeoutReason, READY_EVENT, RESET_EVENT,
+    FetchRequest, LogPosition, Output, Phase, ReplayPage, Subscription, SubscriptionConfig,
+    SubscriptionStats, TimeoutReason,
+};
+pub use wire::{
+    ApiError, ErrorCode, Ready, Reset, ResetReason, WireError, READY_EVENT, RESET_EVENT,
 };

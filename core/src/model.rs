@@ -16,9 +16,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::sse::{Item, Parser};
+use crate::wire::{READY_EVENT, RESET_EVENT};
 use crate::{
-    Cursor, Epoch, Event, EventRow, EventsQuery, Filter, LogPosition, Output, ReplayPage, Seq,
-    Subscription, SubscriptionConfig,
+    Cursor, Epoch, Event, EventEncoder, EventRow, EventsQuery, Filter, LogPosition, Output,
+    PayloadCheck, Ready, ReplayPage, Reset, ResetReason, Seq, Subscription, SubscriptionConfig,
 };
 
 /// The epoch of the modelled log.
@@ -257,13 +258,13 @@ impl Client {
         let first_frame = self.frames_this_connection == 0;
         if first_frame {
             assert_eq!(
-                event.event_type == "changefeed.reset",
+                event.event_type == RESET_EVENT,
                 self.expect_reset_first,
                 "reset as first frame exactly when the model says the cursor cannot be honoured"
             );
         }
         match event.event_type.as_str() {
-            "changefeed.reset" => {
+            RESET_EVENT => {
                 if !first_frame {
                     self.mid_stream_resets += 1;
                     assert!(
@@ -271,8 +272,8 @@ impl Client {
                         "a mid-stream reset without a pruned page"
                     );
                 }
-                let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
-                let after = seq_of(data["after"].as_str().unwrap());
+                let reset = Reset::from_json(&event.data).expect("reset data per the contract");
+                let after = seq_of(&reset.after.to_string());
                 assert_eq!(seq_of(&event.last_event_id), after);
                 let before = Cursor::parse(&self.id_before_frame)
                     .ok()
@@ -280,8 +281,8 @@ impl Client {
                 let current = self.segments.last_mut().unwrap();
                 // Only a pruned reset ends a segment the client really held; a cursor of
                 // another log, ahead of head or malformed promised nothing.
-                current.ended_at = Some(match (data["reason"].as_str(), before) {
-                    (Some("pruned"), Some(before)) => before.seq,
+                current.ended_at = Some(match (reset.reason, before) {
+                    (ResetReason::Pruned, Some(before)) => before.seq,
                     _ => current.start,
                 });
                 self.confirmed = true;
@@ -291,15 +292,15 @@ impl Client {
                     ended_at: None,
                 });
             }
-            "changefeed.ready" => {
+            READY_EVENT => {
                 self.ready_this_connection += 1;
                 assert_eq!(
                     self.ready_this_connection, 1,
                     "ready twice on one connection"
                 );
-                let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+                let ready = Ready::from_json(&event.data).expect("ready data per the contract");
                 assert_eq!(
-                    seq_of(data["after"].as_str().unwrap()),
+                    seq_of(&ready.after.to_string()),
                     seq_of(&event.last_event_id)
                 );
             }
@@ -355,6 +356,7 @@ impl Harness {
                     session_id: (seq % 2 == 0).then(|| format!("s{seq}")),
                     kind: KINDS[kind].to_owned(),
                     payload: format!("{{\"n\":{seq},\r\n\"text\":\"a\\nb\"}}"),
+                    payload_check: PayloadCheck::Valid,
                     created_at: "2026-11-26 00:00:00".to_owned(),
                 }
             })
@@ -517,7 +519,8 @@ impl Harness {
             }
             Action::Publish => {
                 if self.world.published < self.world.committed {
-                    let event = Event::encode(&self.world.log[self.world.published], EPOCH);
+                    let event =
+                        EventEncoder::new(EPOCH).encode(&self.world.log[self.world.published]);
                     self.world.published += 1;
                     if !self.connection.closed {
                         self.connection.live.push_back(event);
@@ -548,7 +551,7 @@ impl Harness {
                         .filter(|row| row.seq > fetch.after && row.seq <= fetch.upto)
                         .filter(|row| row.seq > floor)
                         .filter(|row| sloppy || self.filter.matches(&row.project_id, &row.kind))
-                        .map(|row| Event::encode(row, EPOCH))
+                        .cloned()
                         .collect();
                     if floor > fetch.after {
                         self.client.pruned_pages += 1;

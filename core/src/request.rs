@@ -1,85 +1,13 @@
 //! The `GET /api/v1/events` request: query-string parsing, validation and where to start.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use crate::filter::{Filter, TypePattern};
 use crate::position::{Cursor, CursorError};
+pub use crate::wire::{ApiError, ErrorCode};
 
-/// The machine-readable error codes of the HTTP contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// `after` is not a valid cursor.
-    InvalidCursor,
-    /// A query parameter the endpoint does not know.
-    UnknownParameter,
-    /// `after` or `types` given more than once.
-    DuplicateParameter,
-    /// `types` is empty or holds an invalid pattern.
-    InvalidTypes,
-    /// A `project` value is empty.
-    InvalidProject,
-    /// A `project` names no existing project (checked by the shell against the store).
-    UnknownProject,
-}
-
-impl ErrorCode {
-    /// The code as it appears in the JSON error body.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidCursor => "invalid_cursor",
-            ErrorCode::UnknownParameter => "unknown_parameter",
-            ErrorCode::DuplicateParameter => "duplicate_parameter",
-            ErrorCode::InvalidTypes => "invalid_types",
-            ErrorCode::InvalidProject => "invalid_project",
-            ErrorCode::UnknownProject => "unknown_project",
-        }
-    }
-
-    /// The HTTP status for this error.
-    pub fn status(self) -> u16 {
-        match self {
-            ErrorCode::UnknownProject => 404,
-            _ => 400,
-        }
-    }
-}
-
-/// A rejected request: a code and a message naming the problem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestError {
-    /// What kind of problem.
-    pub code: ErrorCode,
-    /// A human-readable explanation naming the offending parameter or value.
-    pub message: String,
-}
-
-impl RequestError {
-    /// A new error.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> RequestError {
-        RequestError {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// The JSON error body of the contract: `{"error":{"code":"...","message":"..."}}`.
-    pub fn to_json(&self) -> String {
-        format!(
-            "{{\"error\":{{\"code\":{},\"message\":{}}}}}",
-            crate::json::string(self.code.as_str()),
-            crate::json::string(&self.message)
-        )
-    }
-}
-
-impl fmt::Display for RequestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code.as_str(), self.message)
-    }
-}
-
-impl std::error::Error for RequestError {}
+/// A rejected request: the [`ApiError`] the request parser returns (code and message).
+pub type RequestError = ApiError;
 
 /// A validated query string.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,17 +36,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::event::Event;
+use crate::event::{Degraded, Event, EventEncoder, EventRow};
 use crate::filter::Filter;
-use crate::json;
 use crate::position::{Cursor, Epoch, Seq};
 use crate::request::Start;
 use crate::sse::FrameBuilder;
-
-/// The event name of the frame that says a cursor could not be honoured.
-pub const RESET_EVENT: &str = "changefeed.reset";
-/// The event name of the frame that says replay caught up and the stream is live.
-pub const READY_EVENT: &str = "changefeed.ready";
+use crate::wire::{Ready, Reset};
+pub use crate::wire::{ResetReason, READY_EVENT, RESET_EVENT};
 
 /// Tunables of one subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,8 +97,9 @@ pub struct FetchRequest {
 /// The store's answer to a [`FetchRequest`], read in one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayPage {
-    /// Matching rows in `(after, upto]`, in seq order.
-    pub rows: Vec<Event>,
+    /// The rows in `(after, upto]` the filter may match, in seq order, as stored: the
+    /// subscription re-checks the filter and encodes the matching ones itself.
+    pub rows: Vec<EventRow>,
     /// The store's head in the same transaction.
     pub head: Seq,
     /// The retention floor in the same transaction.
@@ -129,31 +126,6 @@ pub enum TimeoutReason {
     MaxLifetime,
 }
 
-/// Why a cursor could not be honoured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetReason {
-    /// Rows after the cursor were pruned by retention.
-    Pruned,
-    /// The cursor is beyond anything this log ever allocated.
-    AheadOfHead,
-    /// The cursor belongs to another log (recreated or rolled-back database).
-    EpochMismatch,
-    /// The `Last-Event-ID` header is not a cursor.
-    InvalidCursor,
-}
-
-impl ResetReason {
-    /// The reason as it appears in the reset frame.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResetReason::Pruned => "pruned",
-            ResetReason::AheadOfHead => "ahead_of_head",
-            ResetReason::EpochMismatch => "epoch_mismatch",
-            ResetReason::InvalidCursor => "invalid_cursor",
-        }
-    }
-}
-
 /// The phase of a subscription; all transitions live in this module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -176,6 +148,10 @@ pub struct SubscriptionStats {
     pub lag_fallbacks: u64,
     /// Reset frames emitted.
     pub resets: u64,
+    /// Replayed change frames with a degraded column (`PROTOCOL.md`, "Degraded rows").
+    pub degraded_rows: u64,
+    /// The last replayed row with a degraded column, and which columns, for the shell's log.
+    pub last_degraded: Option<(Seq, Degraded)>,
 }
 
 #[derive(Debug)]
@@ -196,7 +172,7 @@ enum State {
 pub struct Subscription {
     config: SubscriptionConfig,
     filter: Filter,
-    epoch: Epoch,
+    encoder: EventEncoder,
     state: State,
     scanned: Seq,
     announced: Seq,
@@ -250,7 +226,7 @@ impl Subscription {
         let mut subscription = Subscription {
             config,
             filter,
-            epoch: log.epoch,
+            encoder: EventEncoder::new(log.epoch),
             state: State::Replaying {
                 target: Some(log.published),
                 held: VecDeque::new(),
@@ -361,14 +337,19 @@ impl Subscription {
             self.advance(now);
             return;
         }
-        for event in page.rows {
+        for row in &page.rows {
             self.stats.replayed_rows += 1;
-            if event.seq <= self.scanned || event.seq > fetch.upto {
+            if row.seq <= self.scanned || row.seq > fetch.upto {
                 continue;
             }
-            self.scanned = event.seq;
-            if self.filter.matches(&event.project_id, &event.kind) {
-                self.emit_change(event.frame, now);
+            self.scanned = row.seq;
+            if self.filter.matches(&row.project_id, &row.kind) {
+                let (frame, degraded) = self.encoder.frame(row);
+                if !degraded.is_empty() {
+                    self.stats.degraded_rows += 1;
+                    self.stats.last_degraded = Some((row.seq, degraded));
+                }
+                self.emit_change(frame, now);
             }
         }
         let covered = fetch.upto.min(page.head);
@@ -454,7 +435,7 @@ impl Subscription {
     }
 
     fn cursor(&self, seq: Seq) -> Cursor {
-        Cursor::new(self.epoch, seq)
+        Cursor::new(self.encoder.epoch(), seq)
     }
 
     fn write(&mut self, frame: Bytes, now: Duration) {
@@ -474,16 +455,15 @@ impl Subscription {
     fn reset_frame(&mut self, frame: FrameBuilder, reason: ResetReason) -> Bytes {
         self.stats.resets += 1;
         self.announced = self.scanned;
-        let after = self.cursor(self.scanned).to_string();
-        let requested = self.requested.as_deref().unwrap_or("");
-        let data = format!(
-            "{{\"requested\":{},\"after\":{},\"reason\":\"{}\"}}",
-            json::string(requested),
-            json::string(&after),
-            reason.as_str()
-        );
+        let after = self.cursor(self.scanned);
+        let data = Reset {
+            requested: self.requested.clone().unwrap_or_default(),
+            after,
+            reason,
+        }
+        .to_json();
         frame
-            .id(&after)
+            .id(&after.to_string())
             .event(RESET_EVENT)
             .data_line(data.as_bytes())
             .finish()
@@ -545,15 +525,15 @@ impl Subscription {
 
     fn ready_frame(&mut self) -> Bytes {
         self.announced = self.scanned;
-        let after = self.cursor(self.scanned).to_string();
-        let data = format!(
-            "{{\"after\":{},\"replayed\":{},\"heartbeatMs\":{}}}",
-            json::string(&after),
-            self.change_frames_before_ready,
-            self.config.heartbeat.as_millis()
-        );
+        let after = self.cursor(self.scanned);
+        let data = Ready {
+            after,
+            replayed: self.change_frames_before_ready,
+            heartbeat_ms: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+        }
+        .to_json();
         FrameBuilder::new()
-            .id(&after)
+            .id(&after.to_string())
             .event(READY_EVENT)
             .data_line(data.as_bytes())
             .finish()

@@ -1,8 +1,7 @@
-//! Proves by property testing that encoder frames parse back exactly (event rows and arbitrary text), that parsing never depends on how the stream is split into chunks (items, last event ID, retry and errors alike), and that the line and event-data limits always fire, as soon as they are crossed.
+//! Proves by property testing that encoder frames parse back exactly (event rows whatever their columns hold, with the documented degraded forms, and arbitrary text), that parsing never depends on how the stream is split into chunks (items, last event ID, retry and errors alike), and that the line and event-data limits always fire, as soon as they are crossed.
 
-use changefeed_core::event::normalize_created_at;
 use changefeed_core::sse::{FrameBuilder, Item, ParseError, Parser, ParserLimits, SseEvent};
-use changefeed_core::{Epoch, Event, EventRow, Seq};
+use changefeed_core::{timestamp, Epoch, EventEncoder, EventRow, PayloadCheck, Seq};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::Value;
@@ -88,40 +87,75 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-/// An event row whose payload is arbitrary JSON text (pretty-printed half the time, so raw
-/// newlines appear in it), with that payload as a value.
-fn event_row() -> impl Strategy<Value = (EventRow, Value)> {
+/// What a row's payload column may hold: JSON text the store vouches for (pretty-printed half
+/// the time, so raw newlines appear in it), JSON text it does not vouch for, or any text.
+#[derive(Debug, Clone)]
+enum StoredPayload {
+    Json(Value, bool, PayloadCheck),
+    Text(String),
+}
+
+fn stored_payload() -> impl Strategy<Value = StoredPayload> {
+    let check = prop_oneof![Just(PayloadCheck::Valid), Just(PayloadCheck::Unchecked)];
+    prop_oneof![
+        3 => (json_value(), any::<bool>(), check).prop_map(|(v, p, c)| StoredPayload::Json(v, p, c)),
+        1 => prop_oneof![any::<String>(), "[{}\\[\\]\"a:1, \r\n]{0,12}"].prop_map(StoredPayload::Text),
+    ]
+}
+
+/// An event row with anything in its text columns: kinds inside and outside the grammar
+/// (control characters, spaces, `changefeed.ready`), timestamps in writer formats and
+/// arbitrary text, ids with control characters, empty session ids.
+fn event_row() -> impl Strategy<Value = (EventRow, StoredPayload)> {
     (
         0..=Seq::MAX.0,
         any::<String>(),
-        proptest::option::of(any::<String>()),
-        "[a-z][a-z0-9_]{0,20}",
-        json_value(),
-        any::<bool>(),
+        proptest::option::of(prop_oneof![Just(String::new()), any::<String>()]),
+        prop_oneof![
+            3 => "[a-z][a-z0-9_]{0,20}",
+            1 => any::<String>(),
+            1 => "[a-zA-Z0-9_. \r\n:-]{0,12}",
+        ],
+        stored_payload(),
         prop_oneof![
             any::<String>(),
-            "[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?",
+            "[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:?[0-9]{2})?",
+            "-?[0-9]{1,19}(\\.[0-9]{1,6})?",
         ],
     )
         .prop_map(
-            |(seq, project_id, session_id, kind, payload, pretty, created_at)| {
-                let text = if pretty {
-                    serde_json::to_string_pretty(&payload)
-                } else {
-                    serde_json::to_string(&payload)
-                }
-                .expect("a Value serializes");
+            |(seq, project_id, session_id, kind, payload, created_at)| {
+                let (text, payload_check) = match &payload {
+                    StoredPayload::Json(value, pretty, check) => (
+                        if *pretty {
+                            serde_json::to_string_pretty(value)
+                        } else {
+                            serde_json::to_string(value)
+                        }
+                        .expect("a Value serializes"),
+                        *check,
+                    ),
+                    StoredPayload::Text(text) => (text.clone(), PayloadCheck::Unchecked),
+                };
                 let row = EventRow {
                     seq: Seq(seq),
                     project_id,
                     session_id,
                     kind,
                     payload: text,
+                    payload_check,
                     created_at,
                 };
                 (row, payload)
             },
         )
+}
+
+/// The kind grammar `[a-z][a-z0-9_]*`, written independently of the filter module.
+fn valid_kind(kind: &str) -> bool {
+    let mut chars = kind.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Bytes that look like an event stream most of the time: field names, separators, every line
@@ -177,26 +211,56 @@ proptest! {
 
     #[test]
     fn encoded_event_parses_back_to_its_row((row, payload) in event_row(), epoch in any::<u64>()) {
-        let event = Event::encode(&row, Epoch(epoch));
+        let event = EventEncoder::new(Epoch(epoch)).encode(&row);
+        prop_assert!(event.frame.ends_with(b"\n\n") && !event.frame.contains(&b'\r'));
+        let kind_ok = valid_kind(&row.kind);
+        prop_assert_eq!(
+            event.frame.iter().filter(|&&b| b == b'\n').count(),
+            if kind_ok { 4 } else { 3 },
+            "id, event (valid kinds only), data, blank line: {:?}", event.frame
+        );
         let items = parse_whole(&event.frame);
         prop_assert_eq!(items.len(), 1, "one item per frame: {:?}", items);
         let Item::Event(SseEvent { event_type, data, last_event_id }) = &items[0] else {
             panic!("not an event: {:?}", items[0]);
         };
-        prop_assert_eq!(event_type, &row.kind);
+        prop_assert_eq!(event_type, if kind_ok { row.kind.as_str() } else { "message" });
         prop_assert_eq!(last_event_id, &format!("{}:{}", Epoch(epoch), row.seq));
+        prop_assert!(data.starts_with("{\"seq\":"), "keys in contract order: {}", data);
         let json: Value = serde_json::from_str(data).expect("event data is JSON");
         let object = json.as_object().expect("event data is an object");
         prop_assert_eq!(&object["seq"], &Value::from(row.seq.0));
         prop_assert_eq!(&object["projectId"], &Value::from(row.project_id.as_str()));
-        let session_id = row.session_id.clone().map(Value::from);
+        let session_id = row.session_id.clone().filter(|s| !s.is_empty()).map(Value::from);
         prop_assert_eq!(object.get("sessionId"), session_id.as_ref());
         prop_assert_eq!(&object["type"], &Value::from(row.kind.as_str()));
-        prop_assert_eq!(&object["payload"], &payload);
-        prop_assert_eq!(
-            &object["createdAt"],
-            &Value::from(normalize_created_at(&row.created_at).as_ref())
-        );
+        let mut degraded = Vec::new();
+        if !kind_ok {
+            degraded.push("type");
+        }
+        match &payload {
+            StoredPayload::Json(value, ..) => prop_assert_eq!(&object["payload"], value),
+            StoredPayload::Text(text) => match serde_json::from_str::<Value>(text) {
+                Ok(value) => prop_assert_eq!(&object["payload"], &value),
+                Err(_) => {
+                    degraded.push("payload");
+                    prop_assert_eq!(&object["payload"], &Value::from(text.as_str()));
+                }
+            },
+        }
+        match timestamp::normalize(&row.created_at) {
+            Some(created_at) => prop_assert_eq!(&object["createdAt"], &Value::from(created_at)),
+            None => {
+                degraded.push("createdAt");
+                prop_assert_eq!(&object["createdAt"], &Value::Null);
+            }
+        }
+        let listed: Vec<&str> = object
+            .get("degraded")
+            .map(|list| list.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        prop_assert_eq!(&listed, &degraded);
+        prop_assert_eq!(event.degraded.columns().collect::<Vec<_>>(), degraded);
     }
 
     #[test]

@@ -15,24 +15,26 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use changefeed_core::{
-    Epoch, Event, EventRow, EventsQuery, LogPosition, Output, ReplayPage, Seq, Subscription,
-    SubscriptionConfig,
+    Epoch, Event, EventEncoder, EventRow, EventsQuery, LogPosition, Output, PayloadCheck,
+    ReplayPage, Seq, Subscription, SubscriptionConfig,
 };
 
 const EPOCH: Epoch = Epoch(0xe1);
 
-fn row(seq: u64, project: &str, kind: &str) -> Event {
-    Event::encode(
-        &EventRow {
-            seq: Seq(seq),
-            project_id: project.to_owned(),
-            session_id: None,
-            kind: kind.to_owned(),
-            payload: format!("{{\"n\":{seq}}}"),
-            created_at: "2026-11-26T00:00:00.000Z".to_owned(),
-        },
-        EPOCH,
-    )
+fn row(seq: u64, project: &str, kind: &str) -> EventRow {
+    EventRow {
+        seq: Seq(seq),
+        project_id: project.to_owned(),
+        session_id: None,
+        kind: kind.to_owned(),
+        payload: format!("{{\"n\":{seq}}}"),
+        payload_check: PayloadCheck::Valid,
+        created_at: "2026-11-26T00:00:00.000Z".to_owned(),
+    }
+}
+
+fn live(seq: u64, project: &str, kind: &str) -> Event {
+    EventEncoder::new(EPOCH).encode(&row(seq, project, kind))
 }
 
 fn words(line: &str) -> impl Iterator<Item = (&str, &str)> {
@@ -130,7 +132,7 @@ fn run_script(script: &str) -> String {
                     "live" => {
                         let seq = number(parts.next().unwrap());
                         sub.handle_live(
-                            &row(seq, parts.next().unwrap(), parts.next().unwrap()),
+                            &live(seq, parts.next().unwrap(), parts.next().unwrap()),
                             now,
                         )
                     }

@@ -1,4 +1,4 @@
-//! Cursor and query-string parsing on arbitrary text.
+//! Parsing and encoding of arbitrary text: cursors, query strings, timestamps and event rows.
 //!
 //! Checks, for every input (as lossy UTF-8 text):
 //! - `Cursor::parse` never panics and accepts exactly `^([0-9a-f]{16}:)?(0|[1-9][0-9]*)$` with a
@@ -9,11 +9,21 @@
 //! - `EventsQuery::parse` never panics; an accepted query, serialised again, parses to the same
 //!   query; a rejection carries one of the codes the parser documents (never `unknown_project`,
 //!   which only the shell decides), status 400 and a JSON body with that code;
-//! - `EventsQuery::start` with the input as `Last-Event-ID` agrees with `Cursor::parse`.
+//! - `EventsQuery::start` with the input as `Last-Event-ID` agrees with `Cursor::parse`;
+//! - the timestamp codec never panics; what it accepts normalises to a 24-byte canonical form
+//!   that is a fixed point and names the same unix millisecond;
+//! - a row whose columns are the input's `|`-separated parts (payload unchecked) encodes to one
+//!   frame that parses back to one event whose data is a JSON object carrying the row's
+//!   columns exactly or in their documented degraded form.
 
 #![no_main]
 
-use changefeed_core::{Cursor, CursorError, Epoch, ErrorCode, EventsQuery, Seq, Start};
+use changefeed_core::sse::{Item, Parser};
+use changefeed_core::timestamp::{format_unix_millis, normalize, parse_unix_millis};
+use changefeed_core::{
+    Cursor, CursorError, Epoch, ErrorCode, EventEncoder, EventRow, EventsQuery, PayloadCheck, Seq,
+    Start,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// `0|[1-9][0-9]*`: the seq part is canonical decimal.
@@ -186,10 +196,87 @@ fn check_start(header: &str) {
     }
 }
 
+fn check_timestamp(text: &str) {
+    let millis = parse_unix_millis(text);
+    match normalize(text) {
+        Some(canonical) => {
+            assert_eq!(canonical.len(), 24, "{text:?} -> {canonical:?}");
+            assert_eq!(normalize(&canonical).as_deref(), Some(canonical.as_str()));
+            assert_eq!(parse_unix_millis(&canonical), millis, "{text:?}");
+            assert_eq!(millis.and_then(format_unix_millis), Some(canonical));
+        }
+        None => assert!(
+            millis.is_none_or(|ms| format_unix_millis(ms).is_none()),
+            "{text:?} has a unix time but no normal form"
+        ),
+    }
+}
+
+/// `[a-z][a-z0-9_]*`, written independently of the core.
+fn valid_kind(kind: &str) -> bool {
+    let mut bytes = kind.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn check_row(text: &str) {
+    let mut parts = text.splitn(5, '|');
+    let mut next = || parts.next().unwrap_or("").to_owned();
+    let (project_id, session_id, kind, payload, created_at) =
+        (next(), next(), next(), next(), next());
+    let row = EventRow {
+        seq: Seq(text.len() as u64),
+        project_id,
+        session_id: (!session_id.is_empty()).then_some(session_id),
+        kind,
+        payload,
+        payload_check: PayloadCheck::Unchecked,
+        created_at,
+    };
+    let event = EventEncoder::new(Epoch(7)).encode(&row);
+    let mut parser = Parser::default();
+    parser
+        .feed(&event.frame)
+        .expect("a frame within the default limits");
+    let Some(Item::Event(sse)) = parser.next_item() else {
+        panic!("no event from {:?}", event.frame)
+    };
+    assert_eq!(parser.next_item(), None, "one item per frame");
+    let expected_type = if valid_kind(&row.kind) {
+        row.kind.as_str()
+    } else {
+        "message"
+    };
+    assert_eq!(sse.event_type, expected_type);
+    assert_eq!(sse.last_event_id, format!("{}:{}", Epoch(7), row.seq));
+    let json: serde_json::Value = serde_json::from_str(&sse.data).expect("event data is JSON");
+    assert_eq!(json["projectId"], row.project_id.as_str());
+    assert_eq!(
+        json.get("sessionId").and_then(|v| v.as_str()),
+        row.session_id.as_deref()
+    );
+    assert_eq!(json["type"], row.kind.as_str());
+    match serde_json::from_str::<serde_json::Value>(&row.payload) {
+        Ok(payload) => assert_eq!(json["payload"], payload),
+        Err(_) => assert_eq!(json["payload"], row.payload.as_str()),
+    }
+    match normalize(&row.created_at) {
+        Some(created_at) => assert_eq!(json["createdAt"], created_at.as_str()),
+        None => assert!(json["createdAt"].is_null()),
+    }
+    let listed: Vec<&str> = json["degraded"]
+        .as_array()
+        .map(|list| list.iter().map(|v| v.as_str().unwrap()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, event.degraded.columns().collect::<Vec<_>>());
+}
+
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     check_cursor(&text);
     check_display(data);
     check_query(&text);
     check_start(&text);
+    check_timestamp(&text);
+    check_row(&text);
 });

@@ -89,20 +89,18 @@ impl Broadcaster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use changefeed_core::{Epoch, EventRow};
+    use changefeed_core::{Epoch, EventEncoder, EventRow, PayloadCheck};
 
     fn event(seq: u64) -> Event {
-        Event::encode(
-            &EventRow {
-                seq: Seq(seq),
-                project_id: "p".into(),
-                session_id: None,
-                kind: "k".into(),
-                payload: "{}".into(),
-                created_at: "2026-01-01T00:00:00.000Z".into(),
-            },
-            Epoch(1),
-        )
+        EventEncoder::new(Epoch(1)).encode(&EventRow {
+            seq: Seq(seq),
+            project_id: "p".into(),
+            session_id: None,
+            kind: "k".into(),
+            payload: "{}".into(),
+            payload_check: PayloadCheck::Valid,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+        })
     }
 
     #[test]

@@ -33,7 +33,7 @@ use axum::Router;
 use bytes::{Bytes, BytesMut};
 use changefeed_core::subscription::SubscriptionStats;
 use changefeed_core::{
-    Epoch, ErrorCode, Event, EventsQuery, FetchRequest, Filter, LogPosition, Output, ReplayPage,
+    Epoch, ErrorCode, EventsQuery, FetchRequest, Filter, LogPosition, Output, ReplayPage,
     RequestError, Subscription, SubscriptionConfig,
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -581,15 +581,9 @@ impl<S: Store> EventStream<S> {
             .store()
             .window(&self.filter, fetch.after, fetch.upto)
             .await?;
-        let epoch = self.state.epoch();
-        let rows = window
-            .rows
-            .iter()
-            .map(|row| Event::encode(row, epoch))
-            .collect();
         self.subscription.handle_page(
             ReplayPage {
-                rows,
+                rows: window.rows,
                 head: window.bounds.head,
                 floor: window.bounds.floor,
             },

@@ -242,61 +242,10 @@ impl Metrics {
     }
 }
 
-/// Unix milliseconds of an RFC 3339 UTC timestamp as our triggers write it
-/// (`YYYY-MM-DDTHH:MM:SS[.fff]Z`), or SQLite's `YYYY-MM-DD HH:MM:SS[.fff]`; `None` otherwise.
+/// Unix milliseconds of a `created_at` in any format a writer may store (the core's timestamp
+/// codec), or `None` when it is none or lies before 1970.
 pub fn parse_timestamp_millis(text: &str) -> Option<u64> {
-    let b = text.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b' ') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let number = |range: std::ops::Range<usize>| -> Option<u64> {
-        let digits = &b[range];
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        Some(
-            digits
-                .iter()
-                .fold(0u64, |value, digit| value * 10 + u64::from(digit - b'0')),
-        )
-    };
-    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    let mut rest = &b[19..];
-    let mut millis = 0u64;
-    if let [b'.', fraction @ ..] = rest {
-        let digits = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 {
-            return None;
-        }
-        for (index, digit) in fraction[..digits.min(3)].iter().enumerate() {
-            millis += u64::from(digit - b'0') * [100, 10, 1][index];
-        }
-        rest = &fraction[digits..];
-    }
-    if !matches!(rest, [] | [b'Z']) {
-        return None;
-    }
-    let days = days_from_civil(year as i64, month as i64, day as i64);
-    let seconds = u64::try_from(days).ok()? * 86_400 + hour * 3600 + minute * 60 + second;
-    Some(seconds * 1000 + millis)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_index = (month + 9) % 12;
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    changefeed_core::timestamp::parse_unix_millis(text).and_then(|ms| u64::try_from(ms).ok())
 }
 
 #[cfg(test)]

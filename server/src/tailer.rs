@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use changefeed_core::{Epoch, Event, Seq};
+use changefeed_core::{Epoch, EventEncoder, Seq};
 use tokio::time::Instant;
 
 use crate::broadcast::Broadcaster;
@@ -72,6 +72,7 @@ impl<S: Store> Tailer<S> {
             metrics,
             config,
         } = self;
+        let encoder = EventEncoder::new(epoch);
         let batch = config.batch.max(1);
         let mut changes = store.changes();
         let mut published = feed.published();
@@ -116,7 +117,7 @@ impl<S: Store> Tailer<S> {
                             ));
                         }
                     }
-                    feed.publish(Event::encode(row, epoch));
+                    feed.publish(encoder.encode(row));
                     published = row.seq;
                 }
                 metrics.published(published.0, count);

@@ -25,8 +25,7 @@ use bytes::Bytes;
 use changefeed::broadcast::{Broadcaster, LiveEvent};
 use changefeed::store::Store;
 use changefeed_core::{
-    Event, EventsQuery, Filter, LogPosition, Output, Phase, ReplayPage, Subscription,
-    SubscriptionConfig,
+    EventsQuery, Filter, LogPosition, Output, Phase, ReplayPage, Subscription, SubscriptionConfig,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
@@ -158,13 +157,8 @@ impl<S: Store> Stream<S> {
                         .window(&self.filter, fetch.after, fetch.upto)
                         .await
                         .ok()?;
-                    let epoch = window.bounds.epoch;
                     let page = ReplayPage {
-                        rows: window
-                            .rows
-                            .iter()
-                            .map(|row| Event::encode(row, epoch))
-                            .collect(),
+                        rows: window.rows,
                         head: window.bounds.head,
                         floor: window.bounds.floor,
                     };

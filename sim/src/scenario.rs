@@ -909,13 +909,13 @@ impl AnyClient {
                         let id = event.last_event_id;
                         match event.event_type.as_str() {
                             changefeed_core::RESET_EVENT => {
-                                let data: serde_json::Value =
-                                    serde_json::from_str(&event.data).unwrap_or_default();
-                                Seen::Reset {
-                                    id,
-                                    after: data["after"].as_str().unwrap_or("").to_owned(),
-                                    reason: data["reason"].as_str().unwrap_or("").to_owned(),
-                                }
+                                let (after, reason) =
+                                    changefeed_core::Reset::from_json(&event.data)
+                                        .map(|reset| {
+                                            (reset.after.to_string(), reset.reason.to_string())
+                                        })
+                                        .unwrap_or_default();
+                                Seen::Reset { id, after, reason }
                             }
                             changefeed_core::READY_EVENT => Seen::Ready { id },
                             _ => Seen::Change {

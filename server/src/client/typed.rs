@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::source::{Disconnect, EventSource, SseItem};
 use super::{ClientConfig, ClientError, Connector};
 
-use changefeed_core::{READY_EVENT as READY, RESET_EVENT as RESET};
+use changefeed_core::wire::{Ready, Reset, READY_EVENT as READY, RESET_EVENT as RESET};
 
 /// One change from the log, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +77,8 @@ pub enum ClientItem {
         requested: String,
         /// The new cursor.
         after: String,
-        /// `pruned`, `ahead_of_head`, `epoch_mismatch`, `invalid_cursor` (or a newer reason).
+        /// `pruned`, `ahead_of_head`, `epoch_mismatch` or `invalid_cursor` (a reason this
+        /// client does not know makes the frame [`ClientItem::Malformed`]).
         reason: String,
     },
     /// `changefeed.ready`: replay caught up and the stream is live.
@@ -117,17 +118,11 @@ impl ClientItem {
                 ClientItem::Disconnected { reason, retry_in }
             }
             SseItem::Event(event) if event.event_type == RESET => {
-                #[derive(Deserialize)]
-                struct Reset {
-                    requested: String,
-                    after: String,
-                    reason: String,
-                }
-                match serde_json::from_str::<Reset>(&event.data) {
+                match Reset::from_json(&event.data) {
                     Ok(reset) => ClientItem::Reset {
                         requested: reset.requested,
-                        after: reset.after,
-                        reason: reset.reason,
+                        after: reset.after.to_string(),
+                        reason: reset.reason.as_str().to_owned(),
                     },
                     Err(error) => ClientItem::Malformed {
                         event,
@@ -136,16 +131,9 @@ impl ClientItem {
                 }
             }
             SseItem::Event(event) if event.event_type == READY => {
-                #[derive(Deserialize)]
-                #[serde(rename_all = "camelCase")]
-                struct Ready {
-                    after: String,
-                    replayed: u64,
-                    heartbeat_ms: u64,
-                }
-                match serde_json::from_str::<Ready>(&event.data) {
+                match Ready::from_json(&event.data) {
                     Ok(ready) => ClientItem::Ready {
-                        after: ready.after,
+                        after: ready.after.to_string(),
                         replayed: ready.replayed,
                         heartbeat_ms: ready.heartbeat_ms,
                     },

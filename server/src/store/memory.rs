@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use changefeed_core::filter::is_kind;
-use changefeed_core::{Epoch, EventRow, Filter, Seq};
+use changefeed_core::{timestamp, Epoch, EventRow, Filter, PayloadCheck, Seq};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -144,11 +144,14 @@ impl MemoryStore {
                 return Err(StoreError("database or disk is full: seq exhausted".into()));
             }
             let elapsed = state.elapsed();
-            let created_at = rfc3339_millis(
-                state
-                    .wall_origin_ms
-                    .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)),
-            );
+            let wall_ms = state
+                .wall_origin_ms
+                .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+            // Beyond the year 9999 the row gets no timestamp (encoded as a degraded null).
+            let created_at = i64::try_from(wall_ms)
+                .ok()
+                .and_then(timestamp::format_unix_millis)
+                .unwrap_or_default();
             state.head += 1;
             let seq = state.head;
             state.rows.insert(
@@ -160,6 +163,8 @@ impl MemoryStore {
                         session_id: session_id.map(str::to_owned),
                         kind: kind.to_owned(),
                         payload: payload_json.to_owned(),
+                        // Appends do not check the payload, so the encoder does.
+                        payload_check: PayloadCheck::Unchecked,
                         created_at,
                     },
                     age_origin: elapsed,
@@ -333,29 +338,6 @@ fn splitmix64(value: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (proleptic Gregorian, UTC).
-fn rfc3339_millis(unix_ms: u64) -> String {
-    let millis = unix_ms % 1000;
-    let secs = unix_ms / 1000;
-    let (days, day_secs) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        day_secs / 3600,
-        day_secs / 60 % 60,
-        day_secs % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,20 +362,6 @@ mod tests {
             projects: projects.map(|p| p.iter().map(|s| s.to_string()).collect()),
             types: types.map(|t| t.iter().map(|s| TypePattern::parse(s).unwrap()).collect()),
         }
-    }
-
-    #[test]
-    fn formats_rfc3339_with_millis() {
-        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339_millis(DEFAULT_WALL_ORIGIN_MS),
-            "2026-01-01T00:00:00.000Z"
-        );
-        assert_eq!(rfc3339_millis(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(
-            rfc3339_millis(1_795_727_587_123),
-            "2026-11-26T21:13:07.123Z"
-        );
     }
 
     #[tokio::test]

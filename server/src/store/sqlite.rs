@@ -29,7 +29,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use changefeed_core::{Epoch, EventRow, Filter, Seq, TypePattern};
+use changefeed_core::{Epoch, EventRow, Filter, PayloadCheck, Seq, TypePattern};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -530,6 +530,8 @@ fn row_from(row: &SqliteRow) -> Result<EventRow, StoreError> {
         session_id: row.try_get(2)?,
         kind: row.try_get(3)?,
         payload: row.try_get(4)?,
+        // The schema's `CHECK (json_valid(payload))` vouches for it.
+        payload_check: PayloadCheck::Valid,
         created_at: row.try_get(5)?,
     })
 }
