@@ -6,7 +6,7 @@ use std::time::Duration;
 use changefeed::store::postgres::{PostgresStore, PostgresStoreOptions};
 use changefeed::store::sqlite::SqliteStore;
 use changefeed::store::{Retention, Store};
-use changefeed_core::{Epoch, Event, EventRow, Filter, Seq, TypePattern};
+use changefeed_core::{Epoch, EventEncoder, EventRow, Filter, Seq, TypePattern};
 use changefeed_tests::pg::TestDb;
 
 /// A failure bound only: every wait returns as soon as its condition holds.
@@ -156,10 +156,8 @@ async fn triggers_write_the_same_rows_and_payload_bytes_as_sqlite() {
             created_at: lite.created_at.clone(),
             ..pg.clone()
         };
-        assert_eq!(
-            Event::encode(&aligned, Epoch(7)).frame,
-            Event::encode(lite, Epoch(7)).frame
-        );
+        let encoder = EventEncoder::new(Epoch(7));
+        assert_eq!(encoder.encode(&aligned).frame, encoder.encode(lite).frame);
     }
     sqlite.close().await;
     store.close().await;

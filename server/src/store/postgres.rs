@@ -35,7 +35,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use changefeed_core::{Epoch, EventRow, Filter, Seq, TypePattern};
+use changefeed_core::{Epoch, EventRow, Filter, PayloadCheck, Seq, TypePattern};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::watch as tokio_watch;
@@ -694,6 +694,8 @@ fn row_from(row: &PgRow) -> Result<EventRow, StoreError> {
         session_id: row.try_get("session_id")?,
         kind: row.try_get("event_type")?,
         payload: row.try_get("payload")?,
+        // The column's CHECK casts every payload to json.
+        payload_check: PayloadCheck::Valid,
         created_at: row.try_get("created_at")?,
     })
 }
