@@ -409,8 +409,7 @@ impl Store for PostgresStore {
             seq <= bound
                 && (rows_cutoff.is_some_and(|cutoff| seq <= cutoff)
                     || max_age_ms.is_some_and(|max_age| {
-                        crate::metrics::parse_timestamp_millis(created_at)
-                            .and_then(|ms| i64::try_from(ms).ok())
+                        changefeed_core::timestamp::parse_unix_millis(created_at)
                             .is_some_and(|ms| ms < now_ms.saturating_sub(max_age))
                     }))
         };

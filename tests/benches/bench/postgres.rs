@@ -628,27 +628,56 @@ async fn latency(
     let secs = if config.quick { 3 } else { 10 };
     for long in [false, true] {
         let setup = format!(
-            "{subs} subscribers over 3 replica processes, 200 writes/s for {secs} s, {}{}",
+            "{subs} subscribers over 3 replica processes, 200 writes/s for {secs} s, {}, medians of {} alternating runs{}",
             durable.as_deref().unwrap_or("?"),
+            if config.quick { 1 } else { 2 },
             if long {
                 "; one writing transaction at a time held open 1 s"
             } else {
                 ""
             }
         );
-        let mut results = Vec::new();
-        for design in [AssignMode::Visible, AssignMode::XidHorizon] {
-            let result = match admin {
-                Ok(admin) => latency_run(config, admin, design, long).await,
-                Err(error) => Err(error.clone()),
-            };
-            if let Ok(result) = &result {
-                if result.missing > 0 {
-                    eprintln!("   {design:?}: {} deliveries missing", result.missing);
+        // Rounds alternate the two designs (the machine's load drifts); medians per measure.
+        let rounds = if config.quick { 1 } else { 2 };
+        let designs = [AssignMode::Visible, AssignMode::XidHorizon];
+        let mut runs: [Vec<Result<LatencyResult, String>>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (index, design) in designs.into_iter().enumerate() {
+                let result = match admin {
+                    Ok(admin) => latency_run(config, admin, design, long).await,
+                    Err(error) => Err(error.clone()),
+                };
+                match &result {
+                    Ok(result) => eprintln!(
+                        "   {design:?}: p50 {:.1} ms, p99 {:.1} ms, {} deliveries missing",
+                        result.delivery[0], result.delivery[1], result.missing
+                    ),
+                    Err(error) => eprintln!("   {design:?}: {error}"),
                 }
+                runs[index].push(result);
             }
-            results.push(result);
         }
+        let results: Vec<Result<LatencyResult, String>> = runs
+            .iter()
+            .map(|runs| {
+                let ok: Vec<&LatencyResult> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+                if ok.is_empty() {
+                    return Err(runs
+                        .iter()
+                        .find_map(|r| r.as_ref().err().cloned())
+                        .unwrap_or_else(|| "no run".into()));
+                }
+                let mut delivery = [0.0; 3];
+                for (k, value) in delivery.iter_mut().enumerate() {
+                    let mut values: Vec<f64> = ok.iter().map(|r| r.delivery[k]).collect();
+                    *value = median(&mut values);
+                }
+                Ok(LatencyResult {
+                    delivery,
+                    missing: ok.iter().map(|r| r.missing).sum(),
+                })
+            })
+            .collect();
         for (k, name) in ["p50", "p99", "max"].iter().enumerate() {
             report.push(Row {
                 scenario: "6 postgres",

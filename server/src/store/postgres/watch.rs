@@ -134,8 +134,7 @@ async fn poll(
             .try_get::<Option<String>, _>("oldest_pending")
             .ok()
             .flatten()
-            .and_then(|created_at| crate::metrics::parse_timestamp_millis(&created_at))
-            .and_then(|ms| i64::try_from(ms).ok())
+            .and_then(|created_at| changefeed_core::timestamp::parse_unix_millis(&created_at))
             .map_or(-1, |ms| now_ms.saturating_sub(ms).max(0));
         stats.lag_ms.store(lag, Relaxed);
         let pid = row.try_get::<Option<i32>, _>("horizon_pid").ok().flatten();
