@@ -32,6 +32,7 @@
 //! [`AssignMode`] is the seam for the planted-bug and comparison tests: the product uses
 //! [`AssignMode::Visible`]; every other mode is a known-wrong or compared variant.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -146,20 +147,63 @@ pub enum Tick {
     },
 }
 
+/// What a sequencer runs against: one database's pending rows and its lock. Postgres
+/// ([`PgPool`], the SQL below) in the product; the simulation models the same rules in memory, so
+/// the loop, the election outcome handling, the back-off and the signalling are this code in
+/// both.
+pub trait SequencerBackend: Clone + Send + Sync + 'static {
+    /// Whether any row waits for a seq (a cheap check, outside any transaction).
+    fn has_pending(&self) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Tries the sequencer lock and, when won, assigns one batch of at most `batch` rows and
+    /// commits it: [`Tick::Lost`], [`Tick::Idle`] or [`Tick::Assigned`].
+    fn assign_batch(
+        &self,
+        mode: AssignMode,
+        batch: u32,
+    ) -> impl Future<Output = Result<Tick, StoreError>> + Send;
+}
+
+impl SequencerBackend for PgPool {
+    async fn has_pending(&self) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM change_log WHERE seq IS NULL)")
+                .fetch_one(self)
+                .await?,
+        )
+    }
+
+    async fn assign_batch(&self, mode: AssignMode, batch: u32) -> Result<Tick, StoreError> {
+        let mut transaction = self.begin().await?;
+        let outcome = assign(&mut transaction, mode, batch).await?;
+        transaction.commit().await?;
+        if mode == AssignMode::ConcurrentSequence {
+            if let Tick::Assigned { head, .. } = outcome {
+                // The planted design raises head after commit, in its own statement.
+                sqlx::query("UPDATE changefeed_sequencer SET head = GREATEST(head, $1)")
+                    .bind(super::to_sql(head))
+                    .execute(self)
+                    .await?;
+            }
+        }
+        Ok(outcome)
+    }
+}
+
 /// One replica's sequencer.
 #[derive(Debug, Clone)]
-pub struct Sequencer {
-    pool: PgPool,
+pub struct Sequencer<B = PgPool> {
+    backend: B,
     config: SequencerConfig,
     stats: Arc<SequencerStats>,
     changes: Option<watch::Sender<u64>>,
 }
 
-impl Sequencer {
-    /// A sequencer on `pool`.
-    pub fn new(pool: PgPool, config: SequencerConfig, stats: Arc<SequencerStats>) -> Sequencer {
+impl<B: SequencerBackend> Sequencer<B> {
+    /// A sequencer on `backend`.
+    pub fn new(backend: B, config: SequencerConfig, stats: Arc<SequencerStats>) -> Sequencer<B> {
         Sequencer {
-            pool,
+            backend,
             config,
             stats,
             changes: None,
@@ -167,7 +211,7 @@ impl Sequencer {
     }
 
     /// Also wakes this replica's waiters directly after each batch (no NOTIFY round trip).
-    pub fn signalling(mut self, changes: watch::Sender<u64>) -> Sequencer {
+    pub fn signalling(mut self, changes: watch::Sender<u64>) -> Sequencer<B> {
         self.changes = Some(changes);
         self
     }
@@ -175,25 +219,13 @@ impl Sequencer {
     /// One tick: a cheap check for pending rows, then (if any) one transaction that tries the
     /// lock and assigns a batch.
     pub async fn tick(&self) -> Result<Tick, StoreError> {
-        let pending: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM change_log WHERE seq IS NULL)")
-                .fetch_one(&self.pool)
-                .await?;
-        if !pending {
+        if !self.backend.has_pending().await? {
             return Ok(Tick::Idle);
         }
-        let mut transaction = self.pool.begin().await?;
-        let outcome = assign(&mut transaction, self.config.mode, self.config.batch).await?;
-        transaction.commit().await?;
-        if self.config.mode == AssignMode::ConcurrentSequence {
-            if let Tick::Assigned { head, .. } = outcome {
-                // The planted design raises head after commit, in its own statement.
-                sqlx::query("UPDATE changefeed_sequencer SET head = GREATEST(head, $1)")
-                    .bind(super::to_sql(head))
-                    .execute(&self.pool)
-                    .await?;
-            }
-        }
+        let outcome = self
+            .backend
+            .assign_batch(self.config.mode, self.config.batch)
+            .await?;
         match outcome {
             Tick::Lost => {
                 self.stats.elections_lost.fetch_add(1, Relaxed);
