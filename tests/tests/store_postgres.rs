@@ -187,11 +187,16 @@ async fn opens_a_database_whose_domain_tables_another_program_created() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    // The application's own schema, with an extra column and rows already there.
+    // The application's own schema: an extra column, rows already there, other column types
+    // (varchar ids, a boolean flag) than the ones changefeed would create.
     db.execute(
         "CREATE TABLE projects (id text PRIMARY KEY, name text NOT NULL, \
              created_at text NOT NULL DEFAULT '2020-01-01', owner text); \
-         INSERT INTO projects (id, name, owner) VALUES ('p1', 'One', 'ann')",
+         INSERT INTO projects (id, name, owner) VALUES ('p1', 'One', 'ann'); \
+         CREATE TABLE sessions (id varchar(40) PRIMARY KEY, project_id text NOT NULL, \
+             activity varchar(20) NOT NULL DEFAULT 'idle', is_terminated boolean NOT NULL DEFAULT false, \
+             display_name text, preview_url text, created_at text NOT NULL DEFAULT '', \
+             updated_at text NOT NULL DEFAULT '')",
     )
     .await;
     let store = open(&db).await;
@@ -201,11 +206,22 @@ async fn opens_a_database_whose_domain_tables_another_program_created() {
         .unwrap()
         .is_empty());
     store
-        .execute_write("INSERT INTO sessions (id, project_id) VALUES ('s1', 'p1')")
+        .execute_write(
+            "INSERT INTO sessions (id, project_id) VALUES ('s1', 'p1'); \
+             UPDATE sessions SET is_terminated = true WHERE id = 's1'",
+        )
         .await
         .unwrap();
-    wait_head(&store, 1).await;
-    assert_eq!(all_rows(&store).await[0].kind, "session_created");
+    wait_head(&store, 2).await;
+    let rows = all_rows(&store).await;
+    assert_eq!(
+        rows[0].payload,
+        r#"{"id":"s1","activity":"idle","isTerminated":false}"#
+    );
+    assert_eq!(
+        rows[1].payload,
+        r#"{"id":"s1","activity":"idle","isTerminated":true,"displayName":null,"previewUrl":null}"#
+    );
     store.close().await;
 }
 

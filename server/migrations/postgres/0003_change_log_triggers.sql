@@ -9,15 +9,18 @@
 -- Several triggers on one event fire in name order on Postgres and newest-first on SQLite; the
 -- names keep the two orders equal (pr_session_changed before pr_updated).
 
--- A text value as JSON (a string with JSON escapes, or null), byte for byte as SQLite writes it.
-CREATE OR REPLACE FUNCTION changefeed_json_text(value text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+-- A column value as JSON, byte for byte as SQLite's json_object writes it: text as a string
+-- with JSON escapes, numbers as numbers, NULL as null. Polymorphic, so a domain table that the
+-- application created with other column types (varchar, uuid, integer ids) still works.
+CREATE OR REPLACE FUNCTION changefeed_json_text(value anyelement) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT COALESCE(to_json(value)::text, 'null') $$;
 
--- An integer flag as a JSON boolean (non-zero is true, as SQLite's CASE WHEN reads it).
-CREATE OR REPLACE FUNCTION changefeed_json_flag(value bigint) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT CASE WHEN value <> 0 THEN 'true' ELSE 'false' END $$;
+-- A flag as a JSON boolean: an integer is true when non-zero (as SQLite's CASE WHEN reads it),
+-- a boolean as itself, NULL is false.
+CREATE OR REPLACE FUNCTION changefeed_json_flag(value anyelement) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN value IS NULL OR value::text IN ('0', 'f', 'false') THEN 'false' ELSE 'true' END $$;
 
 CREATE OR REPLACE FUNCTION changefeed_session_created() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -167,7 +170,7 @@ BEGIN
         '{"pr":' || changefeed_json_text(NEW.pr_url)
             || ',"thread":' || changefeed_json_text(NEW.thread_id)
             || ',"path":' || changefeed_json_text(NEW.path)
-            || ',"line":' || COALESCE(NEW.line::text, 'null')
+            || ',"line":' || changefeed_json_text(NEW.line)
             || ',"resolved":' || changefeed_json_flag(NEW.resolved)
             || ',"isBot":' || changefeed_json_flag(NEW.is_bot)
             || '}'
@@ -191,7 +194,7 @@ BEGIN
         '{"pr":' || changefeed_json_text(NEW.pr_url)
             || ',"thread":' || changefeed_json_text(NEW.thread_id)
             || ',"path":' || changefeed_json_text(NEW.path)
-            || ',"line":' || COALESCE(NEW.line::text, 'null')
+            || ',"line":' || changefeed_json_text(NEW.line)
             || ',"resolved":' || changefeed_json_flag(NEW.resolved)
             || '}'
     );

@@ -517,9 +517,6 @@ async fn apply_epoch_rule(pool: &PgPool) -> Result<(), StoreError> {
     )
     .execute(&mut *transaction)
     .await?;
-    sqlx::query("DELETE FROM changefeed_replicas")
-        .execute(&mut *transaction)
-        .await?;
     transaction.commit().await?;
     tracing::warn!(
         head = head.0,
