@@ -18,6 +18,7 @@
 pub mod assembled;
 pub mod check;
 pub mod net;
+pub mod replicated;
 pub mod rng;
 pub mod scenario;
 pub mod seeds;
