@@ -60,16 +60,15 @@ start() {
 }
 
 stop() {
-  local dir=${1:?usage: $0 stop <PGTMP>} pgbin
+  local dir=${1:?usage: scripts/postgres.sh stop <PGTMP>} pgbin
   pgbin=$(find_pgbin)
-  if [ -d "$dir/data" ]; then
-    as_pg "$pgbin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
-  fi
+  [ -d "$dir/data" ] || { echo "postgres.sh: $dir is not a cluster made by postgres.sh start" >&2; exit 1; }
+  as_pg "$pgbin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
   rm -rf "$dir"
 }
 
 restart() {
-  local dir=${1:?usage: $0 restart <PGTMP>} pgbin
+  local dir=${1:?usage: scripts/postgres.sh restart <PGTMP>} pgbin
   pgbin=$(find_pgbin)
   as_pg "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 -m fast restart >/dev/null
 }
@@ -78,5 +77,5 @@ case "${1:-}" in
   start) start ;;
   stop) shift; stop "$@" ;;
   restart) shift; restart "$@" ;;
-  *) echo "usage: $0 start | stop <PGTMP> | restart <PGTMP>" >&2; exit 2 ;;
+  *) echo "usage: scripts/postgres.sh start | stop <PGTMP> | restart <PGTMP>" >&2; exit 2 ;;
 esac

@@ -7,14 +7,13 @@
 #   SIM_SEED=1234 scripts/sim.sh          # replay one seed (SIM_TRACE=1 prints its whole trace)
 #   SIM_SEED_BASE=<n> scripts/sim.sh      # repeat a run's random seeds
 #
-# Built with --cfg tokio_unstable (turmoil then seeds tokio's RNG and forwards host panics) in
-# its own target directory, so the different RUSTFLAGS never invalidate the main build cache.
+# Needs --cfg tokio_unstable (turmoil then seeds tokio's RNG and forwards host panics), which
+# .cargo/config.toml sets for every build of the workspace: the simulation shares the `fast`
+# build with the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export SIM_SEEDS=${SIM_SEEDS:-200}
-export RUSTFLAGS="--cfg tokio_unstable"
-export CARGO_TARGET_DIR=target/sim
 
 if [ -n "${SIM_SEED:-}" ]; then
   echo "sim: replaying seed $SIM_SEED"
@@ -22,15 +21,19 @@ else
   echo "sim: $SIM_SEEDS seeds per scenario"
 fi
 started=$SECONDS
-cargo build --profile fast -p changefeed-sim --tests --quiet
+# Built and run through the workspace (nextest's feature set), so it reuses the tests' build
+# instead of compiling tokio and everything above it again for the sim crate's features alone.
+run=(cargo nextest run --cargo-profile fast --workspace -E 'package(changefeed-sim)')
+"${run[@]}" --no-run --cargo-quiet
 built=$SECONDS
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --profile fast -p changefeed-sim -- --nocapture >"$log" 2>&1 || status=$?
+"${run[@]}" --cargo-quiet --hide-progress-bar --success-output final --failure-output final \
+  --status-level fail --final-status-level fail >"$log" 2>&1 || status=$?
 # The per-seed lines are noise on success; everything else (summaries, failures) is shown.
-grep -v -E '^sim: (seed [0-9]+$|determinism of seed)' "$log" \
-  | grep -E '^(sim: |test |thread |seed |replay with|  |failures:)' || true
+grep -v -E '^ *sim: (seed [0-9]+(: .*)?$|determinism of seed)' "$log" \
+  | grep -E '^ *(sim: |thread |seed |replay with|failures:|FAIL|  +Summary)|^      ' || true
 if [ "$status" != 0 ]; then
   echo "sim: FAILED: the seed and the replay command are above" >&2
   exit "$status"

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Every check the project has, as CI runs it: installs what is missing, then runs formatting,
-# lints, the dependency boundary of core, all tests, the simulation seeds, the fuzz smoke, the
-# benchmark harness in --quick mode and the real-client tests.
+# lints, the dependency boundaries of core and the client, all tests, the simulation seeds, the
+# fuzz smoke, the benchmark harness in --quick mode and the real-client tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 started=$SECONDS
 
-step() { printf '\n==> %s (%ds)\n' "$*" "$((SECONDS - started))"; }
+timings=()
+last_step=""
+last_start=$SECONDS
+step() {
+  if [ -n "$last_step" ]; then timings+=("$(printf '%5ds  %s' "$((SECONDS - last_start))" "$last_step")"); fi
+  last_step=$*
+  last_start=$SECONDS
+  printf '\n==> %s (%ds)\n' "$*" "$((SECONDS - started))"
+}
 
 step "toolchain and system packages"
 scripts/install-deps.sh
@@ -27,6 +35,17 @@ if [ -n "$forbidden" ]; then
   exit 1
 fi
 echo "ok: $(cargo tree -p changefeed-core -e normal --prefix none | awk '{print $1}' | sort -u | tr '\n' ' ')"
+
+step "the client crate depends on none of the server's crates"
+forbidden=$(cargo tree -p changefeed-client -e normal --prefix none \
+  | awk '{print $1}' \
+  | grep -xE 'changefeed|changefeed-sim|sqlx|sqlx-core|libsqlite3-sys|axum|axum-core|clap|clap_builder|notify|tracing-subscriber|prometheus-client|tower' \
+  | sort -u || true)
+if [ -n "$forbidden" ]; then
+  echo "changefeed-client depends on: $forbidden" >&2
+  exit 1
+fi
+echo "ok: $(cargo tree -p changefeed-client -e normal --prefix none | awk '{print $1}' | sort -u | wc -l) crates, none of the server's"
 
 step "throwaway Postgres for the Postgres tests (stopped on exit, also on failure)"
 eval "$(scripts/postgres.sh start)"
@@ -52,3 +71,4 @@ if [ -x scripts/bench.sh ]; then
 fi
 
 step "all checks passed in $((SECONDS - started))s"
+printf '%s\n' "${timings[@]}"

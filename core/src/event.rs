@@ -411,6 +411,10 @@ mod tests {
         );
         assert!(all.contains(Degraded::PAYLOAD));
         assert!(!Degraded::TYPE.contains(Degraded::PAYLOAD));
+        assert_eq!(Degraded::TYPE | Degraded::TYPE, Degraded::TYPE);
+        let mut twice = Degraded::PAYLOAD;
+        twice |= Degraded::PAYLOAD;
+        assert_eq!(twice, Degraded::PAYLOAD);
         assert!(!all.is_empty());
         assert!(Degraded::default().is_empty());
     }

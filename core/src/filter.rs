@@ -124,6 +124,31 @@ mod tests {
     }
 
     #[test]
+    fn glob_and_display_spell_the_pattern_for_sql() {
+        for (text, pattern) in [
+            ("*", TypePattern::Any),
+            ("pr_*", TypePattern::Prefix("pr_".into())),
+            ("pr_updated", TypePattern::Exact("pr_updated".into())),
+        ] {
+            assert_eq!(TypePattern::parse(text), Ok(pattern.clone()));
+            assert_eq!(pattern.glob(), text);
+            assert_eq!(pattern.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn all_types_only_without_types_or_with_a_star() {
+        let with = |types: Option<Vec<TypePattern>>| Filter {
+            projects: None,
+            types,
+        };
+        assert!(with(None).all_types());
+        assert!(with(Some(vec![TypePattern::Exact("a".into()), TypePattern::Any])).all_types());
+        assert!(!with(Some(vec![TypePattern::Prefix("a".into())])).all_types());
+        assert!(!with(Some(Vec::new())).all_types());
+    }
+
+    #[test]
     fn underscore_is_literal_unlike_like() {
         let filter = Filter {
             projects: None,

@@ -35,3 +35,37 @@ pub(crate) fn into_string(out: Vec<u8>) -> String {
     String::from_utf8(out)
         .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string(value: &str) -> String {
+        let mut out = Vec::new();
+        write_str(&mut out, value);
+        into_string(out)
+    }
+
+    #[test]
+    fn escapes_exactly_what_json_requires_in_short_form_where_it_has_one() {
+        assert_eq!(string(""), "\"\"");
+        assert_eq!(string("plain é ☃"), "\"plain é ☃\"");
+        assert_eq!(
+            string("\"q\" \\ \n \r \t"),
+            "\"\\\"q\\\" \\\\ \\n \\r \\t\""
+        );
+        assert_eq!(
+            string("\u{0}\u{1f}\u{7f}\u{8}\u{c}"),
+            "\"\\u0000\\u001f\\u007f\\u0008\\u000c\""
+        );
+        assert_eq!(
+            string("a\u{1}b"),
+            "\"a\\u0001b\"",
+            "text around an escape is kept"
+        );
+        for text in ["\u{1}x\"\n\t", "tail\u{1f}", "\u{2028}"] {
+            let parsed: String = serde_json::from_str(&string(text)).unwrap();
+            assert_eq!(parsed, text);
+        }
+    }
+}

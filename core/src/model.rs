@@ -6,8 +6,10 @@
 //! pruning, heartbeats, lifetimes and reconnects that resume from the last id the client
 //! parsed. [`run`] plays it against a real [`Subscription`] and a real SSE [`Parser`] as the
 //! client, then asserts (panics) unless the client received every matching event after its
-//! cursor exactly once and in order, and got a `changefeed.reset` exactly when its cursor could
-//! not be honoured.
+//! cursor exactly once and in order, got a `changefeed.reset` exactly when its cursor could
+//! not be honoured, and had received, at each `changefeed.ready`, every matching row committed
+//! before that connection opened. Which events match is decided by the model's own
+//! [`ModelFilter`], never by the code under test.
 //!
 //! Test support only: compiled with the `model` feature, hidden from the docs, not part of the
 //! crate's API.
@@ -117,6 +119,47 @@ pub struct Scenario {
     pub actions: Vec<Action>,
 }
 
+/// The model's own filter: the scenario's project names and type patterns, matched by rules
+/// written here from the contract (`PROTOCOL.md`), independently of [`Filter::matches`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFilter {
+    projects: Option<Vec<&'static str>>,
+    types: Option<Vec<String>>,
+}
+
+impl ModelFilter {
+    /// The filter a scenario's `project=` and `types=` describe.
+    pub fn new(scenario: &Scenario) -> ModelFilter {
+        ModelFilter {
+            projects: scenario
+                .projects
+                .as_ref()
+                .map(|indices| indices.iter().map(|&p| PROJECTS[p]).collect()),
+            types: scenario.types.clone(),
+        }
+    }
+
+    /// Whether a client with this filter is shown an event of `project` and `kind`: its
+    /// project is one of the named ones, and its kind equals a pattern, starts with a pattern's
+    /// text before a trailing `*`, or a pattern is `*`.
+    pub fn matches(&self, project: &str, kind: &str) -> bool {
+        let project_ok = match &self.projects {
+            None => true,
+            Some(projects) => projects.contains(&project),
+        };
+        let kind_ok = match &self.types {
+            None => true,
+            Some(patterns) => patterns
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => kind.starts_with(prefix),
+                    None => pattern == kind,
+                }),
+        };
+        project_ok && kind_ok
+    }
+}
+
 /// The store, the tailer and the live feed of one server, as plain data.
 pub struct World {
     /// Every row the log will ever hold.
@@ -141,6 +184,19 @@ impl World {
         self.log[..self.published]
             .last()
             .map_or(Seq::ZERO, |row| row.seq)
+    }
+    /// The head a shell reads right after subscribing (never below what was published).
+    pub fn head_at_open(&self) -> Seq {
+        self.head().max(self.published_seq())
+    }
+    /// The matching rows committed when a connection opens: all sent before its ready.
+    fn owed_at_ready(&self, filter: &ModelFilter) -> Vec<Seq> {
+        let head = self.head_at_open();
+        self.log[..self.committed]
+            .iter()
+            .filter(|row| row.seq <= head && filter.matches(&row.project_id, &row.kind))
+            .map(|row| row.seq)
+            .collect()
     }
     /// The position a shell would read when subscribing.
     pub fn position(&self) -> LogPosition {
@@ -169,6 +225,8 @@ pub struct Client {
     frames_this_connection: usize,
     /// `changefeed.ready` frames received on the current connection.
     pub ready_this_connection: usize,
+    /// The matching rows committed when the current connection opened.
+    owed_at_ready: Vec<Seq>,
     expect_reset_first: bool,
     pruned_pages: usize,
     mid_stream_resets: usize,
@@ -206,6 +264,7 @@ impl Client {
             confirmed: false,
             frames_this_connection: 0,
             ready_this_connection: 0,
+            owed_at_ready: Vec::new(),
             expect_reset_first: false,
             pruned_pages: 0,
             mid_stream_resets: 0,
@@ -227,7 +286,7 @@ impl Client {
 
     /// Feeds bytes one frame at a time (server frames end in a blank line and hold none
     /// inside), so the id before each frame is known.
-    fn consume(&mut self, bytes: &[u8], filter: &Filter) {
+    fn consume(&mut self, bytes: &[u8], filter: &ModelFilter) {
         let mut piece_start = 0;
         for (at, &byte) in bytes.iter().enumerate() {
             let frame_end = byte == b'\n' && self.previous_byte == b'\n';
@@ -245,7 +304,7 @@ impl Client {
         self.feed(&bytes[piece_start..], filter);
     }
 
-    fn feed(&mut self, bytes: &[u8], filter: &Filter) {
+    fn feed(&mut self, bytes: &[u8], filter: &ModelFilter) {
         self.parser.feed(bytes).expect("server frames parse");
         while let Some(item) = self.parser.next_item() {
             if let Item::Event(event) = item {
@@ -254,7 +313,7 @@ impl Client {
         }
     }
 
-    fn on_event(&mut self, event: crate::sse::SseEvent, filter: &Filter) {
+    fn on_event(&mut self, event: crate::sse::SseEvent, filter: &ModelFilter) {
         let first_frame = self.frames_this_connection == 0;
         if first_frame {
             assert_eq!(
@@ -303,6 +362,19 @@ impl Client {
                     seq_of(&ready.after.to_string()),
                     seq_of(&event.last_event_id)
                 );
+                // Ready means caught up with the request: every matching row committed before
+                // this connection opened (and owed to this segment) has arrived.
+                let segment = self.segments.last().unwrap();
+                let missing: Vec<Seq> = self
+                    .owed_at_ready
+                    .iter()
+                    .copied()
+                    .filter(|&seq| seq > segment.start && !segment.received.contains(&seq))
+                    .collect();
+                assert!(
+                    missing.is_empty(),
+                    "at ready, rows committed before the connection opened are missing: {missing:?}"
+                );
             }
             kind => {
                 let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
@@ -330,8 +402,10 @@ struct Connection {
 pub struct Harness {
     /// The store and the live feed.
     pub world: World,
-    /// The client's filter.
+    /// The client's filter, as the request parser made it (what the subscription gets).
     pub filter: Filter,
+    /// The model's own version of the same filter (what the checks use).
+    pub model_filter: ModelFilter,
     /// The subscription's tunables.
     pub config: SubscriptionConfig,
     /// The client.
@@ -385,7 +459,7 @@ impl Harness {
             replay_window: scenario.window,
             max_held: scenario.max_held,
         };
-        let head = world.published_seq();
+        let head = world.head_at_open();
         let (header, start) = match scenario.start {
             StartChoice::Head => (None, head),
             StartChoice::Seq { offset, bare } => {
@@ -404,11 +478,14 @@ impl Harness {
             StartChoice::Foreign => (Some(Cursor::new(FOREIGN, Seq(1)).to_string()), head),
             StartChoice::Invalid => (Some("not-a-cursor".to_owned()), head),
         };
-        let client = Client::new(header.as_deref(), start);
+        let mut client = Client::new(header.as_deref(), start);
+        let model_filter = ModelFilter::new(scenario);
+        client.owed_at_ready = world.owed_at_ready(&model_filter);
         let connection = Harness::open(&world, &filter, &config, &client, Duration::ZERO);
         let mut harness = Harness {
             world,
             filter,
+            model_filter,
             config,
             client,
             connection,
@@ -452,7 +529,7 @@ impl Harness {
         let Ok(cursor) = Cursor::parse(header) else {
             return false;
         };
-        let head = self.world.head().max(self.world.published_seq());
+        let head = self.world.head_at_open();
         cursor.epoch.is_none_or(|e| e == EPOCH)
             && cursor.seq <= head
             && cursor.seq >= self.world.floor
@@ -467,19 +544,20 @@ impl Harness {
             // this connection starts: at head without a cursor, at the cursor if it is a
             // position of this log — honoured, or pruned, when the reset ends the segment right
             // at the cursor (one that was ahead of head when the segment began held nothing).
-            let head = self.world.head().max(self.world.published_seq());
+            let head = self.world.head_at_open();
             let position = Cursor::parse(&header)
                 .ok()
                 .filter(|c| c.epoch.is_none_or(|e| e == EPOCH) && c.seq <= head);
             let segment = self.client.segments.last_mut().unwrap();
             assert!(segment.received.is_empty());
             if header.is_empty() {
-                segment.start = self.world.published_seq();
+                segment.start = self.world.head_at_open();
             } else if let Some(cursor) = position {
                 segment.start = cursor.seq;
             }
         }
         self.client.reconnecting(expect_reset);
+        self.client.owed_at_ready = self.world.owed_at_ready(&self.model_filter);
         self.connection = Harness::open(
             &self.world,
             &self.filter,
@@ -550,7 +628,9 @@ impl Harness {
                         .iter()
                         .filter(|row| row.seq > fetch.after && row.seq <= fetch.upto)
                         .filter(|row| row.seq > floor)
-                        .filter(|row| sloppy || self.filter.matches(&row.project_id, &row.kind))
+                        .filter(|row| {
+                            sloppy || self.model_filter.matches(&row.project_id, &row.kind)
+                        })
                         .cloned()
                         .collect();
                     if floor > fetch.after {
@@ -579,7 +659,7 @@ impl Harness {
             Action::Transmit(n) => {
                 let n = n.min(self.connection.wire.len());
                 let bytes: Vec<u8> = self.connection.wire.drain(..n).collect();
-                self.client.consume(&bytes, &self.filter);
+                self.client.consume(&bytes, &self.model_filter);
                 if self.connection.closed && self.connection.wire.is_empty() {
                     self.reconnect();
                 }
@@ -639,7 +719,7 @@ impl Harness {
             let expected: Vec<Seq> = history
                 .iter()
                 .filter(|row| row.seq > segment.start && row.seq <= until)
-                .filter(|row| self.filter.matches(&row.project_id, &row.kind))
+                .filter(|row| self.model_filter.matches(&row.project_id, &row.kind))
                 .map(|row| row.seq)
                 .collect();
             assert_eq!(

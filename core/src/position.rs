@@ -98,7 +98,7 @@ impl Cursor {
         }
     }
 
-    /// Strictly parses `<epoch>:<seq>` or `<seq>` (see the wire contract).
+    /// Strictly parses `<epoch>:<seq>` or `<seq>` (the cursor grammar of `PROTOCOL.md`).
     pub fn parse(text: &str) -> Result<Cursor, CursorError> {
         if text.is_empty() {
             return Err(CursorError::Empty);

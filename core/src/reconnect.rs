@@ -4,7 +4,7 @@
 //! performs the IO. It never reads a clock: every input that depends on time takes `now`, a
 //! [`Duration`] since an arbitrary origin chosen by the caller (typically a monotonic
 //! `Instant` taken at start-up), and deadlines come back on the same scale. Jitter is drawn from a
-//! small seeded PRNG, so a given seed and input sequence always yields the same schedule.
+//! seeded [`fastrand::Rng`], so a given seed and input sequence always yields the same schedule.
 //!
 //! # Driving it
 //!
@@ -183,7 +183,7 @@ pub struct Reconnect {
     max_delay: Duration,
     /// Consecutive failures.
     failures: u32,
-    rng: SplitMix64,
+    rng: fastrand::Rng,
 }
 
 impl Reconnect {
@@ -197,7 +197,7 @@ impl Reconnect {
             base: config.initial_retry,
             max_delay: config.max_delay,
             failures: 0,
-            rng: SplitMix64(config.jitter_seed),
+            rng: fastrand::Rng::with_seed(config.jitter_seed),
         }
     }
 
@@ -342,7 +342,7 @@ impl Reconnect {
     /// Enters `Waiting` until `now` plus the jittered backoff, or `now + floor` if later.
     fn schedule(&mut self, now: Duration, floor: Duration) {
         let delay = backoff(self.base, self.failures, self.max_delay);
-        let delay = jitter(delay, self.rng.next_u64()).max(floor);
+        let delay = jitter(delay, &mut self.rng).max(floor);
         self.state = State::Waiting {
             until: now.checked_add(delay).unwrap_or(Duration::MAX),
         };
@@ -384,32 +384,16 @@ fn backoff(base: Duration, failures: u32, cap: Duration) -> Duration {
         .map_or(cap, |delay| delay.min(cap))
 }
 
-/// A delay drawn uniformly from `[delay / 2, delay]` by the random word `random`.
-fn jitter(delay: Duration, random: u64) -> Duration {
+/// A delay drawn uniformly from `[delay / 2, delay]`.
+fn jitter(delay: Duration, rng: &mut fastrand::Rng) -> Duration {
     let nanos = delay.as_nanos();
-    let half = nanos / 2;
-    let span = nanos - half;
-    let jittered = half + u128::from(random) % (span + 1);
+    let jittered = rng.u128(nanos / 2..=nanos);
     const NANOS_PER_SEC: u128 = 1_000_000_000;
     // `jittered <= nanos`, so the seconds fit the `u64` they came from.
     Duration::new(
         (jittered / NANOS_PER_SEC) as u64,
         (jittered % NANOS_PER_SEC) as u32,
     )
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-mixed PRNG, plenty for jitter.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 #[cfg(test)]
@@ -446,6 +430,8 @@ mod tests {
 
     #[test]
     fn retry_after_parsing() {
+        assert_eq!(MAX_RETRY_AFTER, S(3600));
+        assert_eq!(MIN_FAILURE_BASE, MS(100));
         assert_eq!(parse_retry_after("0"), Some(S(0)));
         assert_eq!(parse_retry_after("120"), Some(S(120)));
         assert_eq!(parse_retry_after(" 7 "), Some(S(7)));
@@ -482,8 +468,8 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_in_upper_half() {
-        let mut rng = SplitMix64(7);
+    fn jitter_stays_in_upper_half_and_reaches_both_ends() {
+        let mut rng = fastrand::Rng::with_seed(7);
         for delay in [
             S(0),
             Duration::from_nanos(1),
@@ -493,22 +479,29 @@ mod tests {
             Duration::MAX,
         ] {
             for _ in 0..1000 {
-                let j = jitter(delay, rng.next_u64());
+                let j = jitter(delay, &mut rng);
                 assert!(j <= delay && j >= delay / 2, "{j:?} for {delay:?}");
             }
         }
-        assert_eq!(jitter(S(10), 0), S(5));
-        let top = jitter(Duration::from_nanos(10), 5);
-        assert_eq!(top, Duration::from_nanos(10));
+        assert_eq!(jitter(S(0), &mut rng), S(0));
+        let draws: Vec<Duration> = (0..200)
+            .map(|_| jitter(Duration::from_nanos(10), &mut rng))
+            .collect();
+        assert!(draws.contains(&Duration::from_nanos(5)), "the lower end");
+        assert!(draws.contains(&Duration::from_nanos(10)), "the upper end");
+        // Seconds and nanoseconds are split correctly above one second.
+        let long = jitter(S(7) + Duration::from_nanos(3), &mut rng);
+        assert!(long >= MS(3500) && long <= S(7) + Duration::from_nanos(3));
     }
 
     #[test]
-    fn splitmix_reference_values() {
-        // First outputs for seed 0 from the reference implementation.
-        let mut rng = SplitMix64(0);
-        assert_eq!(rng.next_u64(), 0xe220_a839_7b1d_cdaf);
-        assert_eq!(rng.next_u64(), 0x6e78_9e6a_a1b9_65f4);
-        assert_eq!(rng.next_u64(), 0x06c4_5d18_8009_454f);
+    fn jitter_follows_the_seed() {
+        let draws = |seed| {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            (0..8).map(|_| jitter(S(30), &mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(draws(3), draws(3));
+        assert_ne!(draws(3), draws(4));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The `GET /api/v1/events` request: query-string parsing, validation and where to start.
+//! The `GET /api/v1/events` request: query-string parsing, validation and where to start
+//! (`PROTOCOL.md`, "Parameters" and "Where a stream starts").
 
 use std::collections::BTreeSet;
 
@@ -214,6 +215,63 @@ mod tests {
         let body = EventsQuery::parse(Some("x=1")).unwrap_err().to_json();
         let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(parsed["error"]["code"], "unknown_parameter");
+    }
+
+    #[test]
+    fn limits_allow_exactly_their_maximum() {
+        let projects = |n: usize| {
+            (0..n)
+                .map(|i| format!("project=p{i}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        let query = EventsQuery::parse(Some(&projects(MAX_PROJECTS))).unwrap();
+        assert_eq!(query.filter.projects.map(|p| p.len()), Some(MAX_PROJECTS));
+        let error = EventsQuery::parse(Some(&projects(MAX_PROJECTS + 1))).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidProject);
+        assert_eq!(error.message, "at most 256 project values are allowed");
+        // A repeated value is one project.
+        let repeated = format!("{}&project=p0&project=p0", projects(MAX_PROJECTS));
+        assert!(EventsQuery::parse(Some(&repeated)).is_ok());
+
+        let types = |n: usize| {
+            let kinds: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+            format!("types={}", kinds.join(","))
+        };
+        let query = EventsQuery::parse(Some(&types(MAX_TYPE_PATTERNS))).unwrap();
+        assert_eq!(query.filter.types.map(|t| t.len()), Some(MAX_TYPE_PATTERNS));
+        let error = EventsQuery::parse(Some(&types(MAX_TYPE_PATTERNS + 1))).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidTypes);
+        assert_eq!(error.message, "at most 64 type patterns are allowed");
+        let repeated = format!("{},k0,k1", types(MAX_TYPE_PATTERNS));
+        let query = EventsQuery::parse(Some(&repeated)).unwrap();
+        assert_eq!(
+            query.filter.types.map(|t| t.len()),
+            Some(MAX_TYPE_PATTERNS),
+            "deduplicated"
+        );
+    }
+
+    #[test]
+    fn messages_name_the_problem() {
+        let message = |query: &str| EventsQuery::parse(Some(query)).unwrap_err().message;
+        assert_eq!(
+            message("projectId=a"),
+            "unknown query parameter \"projectId\" (known: after, project, types)"
+        );
+        assert_eq!(message("after=1&after=2"), "after may be given only once");
+        assert_eq!(
+            message("after=01"),
+            "after=\"01\": cursor seq must be a decimal number without sign or leading zeros"
+        );
+        assert_eq!(message("project="), "project must not be empty");
+        assert_eq!(
+            message("types="),
+            "types must not be empty (omit it for all kinds)"
+        );
+        let from_cursor = RequestError::from(CursorError::SeqTooLarge);
+        assert_eq!(from_cursor.code, ErrorCode::InvalidCursor);
+        assert_eq!(from_cursor.message, CursorError::SeqTooLarge.to_string());
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! One client's stream as a sans-IO state machine: replay from the store, join the live feed
 //! without loss or duplicate, heartbeats, resets and the end of the stream.
 //!
+//! The wire contract it implements is `PROTOCOL.md` at the repository root.
+//!
 //! The shell creates a [`Subscription`] right after subscribing to the live feed, passing the
-//! last published seq `P` it read *atomically with that subscription* ([`LogPosition`]). It then
+//! last published seq `P` it read *atomically with that subscription* and the store's head read
+//! *after* it ([`LogPosition`]). It then
 //! feeds inputs (`handle_*`) and, after every input, drains [`Subscription::poll_output`] until
 //! it returns `None`: frames to write, [`FetchRequest`]s to answer with
 //! [`Subscription::handle_page`], or [`Output::Close`]. It sleeps until
@@ -21,10 +24,16 @@
 //! 3. A cursor that cannot be honoured exactly produces exactly one `changefeed.reset` frame
 //!    before anything else; events are never skipped without one.
 //! 4. Memory is bounded: at most [`SubscriptionConfig::max_held`] live events are held.
+//! 5. `changefeed.ready` comes once, when `scanned` has reached the head read at open: every
+//!    matching row committed before the response started is sent before it.
 //!
 //! ## The join rule (replay-to-live handoff)
 //! The replay target is `P` while no live event is held; once live events are held it is
-//! `first_held.seq − 1`. Replay pages are seq windows `(scanned, min(scanned + W, target)]`.
+//! `first_held.seq − 1`. Until ready is sent the target is at least the head read at open
+//! (`P` lags commits by the tailer's wake-up): live events up to that head are not held, since
+//! replay sends them, and their live copies are dropped as duplicates. A cursor-less stream,
+//! and one reset to head, starts at that head. Replay pages are seq windows
+//! `(scanned, min(scanned + W, target)]`.
 //! The subscription goes live only when `scanned` reaches the target, then emits the held
 //! events above `scanned`. On overflow of the held buffer or a lag signal it drops what it
 //! holds and the target becomes unknown: the next live event that arrives sets it, or, if none
@@ -47,7 +56,7 @@ pub use crate::wire::{ResetReason, READY_EVENT, RESET_EVENT};
 /// Tunables of one subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionConfig {
-    /// Silence after which a heartbeat is written (contract default 15 s).
+    /// Silence after which a heartbeat is written (default 15 s, see `PROTOCOL.md`).
     pub heartbeat: Duration,
     /// The `retry:` the client is told to wait before reconnecting.
     pub retry: Duration,
@@ -76,7 +85,9 @@ impl Default for SubscriptionConfig {
 pub struct LogPosition {
     /// The log's epoch.
     pub epoch: Epoch,
-    /// The store's head: highest seq ever allocated.
+    /// The store's head, read after `P`: every row at or below it is committed or will never
+    /// exist. Cursor-less streams start here and `changefeed.ready` waits until replay reaches
+    /// it.
     pub head: Seq,
     /// The retention floor: a cursor below it cannot be honoured.
     pub floor: Seq,
@@ -183,6 +194,9 @@ pub struct Subscription {
     start: Cursor,
     requested: Option<String>,
     ready_sent: bool,
+    /// The head read when the stream opened: `changefeed.ready` waits until `scanned` reaches
+    /// it, so every row committed before the response started is sent before ready.
+    ready_at: Seq,
     change_frames_before_ready: u64,
     started_at: Duration,
     last_write: Duration,
@@ -203,7 +217,7 @@ impl Subscription {
         now: Duration,
     ) -> Subscription {
         let head = log.head.max(log.published);
-        let at_head = log.published;
+        let at_head = head;
         let (begin, reset, requested) = match start {
             Start::Head => (at_head, None, None),
             Start::Invalid { raw } => (at_head, Some(ResetReason::InvalidCursor), Some(raw)),
@@ -238,6 +252,7 @@ impl Subscription {
             start: Cursor::new(log.epoch, begin),
             requested,
             ready_sent: false,
+            ready_at: head,
             change_frames_before_ready: 0,
             started_at: now,
             last_write: now,
@@ -317,6 +332,7 @@ impl Subscription {
     /// is ignored; rows outside the requested window are ignored.
     pub fn handle_page(&mut self, page: ReplayPage, now: Duration) {
         self.expire(now);
+        let owed = self.owed();
         let State::Replaying {
             target, in_flight, ..
         } = &mut self.state
@@ -329,11 +345,10 @@ impl Subscription {
         if page.floor > fetch.after {
             // Retention pruned rows this replay still needed: say so, then continue from the
             // join target (or the store's head when the target is not known yet).
-            let resume = target.unwrap_or(page.head).max(self.scanned);
+            let resume = target.unwrap_or(page.head).max(owed).max(self.scanned);
             self.scanned = resume;
             let frame = self.reset_frame(FrameBuilder::new(), ResetReason::Pruned);
             self.write(frame, now);
-            self.drop_covered_held();
             self.advance(now);
             return;
         }
@@ -360,7 +375,6 @@ impl Subscription {
                 *target = Some(self.scanned);
             }
         }
-        self.drop_covered_held();
         self.advance(now);
     }
 
@@ -373,11 +387,14 @@ impl Subscription {
             return;
         }
         self.live_high = event.seq;
+        let owed = self.owed();
         match &mut self.state {
             State::Closed => {}
             State::Live => self.forward_live(event, now),
             State::Replaying { target, held, .. } => {
-                if held.len() < self.config.max_held {
+                if event.seq <= owed {
+                    // Replay sends it before ready anyway: not held; its copy is a duplicate.
+                } else if held.len() < self.config.max_held {
                     if held.is_empty() {
                         *target = Some(event.seq.prev());
                     }
@@ -393,6 +410,8 @@ impl Subscription {
     }
 
     /// Emits a live event above `scanned` (in the Live phase, or held events on joining).
+    /// Held events at or below `scanned` were sent by replay: a window asked for while the
+    /// target was unknown may reach past the first event held after it.
     fn forward_live(&mut self, event: &Event, now: Duration) {
         if event.seq <= self.scanned {
             return;
@@ -469,18 +488,21 @@ impl Subscription {
             .finish()
     }
 
-    fn drop_covered_held(&mut self) {
-        let scanned = self.scanned;
-        if let State::Replaying { held, .. } = &mut self.state {
-            while held.front().is_some_and(|event| event.seq <= scanned) {
-                held.pop_front();
-            }
+    /// Before ready, every join target is at least the head read at open (see
+    /// `changefeed.ready` in `PROTOCOL.md`): replay goes on to it even when the live feed is
+    /// behind, and the dedup drops the live copies of what replay sent.
+    fn owed(&self) -> Seq {
+        if self.ready_sent {
+            Seq::ZERO
+        } else {
+            self.ready_at
         }
     }
 
     /// After every input: go live when the join rule allows, else ask for the next page; then
     /// fire any timer that is already due.
     fn advance(&mut self, now: Duration) {
+        let owed = self.owed();
         if let State::Replaying {
             target,
             held,
@@ -488,7 +510,8 @@ impl Subscription {
         } = &mut self.state
         {
             if in_flight.is_none() {
-                match *target {
+                let target = target.map(|target| target.max(owed));
+                match target {
                     Some(target) if self.scanned >= target => {
                         let held = std::mem::take(held);
                         self.state = State::Live;
@@ -506,7 +529,7 @@ impl Subscription {
                             .scanned
                             .0
                             .saturating_add(self.config.replay_window.max(1)));
-                        let upto = match *target {
+                        let upto = match target {
                             Some(target) => target.min(window_end),
                             None => window_end,
                         };
@@ -583,5 +606,292 @@ impl Subscription {
         self.write(frame, now);
         self.state = State::Closed;
         self.output.push_back(Output::Close);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::PayloadCheck;
+    use crate::request::EventsQuery;
+
+    const EPOCH: Epoch = Epoch(0xe1);
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn row(seq: u64, project: &str, kind: &str) -> EventRow {
+        EventRow {
+            seq: Seq(seq),
+            project_id: project.into(),
+            session_id: None,
+            kind: kind.into(),
+            payload: "{}".into(),
+            payload_check: PayloadCheck::Valid,
+            created_at: "2026-11-26T00:00:00.000Z".into(),
+        }
+    }
+
+    fn live(seq: u64, project: &str) -> Event {
+        EventEncoder::new(EPOCH).encode(&row(seq, project, "pr_updated"))
+    }
+
+    fn log(head: u64, published: u64) -> LogPosition {
+        LogPosition {
+            epoch: EPOCH,
+            head: Seq(head),
+            floor: Seq::ZERO,
+            published: Seq(published),
+        }
+    }
+
+    fn config(heartbeat: u64, lifetime: Option<u64>) -> SubscriptionConfig {
+        SubscriptionConfig {
+            heartbeat: MS(heartbeat),
+            retry: MS(250),
+            max_lifetime: lifetime.map(MS),
+            replay_window: 4,
+            max_held: 2,
+        }
+    }
+
+    fn after(seq: u64) -> Start {
+        EventsQuery::parse(Some(&format!("after={seq}")))
+            .unwrap()
+            .start(None)
+    }
+
+    fn project(name: &str) -> Filter {
+        EventsQuery::parse(Some(&format!("project={name}")))
+            .unwrap()
+            .filter
+    }
+
+    /// Every output as text: frames verbatim, fetches as `fetch (a, b]`, `close`.
+    fn drain(sub: &mut Subscription) -> Vec<String> {
+        std::iter::from_fn(|| sub.poll_output())
+            .map(|output| match output {
+                Output::Frame(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                Output::Fetch(fetch) => format!("fetch ({}, {}]", fetch.after, fetch.upto),
+                Output::Close => "close".into(),
+            })
+            .collect()
+    }
+
+    fn page(rows: Vec<EventRow>, head: u64) -> ReplayPage {
+        ReplayPage {
+            rows,
+            head: Seq(head),
+            floor: Seq::ZERO,
+        }
+    }
+
+    #[test]
+    fn rows_outside_the_window_and_pages_without_a_fetch_are_ignored() {
+        let mut sub = Subscription::new(
+            after(2),
+            Filter::all(),
+            log(5, 5),
+            config(1000, None),
+            MS(0),
+        );
+        assert_eq!(drain(&mut sub)[1], "fetch (2, 5]");
+        sub.handle_page(
+            page(
+                vec![row(2, "a", "x"), row(3, "a", "x"), row(6, "a", "x")],
+                6,
+            ),
+            MS(1),
+        );
+        let out = drain(&mut sub);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].starts_with("id: 00000000000000e1:3\n"), "{out:?}");
+        assert!(out[1].contains("event: changefeed.ready"), "{out:?}");
+        assert_eq!(sub.position(), Seq(5));
+        assert_eq!(sub.stats().replayed_rows, 3, "every row received counts");
+        assert_eq!(sub.stats().change_frames, 1);
+        sub.handle_page(page(vec![row(7, "a", "x")], 7), MS(2));
+        assert!(drain(&mut sub).is_empty(), "no fetch outstanding");
+        assert_eq!(sub.position(), Seq(5));
+    }
+
+    #[test]
+    fn stats_count_what_the_subscription_did() {
+        let mut sub =
+            Subscription::new(after(0), project("a"), log(3, 3), config(1000, None), MS(0));
+        drain(&mut sub);
+        let mut broken = row(2, "a", "Bad Kind");
+        broken.created_at = "never".into();
+        sub.handle_page(
+            page(vec![row(1, "a", "x"), broken, row(3, "b", "x")], 3),
+            MS(1),
+        );
+        drain(&mut sub);
+        let stats = sub.stats();
+        assert_eq!(stats.replayed_rows, 3);
+        assert_eq!(
+            stats.change_frames, 2,
+            "rows 1 and 2 match, row 3 is another project's"
+        );
+        assert_eq!(stats.degraded_rows, 1);
+        assert_eq!(
+            stats.last_degraded,
+            Some((Seq(2), Degraded::TYPE | Degraded::CREATED_AT))
+        );
+        assert_eq!((stats.lag_fallbacks, stats.resets), (0, 0));
+        assert_eq!(sub.phase(), Phase::Live);
+        sub.handle_live(&live(4, "a"), MS(2));
+        assert_eq!(sub.stats().change_frames, 3);
+        sub.handle_lagged(MS(3));
+        assert_eq!(sub.phase(), Phase::Replaying);
+        assert_eq!(sub.stats().lag_fallbacks, 1);
+        // Overflowing the held buffer (two events) is a fallback too.
+        for seq in 5..8 {
+            sub.handle_live(&live(seq, "a"), MS(4));
+        }
+        assert_eq!(sub.stats().lag_fallbacks, 2);
+        assert_eq!(sub.held(), 0);
+        let reset = Subscription::new(
+            after(9),
+            Filter::all(),
+            log(3, 3),
+            config(1000, None),
+            MS(0),
+        );
+        assert_eq!(reset.stats().resets, 1);
+        assert_eq!(reset.stats().change_frames, 0);
+    }
+
+    #[test]
+    fn held_events_wait_for_replay_and_count() {
+        let mut sub = Subscription::new(
+            after(0),
+            Filter::all(),
+            log(2, 2),
+            config(1000, None),
+            MS(0),
+        );
+        assert_eq!(drain(&mut sub)[1], "fetch (0, 2]");
+        sub.handle_live(&live(3, "a"), MS(1));
+        sub.handle_live(&live(4, "a"), MS(1));
+        assert_eq!(sub.held(), 2);
+        assert_eq!(sub.phase(), Phase::Replaying);
+        sub.handle_page(page(vec![row(1, "a", "x")], 4), MS(2));
+        let out = drain(&mut sub);
+        let ids: Vec<&str> = out.iter().map(|f| f.lines().next().unwrap()).collect();
+        assert_eq!(
+            ids,
+            [
+                "id: 00000000000000e1:1",
+                "id: 00000000000000e1:3",
+                "id: 00000000000000e1:4",
+                "id: 00000000000000e1:4"
+            ]
+        );
+        assert!(out[3].contains("\"replayed\":3"), "{}", out[3]);
+        assert_eq!(sub.held(), 0, "nothing is held once live");
+    }
+
+    #[test]
+    fn lifetime_and_heartbeat_deadlines() {
+        let start = MS(500);
+        let sub = Subscription::new(
+            after(0),
+            Filter::all(),
+            log(0, 0),
+            config(1000, None),
+            start,
+        );
+        assert_eq!(
+            sub.poll_timeout(),
+            Some((MS(1500), TimeoutReason::Heartbeat))
+        );
+        for (lifetime, expected) in [
+            (999, (MS(1499), TimeoutReason::MaxLifetime)),
+            (1000, (MS(1500), TimeoutReason::MaxLifetime)),
+            (1001, (MS(1500), TimeoutReason::Heartbeat)),
+        ] {
+            let sub = Subscription::new(
+                after(0),
+                Filter::all(),
+                log(0, 0),
+                config(1000, Some(lifetime)),
+                start,
+            );
+            assert_eq!(sub.poll_timeout(), Some(expected), "lifetime {lifetime}");
+        }
+    }
+
+    #[test]
+    fn a_lifetime_due_with_a_heartbeat_ends_the_stream_without_the_heartbeat() {
+        let mut sub = Subscription::new(
+            after(0),
+            Filter::all(),
+            log(0, 0),
+            config(1000, Some(1000)),
+            MS(500),
+        );
+        drain(&mut sub);
+        sub.handle_timeout(MS(1500));
+        assert_eq!(
+            drain(&mut sub),
+            ["id: 00000000000000e1:0\n\n", "close"],
+            "the final checkpoint and the end, no heartbeat comment"
+        );
+        assert_eq!(sub.poll_timeout(), None);
+        assert_eq!(sub.phase(), Phase::Closed);
+        sub.handle_timeout(MS(9000));
+        sub.handle_shutdown(MS(9000));
+        assert!(drain(&mut sub).is_empty(), "nothing after close");
+    }
+
+    #[test]
+    fn inputs_after_the_lifetime_end_the_stream_first() {
+        let mut sub = Subscription::new(
+            after(0),
+            Filter::all(),
+            log(0, 0),
+            config(1000, Some(800)),
+            MS(100),
+        );
+        drain(&mut sub);
+        sub.handle_live(&live(1, "a"), MS(900));
+        assert_eq!(drain(&mut sub), ["id: 00000000000000e1:0\n\n", "close"]);
+        let mut sub = Subscription::new(
+            after(0),
+            Filter::all(),
+            log(0, 0),
+            config(1000, Some(800)),
+            MS(100),
+        );
+        drain(&mut sub);
+        sub.handle_live(&live(1, "a"), MS(899));
+        assert_eq!(
+            drain(&mut sub).len(),
+            1,
+            "one millisecond before the end: the event"
+        );
+    }
+
+    #[test]
+    fn heartbeats_are_comments_or_checkpoints() {
+        let mut sub =
+            Subscription::new(after(0), project("a"), log(0, 0), config(1000, None), MS(0));
+        drain(&mut sub);
+        sub.handle_timeout(MS(999));
+        assert!(drain(&mut sub).is_empty(), "not due yet");
+        sub.handle_timeout(MS(1000));
+        assert_eq!(drain(&mut sub), [":\n\n"]);
+        sub.handle_live(&live(1, "b"), MS(1500));
+        assert!(
+            drain(&mut sub).is_empty(),
+            "another project's event is not shown"
+        );
+        assert_eq!(
+            sub.poll_timeout(),
+            Some((MS(2000), TimeoutReason::Heartbeat))
+        );
+        sub.handle_timeout(MS(2000));
+        assert_eq!(drain(&mut sub), ["id: 00000000000000e1:1\n\n"]);
+        sub.handle_timeout(MS(3000));
+        assert_eq!(drain(&mut sub), [":\n\n"], "the position was announced");
     }
 }

@@ -43,11 +43,11 @@ pub fn normalize(text: &str) -> Option<String> {
 /// Milliseconds since 1970-01-01T00:00:00Z of `text` in any accepted format.
 pub fn parse_unix_millis(text: &str) -> Option<i64> {
     let text = trim(text);
-    let bytes = text.as_bytes();
-    match bytes.first()? {
-        b'-' => unix_number(text),
-        _ if bytes.get(4) == Some(&b'-') => date_time(bytes),
-        _ => unix_number(text),
+    // A date has its first `-` after four digits; a number has none there.
+    if text.as_bytes().get(4) == Some(&b'-') {
+        date_time(text.as_bytes())
+    } else {
+        unix_number(text)
     }
 }
 
@@ -148,13 +148,11 @@ fn date_time(mut b: &[u8]) -> Option<i64> {
             }
         }
     }
-    if hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
     if second == 60 {
         (second, millis) = (59, 999);
     }
     let offset_secs = offset(b)?;
+    // chrono rejects hours above 23, minutes above 59 and seconds above 59.
     let local = date.and_hms_milli_opt(hour, minute, second, millis)?;
     local
         .and_utc()
@@ -330,6 +328,14 @@ mod tests {
             "an offset may move the date back a year"
         );
         assert_eq!(
+            n("2026-11-26T23:59:00+23:59"),
+            Some("2026-11-26T00:00:00.000Z".into())
+        );
+        assert_eq!(
+            n("2026-11-26T00:00:00-23:59"),
+            Some("2026-11-26T23:59:00.000Z".into())
+        );
+        assert_eq!(
             n("2016-12-31T23:59:60.5Z"),
             Some("2016-12-31T23:59:59.999Z".into())
         );
@@ -377,6 +383,28 @@ mod tests {
             parse_unix_millis("-100000000000000.5"),
             Some(-100_000_000_001)
         );
+        assert_eq!(
+            parse_unix_millis("-100000000000001"),
+            Some(-100_000_000_001)
+        );
+        assert_eq!(
+            parse_unix_millis("-100000000000000"),
+            Some(-100_000_000_000)
+        );
+        assert_eq!(
+            parse_unix_millis("-1000000000000000001"),
+            Some(-1_000_000_000_001)
+        );
+        assert_eq!(
+            parse_unix_millis("-1000000000000000000.0"),
+            Some(-1_000_000_000_000)
+        );
+        assert_eq!(
+            parse_unix_millis("-1000000000000.5"),
+            Some(-1_000_000_000_001)
+        );
+        assert_eq!(parse_unix_millis("-1.0005"), Some(-1001));
+        assert_eq!(parse_unix_millis("-1.000"), Some(-1000));
         assert_eq!(parse_unix_millis("007"), Some(7000));
         assert_eq!(parse_unix_millis("1.0009"), Some(1000));
     }
@@ -400,6 +428,13 @@ mod tests {
             "2026-11-26T10:00:00+0000 UTC",
             "2026-11-26T10:00:00 +0000 U1C",
             "2026-11-26T10:00:00 +0000 UTC m=",
+            "2026-11-26T10:00:00 +0000 +",
+            "2026-11-26T10:00:00 +0000 +0x",
+            "2026-11-26T10:00:00 +0000 -",
+            "2026-11-26T10:00:00 +0000  UTC",
+            "2026-11-26T10:00:00 +0000 UTC  m=+1",
+            "2026-11-26T10:00:00 +0000 UTC m=1",
+            "2026-11-26T10:00:00 +0000 UTC x=+1",
             "2026-11-26T10:00:00 +0000 UTC m=+x",
             "2026-11-26 10:00:00junk",
             "2026-11-26 10",

@@ -4,18 +4,23 @@
 //! **Invariant:** `P` and the ring move together. [`Broadcaster::publish`] sends an event and
 //! raises `P` under one lock; [`Broadcaster::subscribe`] creates a receiver and reads `P` under
 //! the same lock. So every event a receiver will ever get has a seq above the `P` it was handed,
-//! and every event at or below `P` is in the store — the replay-to-live handoff of the core
-//! (ARCHITECTURE-NOTES §5) relies on exactly this.
+//! and every event at or below `P` is in the store — the core's replay-to-live handoff
+//! (`changefeed_core::subscription`) relies on exactly this.
+//!
+//! [`LiveFeed`] is what the tailer and the stream driver need from a feed; [`Broadcaster`] is
+//! the one implementation, and the simulation wraps it to plant bugs at this seam.
 //!
 //! **Boundary:** the ring is a [`tokio::sync::broadcast`] channel of fixed capacity. A subscriber
 //! that falls more than a ring behind gets a lag signal (and replays the gap from the store);
 //! the publisher never waits for anybody, so memory is bounded by the ring whatever a client
 //! does.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use changefeed_core::{Event, Seq};
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// The default ring capacity, in events.
 pub const DEFAULT_CAPACITY: usize = 4096;
@@ -35,6 +40,66 @@ struct Inner {
 /// What subscribers receive: one shared allocation per event, so handing an event to each of
 /// N subscribers costs one reference-count increment each (not one per field).
 pub type LiveEvent = Arc<Event>;
+
+/// The live feed as the tailer (one publisher) and the streams (many subscribers) use it.
+pub trait LiveFeed: Send + Sync + 'static {
+    /// What a subscriber receives events from.
+    type Receiver: LiveReceiver;
+
+    /// A receiver of every event published from now on, and `P` read atomically with it:
+    /// every event the receiver will get has a seq above `P`, every seq at or below `P` was
+    /// published before.
+    fn subscribe(&self) -> (Self::Receiver, Seq);
+
+    /// Publishes `event` (seqs strictly increasing) and raises `P` to its seq.
+    fn publish(&self, event: Event);
+
+    /// `P`: the last published seq.
+    fn published(&self) -> Seq;
+
+    /// How many receivers exist.
+    fn receiver_count(&self) -> usize;
+}
+
+/// One subscriber's end of a [`LiveFeed`]: events in publish order, or a lag signal when it
+/// fell more than the feed's buffer behind (events were dropped for it), or closed.
+pub trait LiveReceiver: Send + 'static {
+    /// The next event; cancel-safe (it sits in a `select!`).
+    fn recv(&mut self) -> impl Future<Output = Result<LiveEvent, RecvError>> + Send;
+
+    /// The next event if one is ready, without waiting.
+    fn try_recv(&mut self) -> Result<LiveEvent, TryRecvError>;
+}
+
+impl LiveReceiver for broadcast::Receiver<LiveEvent> {
+    fn recv(&mut self) -> impl Future<Output = Result<LiveEvent, RecvError>> + Send {
+        broadcast::Receiver::recv(self)
+    }
+
+    fn try_recv(&mut self) -> Result<LiveEvent, TryRecvError> {
+        broadcast::Receiver::try_recv(self)
+    }
+}
+
+impl LiveFeed for Broadcaster {
+    type Receiver = broadcast::Receiver<LiveEvent>;
+
+    fn subscribe(&self) -> (Self::Receiver, Seq) {
+        Broadcaster::subscribe(self)
+    }
+
+    fn publish(&self, event: Event) {
+        Broadcaster::publish(self, event);
+    }
+
+    fn published(&self) -> Seq {
+        Broadcaster::published(self)
+    }
+
+    fn receiver_count(&self) -> usize {
+        Broadcaster::receiver_count(self)
+    }
+}
 
 impl Broadcaster {
     /// A feed whose last published seq is `published` (the log's head when the server starts:

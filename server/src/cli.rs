@@ -3,18 +3,24 @@
 //!
 //! Every failure is one line on stderr and a non-zero exit: 2 for usage errors (bad flags, an
 //! unsupported database URL), 1 for runtime failures (database cannot be opened, address in
-//! use). Never a panic or a backtrace.
+//! use); `tail --once` adds 3 (caught up after a reset) and 130 (interrupted before catching
+//! up). Never a panic or a backtrace.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use changefeed_client::tail::{self, TailError, TailFormat, TailOptions};
+use changefeed_core::Cursor;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::app::{self, ServerConfig};
 use crate::broadcast::DEFAULT_CAPACITY;
-use crate::client::{run_tail, TailArgs, TailError};
 use crate::demo::{self, DemoConfig, DemoTarget};
-use crate::http::{AppState, ServerConfig};
 use crate::shutdown;
 use crate::store::postgres::{redact_url, PostgresStore, PostgresStoreOptions, SequencerConfig};
 use crate::store::sqlite::SqliteStore;
@@ -23,11 +29,105 @@ use crate::store::{Retention, Store};
 /// Streams a SQLite or Postgres change_log to HTTP clients as Server-Sent Events, with exact
 /// resume.
 #[derive(Debug, Parser)]
-#[command(name = "changefeed", version, arg_required_else_help = true)]
+#[command(
+    name = "changefeed",
+    version,
+    arg_required_else_help = true,
+    after_help = "Each command's flags: changefeed <COMMAND> --help (e.g. changefeed serve --help).\n\
+                  Logs go to stderr; RUST_LOG sets the level (default info)."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for log
+    /// collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON formatter).
+    Json,
+}
+
+/// Where to listen: `HOST:PORT`, `localhost:PORT`, `:PORT` (every IPv4 interface) or
+/// `[IPV6]:PORT`. A host name is resolved when the server binds; `localhost` is 127.0.0.1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr {
+    host: Option<String>,
+    port: u16,
+}
+
+impl ListenAddr {
+    /// The address to bind: the first one `host` resolves to.
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        let host = match self.host.as_deref() {
+            None => {
+                return Ok(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    self.port,
+                ))
+            }
+            Some(host) if host.eq_ignore_ascii_case("localhost") => {
+                return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.port))
+            }
+            Some(host) => host,
+        };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        (host, self.port)
+            .to_socket_addrs()
+            .map_err(|error| format!("cannot resolve {host:?}: {error}"))?
+            .next()
+            .ok_or_else(|| format!("{host:?} resolves to no address"))
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ListenAddr, String> {
+        let expected = || format!("{text:?} is not HOST:PORT, :PORT or [IPV6]:PORT");
+        let (host, port) = text.rsplit_once(':').ok_or_else(expected)?;
+        let port: u16 = port.parse().map_err(|_| expected())?;
+        let host = if host.is_empty() {
+            None
+        } else if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            inner
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("{inner:?} in {text:?} is not an IPv6 address"))?;
+            Some(inner.to_owned())
+        } else if host.contains(':') {
+            // A bare IPv6 address is ambiguous with the port separator.
+            return Err(format!(
+                "{text:?}: write an IPv6 address in brackets, e.g. [::1]:7467"
+            ));
+        } else if host.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        }) {
+            Some(host.to_owned())
+        } else {
+            return Err(expected());
+        };
+        Ok(ListenAddr { host, port })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            None => write!(f, ":{}", self.port),
+            Some(host) if host.contains(':') => write!(f, "[{host}]:{}", self.port),
+            Some(host) => write!(f, "{host}:{}", self.port),
+        }
+    }
 }
 
 /// The subcommands.
@@ -37,10 +137,107 @@ pub enum Command {
     Serve(ServeArgs),
     /// Serve, and write realistic demo activity into the same database.
     Demo(DemoArgs),
-    /// Print a changefeed stream, one line per event, resumable through a cursor file.
+    /// Print a changefeed stream, one line per event: follow it, or catch up and stop
+    /// (--once); resumable through a cursor file.
     Tail(TailArgs),
     /// Run the client under the SSE contract-test harness's service protocol.
     ContractService(ContractServiceArgs),
+}
+
+/// Flags of `changefeed tail`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+#[command(after_help = "\
+Output: one line per event on stdout and nothing else; resets, reconnects and errors on \
+stderr. On a terminal, stderr also shows notes and, during a replay, a progress line \
+(events so far against the head, rate, time left).
+
+Exit status: 0 done (with --once: caught up); 1 the stream failed (with --once, also 5 failed \
+connection attempts in a row); 2 bad arguments; \
+3 --once caught up after a changefeed.reset (events may have been skipped: refetch state \
+built from earlier events); 130 --once interrupted before catching up.
+
+Examples:
+  changefeed tail http://127.0.0.1:7467 --once --after 0            # everything, then exit
+  changefeed tail --project p1 --types 'pr_*' --format pretty      # follow, for people
+  changefeed tail --once --cursor-file feed.cursor >> events.jsonl # cron: append what is new")]
+pub struct TailArgs {
+    /// The server (`http://host:port`, to which /api/v1/events is appended) or the full
+    /// event stream URL; http or https.
+    #[arg(default_value = tail::DEFAULT_SERVER, value_parser = parse_stream_url)]
+    pub url: String,
+    /// Only events of this project; repeat for several (default: all projects).
+    #[arg(long = "project", value_name = "ID", value_parser = non_empty)]
+    pub projects: Vec<String>,
+    /// Only these kinds: comma-separated, with `prefix*` patterns (default: all kinds).
+    #[arg(long, value_name = "LIST", value_parser = non_empty)]
+    pub types: Option<String>,
+    /// Start after this cursor (`<epoch>:<seq>`, or `<seq>`; `0` is the beginning) instead of
+    /// at the head.
+    #[arg(long, value_name = "CURSOR", value_parser = parse_cursor)]
+    pub after: Option<String>,
+    /// Keep the position in this file: read at start (it wins over --after) and replaced
+    /// atomically after each printed event, so the next run continues exactly after the last
+    /// printed event.
+    #[arg(long, value_name = "PATH")]
+    pub cursor_file: Option<PathBuf>,
+    /// Output format: the event JSON as received, or a readable line (colour only on a
+    /// terminal, never with NO_COLOR).
+    #[arg(
+        long,
+        default_value = "json",
+        value_parser = PossibleValuesParser::new(TailFormat::NAMES)
+            .try_map(|name| name.parse::<TailFormat>())
+    )]
+    pub format: TailFormat,
+    /// Replay what exists (after the cursor, with the filters), print it and exit at
+    /// changefeed.ready instead of following.
+    #[arg(long)]
+    pub once: bool,
+    /// For https: trust only the CA certificates in this PEM file (default: the system's).
+    #[arg(long, value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
+}
+
+impl TailArgs {
+    /// The client library's options for these flags.
+    pub fn options(&self) -> TailOptions {
+        TailOptions {
+            url: self.url.clone(),
+            projects: self.projects.clone(),
+            types: self.types.clone(),
+            after: self.after.clone(),
+            cursor_file: self.cursor_file.clone(),
+            format: self.format,
+            once: self.once,
+            cacert: self.cacert.clone(),
+            // A bearer token for servers that check them goes here, as `Authorization`.
+            headers: Vec::new(),
+        }
+    }
+}
+
+fn parse_stream_url(text: &str) -> Result<String, String> {
+    let options = TailOptions {
+        url: text.to_owned(),
+        ..TailOptions::default()
+    };
+    tail::stream_url(&options)
+        .map(|_| text.to_owned())
+        .map_err(|error| error.to_string())
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("the value must not be empty".into())
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+fn parse_cursor(text: &str) -> Result<String, String> {
+    Cursor::parse(text)
+        .map(|_| text.to_owned())
+        .map_err(|error| format!("{error} (expected <epoch>:<seq> or <seq>)"))
 }
 
 /// Flags of `changefeed contract-service`.
@@ -64,9 +261,10 @@ pub struct ServeArgs {
     )]
     pub database: String,
 
-    /// The address to listen on.
+    /// The address to listen on: HOST:PORT, localhost:PORT, :PORT (every IPv4 interface) or
+    /// [IPV6]:PORT.
     #[arg(long, default_value = "127.0.0.1:7467", value_name = "ADDR")]
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
 
     /// Seconds of silence after which a stream gets a heartbeat (a comment, or an id-only
     /// checkpoint when it moved past events it was not shown).
@@ -82,13 +280,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = parse_seconds)]
     pub max_stream_secs: Option<Duration>,
 
-    /// Delete log rows older than this many days (in small batches). Keeps everything when
-    /// absent.
+    /// Delete log rows older than this many days. Checked whenever the log changes (at most
+    /// once a second) and every 30 s otherwise, deleting in batches of 500; rows not yet sent
+    /// to live clients are never deleted. Keeps everything when absent.
     #[arg(long, value_name = "D", value_parser = clap::value_parser!(u64).range(1..))]
     pub retain_days: Option<u64>,
 
-    /// Keep at most this many of the newest log rows (older ones are deleted in small
-    /// batches). Keeps everything when absent.
+    /// Keep the newest N log rows. Older rows are deleted about a second after they are
+    /// published to live clients (pruning runs whenever the log changes, at most once a second,
+    /// in batches of 500), so the table holds N rows plus at most the last couple of seconds of
+    /// writes. Keeps everything when absent.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub retain_rows: Option<u64>,
 
@@ -213,7 +414,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -236,14 +437,18 @@ fn first_line(error: &clap::Error) -> String {
     line.strip_prefix("error: ").unwrap_or(&line).to_owned()
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Runs a parsed command line to completion.
@@ -263,13 +468,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 };
                 serve(args.serve, Some(demo)).await
             }
-            Command::Tail(args) => run_tail(args).await.map_err(|error| match error {
-                TailError::InvalidArgs(_) => CliError::usage(error.to_string()),
-                other => CliError::runtime(other.to_string()),
-            }),
+            Command::Tail(args) => run_tail(args).await,
             Command::ContractService(args) => {
                 let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.port);
-                crate::contract::run_contract_service(addr)
+                changefeed_client::contract::run_contract_service(addr)
                     .await
                     .map_err(|error| {
                         CliError::runtime(format!("contract service on {addr}: {error}"))
@@ -286,6 +488,31 @@ pub enum DatabaseKind {
     Sqlite,
     /// `postgres://...` or `postgresql://...`.
     Postgres,
+}
+
+async fn run_tail(args: TailArgs) -> Result<(), CliError> {
+    let options = args.options();
+    let summary = tail::run_tail(options.clone())
+        .await
+        .map_err(|error| match error {
+            TailError::InvalidArgs(_) => CliError::usage(error.to_string()),
+            other => CliError::runtime(other.to_string()),
+        })?;
+    match summary.exit_code(&options) {
+        0 => Ok(()),
+        tail::EXIT_RESET => Err(CliError {
+            message: format!(
+                "tail: caught up after {} reset(s): events may have been skipped; refetch \
+                 state built from earlier events",
+                summary.resets
+            ),
+            code: tail::EXIT_RESET,
+        }),
+        code => Err(CliError {
+            message: "tail: interrupted before catching up".into(),
+            code,
+        }),
+    }
 }
 
 /// Checks that `url` names a database this build can serve.
@@ -341,21 +568,25 @@ async fn serve_store<S>(
 where
     S: Store + Into<DemoTarget>,
 {
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let addr = args
+        .listen
+        .resolve()
+        .map_err(|error| CliError::runtime(format!("cannot listen on {}: {error}", args.listen)))?;
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|error| CliError::runtime(format!("cannot listen on {}: {error}", args.listen)))?;
     let local = listener
         .local_addr()
         .map_err(|error| CliError::runtime(format!("cannot listen on {}: {error}", args.listen)))?;
     let (trigger, signal) = shutdown::channel();
-    let state = AppState::new(store.clone(), args.server_config(), signal.clone())
+    let server = app::start(store.clone(), args.server_config(), signal.clone())
         .await
         .map_err(|error| CliError::runtime(format!("cannot read database {shown_url}: {error}")))?;
     tracing::info!(
         listen = %local,
         database = %shown_url,
-        epoch = %state.epoch(),
-        head = state.feed().published().0,
+        epoch = %server.state().epoch(),
+        head = server.state().feed().published().0,
         "changefeed serving"
     );
     let demo_task = demo.map(|config| {
@@ -365,18 +596,20 @@ where
             local
         };
         println!(
-            "demo: writing {} changes/s to {} project(s)",
+            "demo: writing {} changes/s to projects demo-1 … demo-{}",
             config.rate, config.projects
         );
-        println!("watch: curl -N http://{shown}/api/v1/events");
-        println!("       curl -N 'http://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'");
+        println!("viewer: http://{shown}/");
+        println!(
+            "watch:  curl -N 'http://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'"
+        );
         tokio::spawn(demo::run(store.clone(), config, signal.clone()))
     });
     let signals = tokio::spawn(async move {
         shutdown::os_signal().await;
         trigger.trigger();
     });
-    let result = crate::run(crate::http::tcp_listener(listener), state).await;
+    let result = crate::run(crate::http::tcp_listener(listener), server).await;
     signals.abort();
     if let Some(task) = demo_task {
         match task.await {
@@ -462,6 +695,96 @@ mod tests {
     }
 
     #[test]
+    fn listen_takes_host_port_localhost_port_and_port_alone() {
+        let resolved = |text: &str| text.parse::<ListenAddr>().unwrap().resolve().unwrap();
+        assert_eq!(
+            resolved("127.0.0.1:7467"),
+            "127.0.0.1:7467".parse().unwrap()
+        );
+        assert_eq!(
+            resolved("localhost:7467"),
+            "127.0.0.1:7467".parse().unwrap()
+        );
+        assert_eq!(resolved("LOCALHOST:1"), "127.0.0.1:1".parse().unwrap());
+        assert_eq!(resolved(":7467"), "0.0.0.0:7467".parse().unwrap());
+        assert_eq!(resolved("[::1]:7467"), "[::1]:7467".parse().unwrap());
+        assert_eq!(resolved("0.0.0.0:0"), "0.0.0.0:0".parse().unwrap());
+        for text in [
+            "localhost:7467",
+            ":7467",
+            "[::1]:7467",
+            "10.1.2.3:80",
+            "db-1.example:5",
+        ] {
+            assert_eq!(text.parse::<ListenAddr>().unwrap().to_string(), text);
+        }
+        for bad in [
+            "7467",
+            "localhost",
+            "localhost:",
+            "localhost:http",
+            ":70000",
+            "::1:7467",
+            "[localhost]:7467",
+            "a b:1",
+            "host..x:1",
+        ] {
+            let error = bad.parse::<ListenAddr>().unwrap_err();
+            assert!(error.contains(bad), "{bad:?}: {error}");
+        }
+        let cli = Cli::try_parse_from(["changefeed", "serve", "--listen", ":8080"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        assert_eq!(args.listen.resolve().unwrap().port(), 8080);
+    }
+
+    #[test]
+    fn help_lists_every_subcommand_and_where_its_flags_are() {
+        let help = Cli::command().render_help().to_string();
+        for line in [
+            "serve ",
+            "demo ",
+            "tail ",
+            "contract-service ",
+            "changefeed <COMMAND> --help",
+            "--log-format",
+        ] {
+            assert!(help.contains(line), "{line:?} missing from:\n{help}");
+        }
+        let mut command = Cli::command();
+        let serve = command.find_subcommand_mut("serve").unwrap();
+        let serve_help = serve.render_long_help().to_string();
+        for flag in [
+            "--database",
+            "--listen",
+            "--retain-rows",
+            "--retain-days",
+            "--heartbeat",
+        ] {
+            assert!(
+                serve_help.contains(flag),
+                "{flag} missing from:\n{serve_help}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_format_is_text_or_json_anywhere_on_the_line() {
+        let cli = Cli::try_parse_from(["changefeed", "serve", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let cli = Cli::try_parse_from(["changefeed", "--log-format", "json", "serve"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(
+            Cli::try_parse_from(["changefeed", "serve"])
+                .unwrap()
+                .log_format,
+            LogFormat::Text
+        );
+        assert!(Cli::try_parse_from(["changefeed", "serve", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
     fn client_subcommands_parse() {
         let cli = Cli::try_parse_from(["changefeed", "tail", "--project", "a", "--types", "pr_*"])
             .unwrap();
@@ -476,5 +799,70 @@ mod tests {
             Command::ContractService(ContractServiceArgs { port: 8111 })
         ));
         assert!(Cli::try_parse_from(["changefeed", "contract-service"]).is_err());
+    }
+
+    #[test]
+    fn tail_flags_fill_the_client_options() {
+        let cli = Cli::try_parse_from([
+            "changefeed",
+            "tail",
+            "https://feed.example:8443",
+            "--project",
+            "p1",
+            "--project",
+            "p 2",
+            "--types",
+            "pr_*,session_created",
+            "--after",
+            "00000000000000ab:7",
+            "--cursor-file",
+            "feed.cursor",
+            "--format",
+            "pretty",
+            "--once",
+            "--cacert",
+            "ca.pem",
+        ])
+        .unwrap();
+        let Command::Tail(args) = cli.command else {
+            panic!("tail expected");
+        };
+        let options = args.options();
+        assert_eq!(
+            options,
+            TailOptions {
+                url: "https://feed.example:8443".into(),
+                projects: vec!["p1".into(), "p 2".into()],
+                types: Some("pr_*,session_created".into()),
+                after: Some("00000000000000ab:7".into()),
+                cursor_file: Some("feed.cursor".into()),
+                format: TailFormat::Pretty,
+                once: true,
+                cacert: Some("ca.pem".into()),
+                headers: Vec::new(),
+            }
+        );
+        let bare = Cli::try_parse_from(["changefeed", "tail"]).unwrap();
+        let Command::Tail(bare) = bare.command else {
+            panic!("tail expected");
+        };
+        assert_eq!(bare.options(), TailOptions::default());
+    }
+
+    #[test]
+    fn bad_tail_flags_are_usage_errors() {
+        for args in [
+            &["changefeed", "tail", "--after", "x"][..],
+            &["changefeed", "tail", "--after", "012"],
+            &["changefeed", "tail", "--project", ""],
+            &["changefeed", "tail", "--types", ""],
+            &["changefeed", "tail", "--format", "xml"],
+            &["changefeed", "tail", "ftp://h/e"],
+            &["changefeed", "tail", "127.0.0.1:7467"],
+            &["changefeed", "tail", "--once=maybe"],
+            &["changefeed", "tail", "--bogus"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 }

@@ -196,7 +196,7 @@ struct PullRequest {
 /// Ids and the random source of one demo run.
 #[derive(Debug)]
 struct Demo {
-    rng: u64,
+    rng: fastrand::Rng,
     tag: String,
     projects: Vec<String>,
     sessions: Vec<Session>,
@@ -207,25 +207,16 @@ struct Demo {
 }
 
 impl Demo {
-    fn random(&mut self) -> u64 {
-        // SplitMix64.
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: usize) -> usize {
-        (self.random() % n.max(1) as u64) as usize
+        self.rng.usize(..n.max(1))
     }
 
     fn chance(&mut self, percent: u64) -> bool {
-        self.random() % 100 < percent
+        self.rng.u64(..100) < percent
     }
 
     fn commit_sha(&mut self) -> String {
-        format!("{:016x}{:08x}", self.random(), self.random() as u32)
+        format!("{:016x}{:08x}", self.rng.u64(..), self.rng.u32(..))
     }
 }
 
@@ -246,7 +237,7 @@ pub async fn run(
 ) -> Result<u64, StoreError> {
     let store = store.into();
     let mut demo = Demo {
-        rng: config.seed,
+        rng: fastrand::Rng::with_seed(config.seed),
         tag: String::new(),
         projects: (1..=config.projects.max(1))
             .map(|n| format!("demo-{n}"))
@@ -257,7 +248,7 @@ pub async fn run(
         next_pr: 1,
         next_thread: 1,
     };
-    demo.tag = format!("{:04x}", demo.random() & 0xffff);
+    demo.tag = format!("{:04x}", demo.rng.u16(..));
     {
         let mut tx = store.begin().await?;
         for (index, id) in demo.projects.iter().enumerate() {

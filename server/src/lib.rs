@@ -1,67 +1,53 @@
 //! # changefeed (server)
 //!
-//! The thin shell around [`changefeed_core`]: a [`store`] trait with SQLite and in-memory
-//! implementations, one [`tailer`] that reads new rows and publishes them through the
-//! [`broadcast`] feed, the [`http`] routes where each response body runs one core
-//! `Subscription`, the retention [`janitor`], the [`demo`] writer and the [`cli`].
+//! The thin shell around [`changefeed_core`]: a [`store`] contract with the SQLite
+//! implementation, one [`tailer`] that reads new rows and publishes them through the
+//! [`broadcast`] feed, the transport-neutral [`stream`] driver that runs one core
+//! `Subscription` per client, the [`http`] routes, the retention [`janitor`], the [`demo`]
+//! writer and the [`cli`], all wired together in one place ([`app`]).
 //!
 //! Code map:
-//! - [`http`]: [`AppState`], [`app`] (the router), [`serve`] (any `axum::serve::Listener`).
+//! - [`app`]: [`ServerConfig`], [`AppState`], [`app::start`] (feed, tailer, janitor, shutdown).
+//! - [`stream`]: [`stream::open`] (project check, subscribe-then-bounds, epoch check) and the
+//!   driver that turns the subscription's outputs into body chunks.
+//! - [`http`]: [`http::router`], [`http::serve`] (any `axum::serve::Listener`), error mapping.
 //! - [`broadcast`]: the live feed; `P` is read atomically with each subscription.
 //! - [`tailer`]: store → encoded events → feed; persists the published mark.
-//! - [`run`]: the whole server (tailer + janitor + HTTP) until the shutdown signal.
+//! - [`store`]: the contract (watermark, floor, published mark, error kinds, shared rules).
 //!
 //! **Boundary:** time is read only through `tokio::time`; networking only through the listener
-//! given to [`serve`]/[`run`]; the database only through [`store::Store`]. The simulation swaps
-//! all three.
+//! given to [`http::serve`]/[`run`]; the database only through [`store::Store`]. The simulation
+//! swaps all three.
 
+pub mod app;
 pub mod broadcast;
 pub mod cli;
-pub mod client;
-pub mod contract;
 pub mod demo;
 pub mod http;
 pub mod janitor;
 pub mod metrics;
 pub mod shutdown;
 pub mod store;
+pub mod stream;
 pub mod tailer;
 
 use std::fmt::Debug;
 
 use axum::serve::Listener;
 
-pub use http::{app, serve, AppState, ServerConfig};
+pub use app::{AppState, ServerConfig};
 
-/// Runs a whole server on `listener`: the tailer, the retention janitor (when configured) and
-/// the HTTP routes, until the state's shutdown signal fires. Then every stream ends with a
-/// final checkpoint, the tailer persists the published mark, and this returns.
-pub async fn run<S, L>(listener: L, state: AppState<S>) -> std::io::Result<()>
+/// Serves a started server's HTTP routes on `listener` until its shutdown signal fires, then
+/// waits for the tailer and janitor to stop (every stream ends with a final checkpoint, the
+/// tailer persists the published mark).
+pub async fn run<S, F, L>(listener: L, app: app::App<S, F>) -> std::io::Result<()>
 where
     S: store::Store,
+    F: broadcast::LiveFeed,
     L: Listener,
     L::Addr: Debug,
 {
-    let shutdown = state.shutdown_signal();
-    let tailer = tokio::spawn(state.tailer().run(shutdown.clone()));
-    let janitor = tokio::spawn(janitor::run(
-        state.store().clone(),
-        state.config().retention,
-        state.config().janitor,
-        state.metrics().clone(),
-        shutdown.clone(),
-    ));
-    let result = http::serve(listener, state).await;
-    if !shutdown.is_triggered() {
-        // `serve` only returns after shutdown; if it ever does otherwise, stop the rest too.
-        tailer.abort();
-        janitor.abort();
-    }
-    if let Err(error) = tailer.await {
-        if !error.is_cancelled() {
-            tracing::error!(%error, "tailer task failed");
-        }
-    }
-    let _ = janitor.await;
+    let result = http::serve(listener, app.state().clone()).await;
+    app.stopped().await;
     result
 }

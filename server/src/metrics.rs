@@ -1,45 +1,152 @@
-//! Server counters, exported at `GET /metrics` in the Prometheus text format.
+//! Server counters, exported at `GET /metrics` in the OpenMetrics text format
+//! ([`CONTENT_TYPE`]; Prometheus scrapes it natively) by `prometheus-client`.
 //!
-//! Plain atomics (relaxed: each value is independent and only ever read for reporting), no
-//! metrics crate. The tail latency is a fixed-bucket histogram of the time from a row's
-//! `created_at` (stamped by the trigger inside the writer's transaction, RFC 3339 with
-//! milliseconds) to the moment the tailer published it: commit → publish, with millisecond
+//! One registry per [`Metrics`] (several servers run in one process in tests and the
+//! simulation, so there is no global recorder). The tail latency is a histogram of the time
+//! from a row's `created_at` (stamped by the trigger inside the writer's transaction, RFC 3339
+//! with milliseconds) to the moment the tailer published it: commit → publish, with millisecond
 //! resolution, for writers in this process and in others alike. Rows whose `created_at` cannot
 //! be read, or lies more than an hour away from the wall clock (old rows, another clock
 //! domain), are not counted.
+//!
+//! Series (names as scraped): `changefeed_subscribers`, `changefeed_log_head`,
+//! `changefeed_published_seq` (gauges); `changefeed_frames_sent_total`,
+//! `changefeed_bytes_sent_total`, `changefeed_replayed_rows_total`,
+//! `changefeed_lag_fallbacks_total`, `changefeed_resets_total`,
+//! `changefeed_events_published_total`, `changefeed_store_errors_total` (counters);
+//! `changefeed_tail_latency_seconds` (histogram). A store may add series of its own
+//! ([`crate::store::Store::metrics_collector`]: a Postgres replica's sequencer and change watch,
+//! `server/src/store/postgres/metrics.rs`), collected at each scrape into the same registry.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the tail-latency histogram buckets; `+Inf` is implied.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Every counter the server keeps.
-#[derive(Debug, Default)]
+/// Every counter the server keeps, and the registry that exports them.
+#[derive(Debug)]
 pub struct Metrics {
-    subscribers: AtomicI64,
-    frames_sent: AtomicU64,
-    bytes_sent: AtomicU64,
-    replayed_rows: AtomicU64,
-    lag_fallbacks: AtomicU64,
-    resets: AtomicU64,
-    published_seq: AtomicU64,
-    log_head: AtomicU64,
-    events_published: AtomicU64,
-    store_errors: AtomicU64,
+    registry: Registry,
+    subscribers: Gauge<i64, AtomicI64>,
+    frames_sent: Counter<u64, AtomicU64>,
+    bytes_sent: Counter<u64, AtomicU64>,
+    replayed_rows: Counter<u64, AtomicU64>,
+    lag_fallbacks: Counter<u64, AtomicU64>,
+    resets: Counter<u64, AtomicU64>,
+    published_seq: Gauge<u64, AtomicU64>,
+    log_head: Gauge<u64, AtomicU64>,
+    events_published: Counter<u64, AtomicU64>,
+    store_errors: Counter<u64, AtomicU64>,
     latency: Histogram,
+    /// Observations in `latency`, for [`Metrics::snapshot`] (the histogram's own count is
+    /// only readable through the exposition).
+    latency_count: AtomicU64,
 }
 
-#[derive(Debug, Default)]
-struct Histogram {
-    /// Non-cumulative counts: `buckets[i]` counts observations in `(bound[i-1], bound[i]]`, the
-    /// last one those above every bound.
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::with_collector(None)
+    }
+}
+
+impl Metrics {
+    /// The server's metrics plus, when given, a store's own series (collected at each scrape:
+    /// [`crate::store::Store::metrics_collector`]).
+    pub fn with_collector(
+        collector: Option<Box<dyn prometheus_client::collector::Collector>>,
+    ) -> Metrics {
+        let metrics = Metrics {
+            registry: Registry::default(),
+            subscribers: Gauge::default(),
+            frames_sent: Counter::default(),
+            bytes_sent: Counter::default(),
+            replayed_rows: Counter::default(),
+            lag_fallbacks: Counter::default(),
+            resets: Counter::default(),
+            published_seq: Gauge::default(),
+            log_head: Gauge::default(),
+            events_published: Counter::default(),
+            store_errors: Counter::default(),
+            latency: Histogram::new(LATENCY_BUCKETS),
+            latency_count: AtomicU64::new(0),
+        };
+        let mut registry = Registry::default();
+        // Counters are registered without `_total`: the OpenMetrics encoder appends it.
+        registry.register(
+            "changefeed_subscribers",
+            "Event streams currently open",
+            metrics.subscribers.clone(),
+        );
+        registry.register(
+            "changefeed_frames_sent",
+            "SSE frames handed to client connections",
+            metrics.frames_sent.clone(),
+        );
+        registry.register(
+            "changefeed_bytes_sent",
+            "Bytes of SSE frames handed to client connections",
+            metrics.bytes_sent.clone(),
+        );
+        registry.register(
+            "changefeed_replayed_rows",
+            "Rows read from the store by replay pages",
+            metrics.replayed_rows.clone(),
+        );
+        registry.register(
+            "changefeed_lag_fallbacks",
+            "Times a subscriber fell behind the live feed and replayed the gap from the store",
+            metrics.lag_fallbacks.clone(),
+        );
+        registry.register(
+            "changefeed_resets",
+            "changefeed.reset frames sent",
+            metrics.resets.clone(),
+        );
+        registry.register(
+            "changefeed_log_head",
+            "Highest seq ever allocated in the change log",
+            metrics.log_head.clone(),
+        );
+        registry.register(
+            "changefeed_published_seq",
+            "Highest seq published to the live feed",
+            metrics.published_seq.clone(),
+        );
+        registry.register(
+            "changefeed_events_published",
+            "Events read by the tailer and published to the live feed",
+            metrics.events_published.clone(),
+        );
+        registry.register(
+            "changefeed_store_errors",
+            "Failed store calls",
+            metrics.store_errors.clone(),
+        );
+        registry.register(
+            "changefeed_tail_latency_seconds",
+            "Time from a row's created_at (commit) to its publication to the live feed",
+            metrics.latency.clone(),
+        );
+        if let Some(collector) = collector {
+            registry.register_collector(collector);
+        }
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
 }
 
 /// A copy of the counters at one moment (for tests and `/healthz`).
@@ -77,14 +184,14 @@ pub struct SubscriberGuard {
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.metrics.subscribers.fetch_sub(1, Relaxed);
+        self.metrics.subscribers.dec();
     }
 }
 
 impl Metrics {
     /// Counts a new live stream until the guard is dropped.
     pub fn subscriber(self: &std::sync::Arc<Self>) -> SubscriberGuard {
-        self.subscribers.fetch_add(1, Relaxed);
+        self.subscribers.inc();
         SubscriberGuard {
             metrics: self.clone(),
         }
@@ -92,152 +199,62 @@ impl Metrics {
 
     /// Frames (and their bytes) written to a client.
     pub fn frames_sent(&self, frames: u64, bytes: u64) {
-        self.frames_sent.fetch_add(frames, Relaxed);
-        self.bytes_sent.fetch_add(bytes, Relaxed);
+        self.frames_sent.inc_by(frames);
+        self.bytes_sent.inc_by(bytes);
     }
 
     /// Adds one subscription's counter increments.
     pub fn subscription_progress(&self, replayed_rows: u64, lag_fallbacks: u64, resets: u64) {
-        self.replayed_rows.fetch_add(replayed_rows, Relaxed);
-        self.lag_fallbacks.fetch_add(lag_fallbacks, Relaxed);
-        self.resets.fetch_add(resets, Relaxed);
+        self.replayed_rows.inc_by(replayed_rows);
+        self.lag_fallbacks.inc_by(lag_fallbacks);
+        self.resets.inc_by(resets);
     }
 
     /// The tailer published events up to `seq`.
     pub fn published(&self, seq: u64, events: u64) {
-        self.published_seq.store(seq, Relaxed);
-        self.log_head.fetch_max(seq, Relaxed);
-        self.events_published.fetch_add(events, Relaxed);
+        self.published_seq.set(seq);
+        self.log_head.inner().fetch_max(seq, Relaxed);
+        self.events_published.inc_by(events);
     }
 
     /// The store's head as just read.
     pub fn log_head(&self, head: u64) {
-        self.log_head.store(head, Relaxed);
+        self.log_head.set(head);
     }
 
     /// A store call failed.
     pub fn store_error(&self) {
-        self.store_errors.fetch_add(1, Relaxed);
+        self.store_errors.inc();
     }
 
     /// One commit → publish latency.
     pub fn observe_tail_latency(&self, latency: Duration) {
-        let seconds = latency.as_secs_f64();
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.latency.buckets[bucket].fetch_add(1, Relaxed);
-        self.latency.sum_micros.fetch_add(
-            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
-        self.latency.count.fetch_add(1, Relaxed);
+        self.latency.observe(latency.as_secs_f64());
+        self.latency_count.fetch_add(1, Relaxed);
     }
 
     /// The counters now.
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
-            subscribers: self.subscribers.load(Relaxed),
-            frames_sent: self.frames_sent.load(Relaxed),
-            bytes_sent: self.bytes_sent.load(Relaxed),
-            replayed_rows: self.replayed_rows.load(Relaxed),
-            lag_fallbacks: self.lag_fallbacks.load(Relaxed),
-            resets: self.resets.load(Relaxed),
-            published_seq: self.published_seq.load(Relaxed),
-            log_head: self.log_head.load(Relaxed),
-            events_published: self.events_published.load(Relaxed),
-            store_errors: self.store_errors.load(Relaxed),
-            latency_count: self.latency.count.load(Relaxed),
+            subscribers: self.subscribers.get(),
+            frames_sent: self.frames_sent.get(),
+            bytes_sent: self.bytes_sent.get(),
+            replayed_rows: self.replayed_rows.get(),
+            lag_fallbacks: self.lag_fallbacks.get(),
+            resets: self.resets.get(),
+            published_seq: self.published_seq.get(),
+            log_head: self.log_head.get(),
+            events_published: self.events_published.get(),
+            store_errors: self.store_errors.get(),
+            latency_count: self.latency_count.load(Relaxed),
         }
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The OpenMetrics text exposition (served as [`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let s = self.snapshot();
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            );
-        };
-        metric(
-            "changefeed_subscribers",
-            "gauge",
-            "Event streams currently open.",
-            s.subscribers.to_string(),
-        );
-        metric(
-            "changefeed_frames_sent_total",
-            "counter",
-            "SSE frames handed to client connections.",
-            s.frames_sent.to_string(),
-        );
-        metric(
-            "changefeed_bytes_sent_total",
-            "counter",
-            "Bytes of SSE frames handed to client connections.",
-            s.bytes_sent.to_string(),
-        );
-        metric(
-            "changefeed_replayed_rows_total",
-            "counter",
-            "Rows read from the store by replay pages.",
-            s.replayed_rows.to_string(),
-        );
-        metric(
-            "changefeed_lag_fallbacks_total",
-            "counter",
-            "Times a subscriber fell behind the live feed and replayed the gap from the store.",
-            s.lag_fallbacks.to_string(),
-        );
-        metric(
-            "changefeed_resets_total",
-            "counter",
-            "changefeed.reset frames sent.",
-            s.resets.to_string(),
-        );
-        metric(
-            "changefeed_log_head",
-            "gauge",
-            "Highest seq ever allocated in the change log.",
-            s.log_head.to_string(),
-        );
-        metric(
-            "changefeed_published_seq",
-            "gauge",
-            "Highest seq published to the live feed.",
-            s.published_seq.to_string(),
-        );
-        metric(
-            "changefeed_events_published_total",
-            "counter",
-            "Events read by the tailer and published to the live feed.",
-            s.events_published.to_string(),
-        );
-        metric(
-            "changefeed_store_errors_total",
-            "counter",
-            "Failed store calls.",
-            s.store_errors.to_string(),
-        );
-        let name = "changefeed_tail_latency_seconds";
-        let _ = write!(
-            out,
-            "# HELP {name} Time from a row's created_at (commit) to its publication to the live feed.\n# TYPE {name} histogram\n"
-        );
-        let mut cumulative = 0u64;
-        for (index, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += self.latency.buckets[index].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.latency.buckets[LATENCY_BUCKETS.len()].load(Relaxed);
-        let sum = self.latency.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = write!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {sum}\n{name}_count {cumulative}\n"
-        );
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }
@@ -278,19 +295,39 @@ mod tests {
     }
 
     #[test]
-    fn renders_prometheus_text_with_a_cumulative_histogram() {
+    fn renders_openmetrics_text_with_a_cumulative_histogram() {
         let metrics = std::sync::Arc::new(Metrics::default());
         let guard = metrics.subscriber();
+        metrics.frames_sent(3, 120);
         metrics.observe_tail_latency(Duration::from_micros(700));
         metrics.observe_tail_latency(Duration::from_secs(60));
         let text = metrics.render();
         assert!(text.contains("\nchangefeed_subscribers 1\n"), "{text}");
+        assert!(
+            text.contains("\nchangefeed_frames_sent_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE changefeed_frames_sent counter\n"),
+            "{text}"
+        );
         assert!(text.contains("changefeed_tail_latency_seconds_bucket{le=\"0.0005\"} 0\n"));
         assert!(text.contains("changefeed_tail_latency_seconds_bucket{le=\"0.001\"} 1\n"));
-        assert!(text.contains("changefeed_tail_latency_seconds_bucket{le=\"10\"} 1\n"));
+        assert!(text.contains("changefeed_tail_latency_seconds_bucket{le=\"10.0\"} 1\n"));
         assert!(text.contains("changefeed_tail_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("changefeed_tail_latency_seconds_count 2\n"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(metrics.snapshot().latency_count, 2);
         drop(guard);
         assert_eq!(metrics.snapshot().subscribers, 0);
+    }
+
+    #[test]
+    fn each_instance_has_its_own_registry() {
+        let (a, b) = (Metrics::default(), Metrics::default());
+        a.store_error();
+        assert_eq!(a.snapshot().store_errors, 1);
+        assert_eq!(b.snapshot().store_errors, 0);
+        assert!(b.render().contains("\nchangefeed_store_errors_total 0\n"));
     }
 }

@@ -6,24 +6,30 @@
 //! the read comes back short, wait for the signal (race-free: a commit between the read and the
 //! wait makes the wait return at once; see [`crate::store::ChangeWatch`]).
 //!
-//! **Invariant:** rows are published in seq order, each once, starting right after the
-//! broadcaster's `P`. SQLite has one writer, so rows become visible in seq order and
-//! `seq > P` never skips a row that commits later.
+//! **Invariant:** rows are published in seq order, each once, starting right after the feed's
+//! `P`, and never past the store's visibility watermark (a [`crate::store::Rows`] holds no row
+//! above it): every seq at or below a published row is committed or will never exist, so
+//! `seq > P` never skips a row that commits later, however many writers the store has.
+//!
+//! **Errors:** a transient store error is retried with back-off; any other (fatal, bad data, or
+//! the log's epoch changing under the server) is retried at the longest back-off and reported
+//! through [`TailerHealth`] (so `/healthz` is not `ok` while the feed cannot advance). Nothing is
+//! published from a read that failed.
 //!
 //! The published mark ([`Store::mark_published`]) is persisted at start-up (clients may be
 //! served everything up to head by replay), then at most once per `mark_interval` while it
 //! moves, and at shutdown.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use changefeed_core::{Epoch, EventEncoder, Seq};
+use changefeed_core::{Epoch, EventEncoder, EventRow, Seq};
 use tokio::time::Instant;
 
-use crate::broadcast::Broadcaster;
+use crate::broadcast::LiveFeed;
 use crate::metrics::{parse_timestamp_millis, Metrics};
 use crate::shutdown::ShutdownSignal;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Tunables of the tailer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,30 +52,77 @@ impl Default for TailerConfig {
     }
 }
 
+/// What keeps the tailer from advancing right now, if anything (read by `/healthz`).
+#[derive(Debug, Default)]
+pub struct TailerHealth {
+    fault: Mutex<Option<TailerFault>>,
+}
+
+/// A failure the tailer is retrying.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TailerFault {
+    /// The last error.
+    pub error: StoreError,
+    /// The seq the feed is stuck after.
+    pub published: Seq,
+    /// Since when reads have been failing (the first failure of this run of failures).
+    pub since: Instant,
+}
+
+impl TailerHealth {
+    /// The current fault, if the last read failed.
+    pub fn fault(&self) -> Option<TailerFault> {
+        self.lock().clone()
+    }
+
+    fn failed(&self, error: StoreError, published: Seq) {
+        let mut fault = self.lock();
+        let since = fault
+            .as_ref()
+            .map_or_else(Instant::now, |fault| fault.since);
+        *fault = Some(TailerFault {
+            error,
+            published,
+            since,
+        });
+    }
+
+    fn recovered(&self) {
+        *self.lock() = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<TailerFault>> {
+        self.fault.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The tailer's inputs.
 #[derive(Debug)]
-pub struct Tailer<S> {
+pub struct Tailer<S, F> {
     /// The log to read.
     pub store: S,
     /// Where to publish.
-    pub feed: Arc<Broadcaster>,
-    /// The epoch frames are encoded with.
+    pub feed: Arc<F>,
+    /// The epoch frames are encoded with (the log's at start-up).
     pub epoch: Epoch,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Where failures are reported.
+    pub health: Arc<TailerHealth>,
     /// Tunables.
     pub config: TailerConfig,
 }
 
-impl<S: Store> Tailer<S> {
+impl<S: Store, F: LiveFeed> Tailer<S, F> {
     /// Runs until `shutdown`, then persists the published mark and returns it. Store errors are
-    /// logged and retried with back-off; they never end the tailer.
+    /// logged, reported and retried with back-off; they never end the tailer.
     pub async fn run(self, mut shutdown: ShutdownSignal) -> Seq {
         let Tailer {
             store,
             feed,
             epoch,
             metrics,
+            health,
             config,
         } = self;
         let encoder = EventEncoder::new(epoch);
@@ -86,11 +139,18 @@ impl<S: Store> Tailer<S> {
             if shutdown.is_triggered() {
                 break;
             }
-            let rows = match store.rows_after(published, batch).await {
+            let rows = match read(&store, published, batch, epoch).await {
                 Ok(rows) => rows,
                 Err(error) => {
                     metrics.store_error();
-                    tracing::warn!(%error, retry_in = ?backoff, "tailer: reading new rows failed");
+                    if error.is_transient() {
+                        tracing::warn!(%error, retry_in = ?backoff, "tailer: reading new rows failed");
+                    } else {
+                        // Retrying cannot help until someone acts; do not hammer the store.
+                        backoff = config.max_backoff;
+                        tracing::error!(%error, after = published.0, retry_in = ?backoff, "tailer: the feed cannot advance");
+                    }
+                    health.failed(error, published);
                     tokio::select! {
                         biased;
                         _ = shutdown.wait() => break,
@@ -100,6 +160,7 @@ impl<S: Store> Tailer<S> {
                     continue;
                 }
             };
+            health.recovered();
             backoff = Duration::from_millis(10);
             let full = rows.len() >= batch;
             if !rows.is_empty() {
@@ -147,6 +208,24 @@ impl<S: Store> Tailer<S> {
         tracing::info!(published = published.0, "tailer stopped");
         published
     }
+}
+
+/// One tail read, refused when the log is not the one being served any more.
+async fn read<S: Store>(
+    store: &S,
+    after: Seq,
+    batch: usize,
+    epoch: Epoch,
+) -> Result<Vec<EventRow>, StoreError> {
+    let (rows, bounds) = store.rows_after(after, batch).await?.into_parts();
+    if bounds.epoch != epoch {
+        return Err(StoreError::fatal(format!(
+            "the log's epoch changed from {epoch} to {} under the running server (the database \
+             was replaced or restored); restart the server",
+            bounds.epoch
+        )));
+    }
+    Ok(rows)
 }
 
 struct Mark {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use changefeed::client::{Client, ClientConfig, ClientItem, TcpConnector};
+use changefeed_client::{Client, ClientConfig, ClientItem, TcpConnector};
 use sqlx::{Connection, PgConnection};
 
 use pg::TestDb;

@@ -11,12 +11,66 @@
 //! position, and no matching row lies in `(position, x]`. A `changefeed.reset` starts a new
 //! segment at its `after`; it is legitimate only as `pruned` and only when the retention floor
 //! has passed the position. At the end, a client that stayed must have reached the final head.
+//!
+//! Which rows a client wants is decided by [`Interest::wants`], the simulation's own matcher,
+//! written from the contract's filter rules (projects; kinds `kind`, `prefix*`, `*`), never the
+//! core's `Filter`, so a bug there cannot hide itself here.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use changefeed_core::{Cursor, Epoch, Filter, Seq};
+use changefeed_core::{Cursor, Epoch};
+
+/// What a client asked for: `project=` values and `types=` patterns, as the simulation wrote
+/// them into its query string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interest {
+    /// The projects asked for (`None`: every project).
+    pub projects: Option<Vec<String>>,
+    /// The kind patterns asked for (`None`: every kind).
+    pub types: Option<Vec<String>>,
+}
+
+impl Interest {
+    /// Whether a row of `project` and `kind` is one the client asked for.
+    pub fn wants(&self, project: &str, kind: &str) -> bool {
+        let project_ok = self
+            .projects
+            .as_ref()
+            .is_none_or(|projects| projects.iter().any(|wanted| wanted == project));
+        let kind_ok = self.types.as_ref().is_none_or(|patterns| {
+            patterns
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => kind.starts_with(prefix),
+                    None => pattern == kind,
+                })
+        });
+        project_ok && kind_ok
+    }
+
+    /// The query string asking for exactly this (without `?`; empty for everything).
+    pub fn query(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        for project in self.projects.iter().flatten() {
+            parts.push(format!("project={project}"));
+        }
+        if let Some(types) = &self.types {
+            parts.push(format!("types={}", types.join(",")));
+        }
+        parts.join("&")
+    }
+}
+
+impl fmt::Display for Interest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.query().as_str() {
+            "" => f.write_str("everything"),
+            query => f.write_str(query),
+        }
+    }
+}
 
 /// Every row ever appended, and the retention floor, shared by writers and checkers.
 #[derive(Debug, Default)]
@@ -39,7 +93,7 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct Checker {
     name: String,
-    filter: Filter,
+    interest: Interest,
     epoch: Epoch,
     oracle: SharedOracle,
     /// The position: `None` until a cursor-less client's first frame.
@@ -55,18 +109,18 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// A checker for a client with `filter`, starting after `start` (`None`: at head, i.e. at
-    /// the id of its first frame).
+    /// A checker for a client asking for `interest`, starting after `start` (`None`: at head,
+    /// i.e. at the id of its first frame).
     pub fn new(
         name: &str,
-        filter: Filter,
+        interest: Interest,
         epoch: Epoch,
         start: Option<u64>,
         oracle: SharedOracle,
     ) -> Checker {
         Checker {
             name: name.to_owned(),
-            filter,
+            interest,
             epoch,
             oracle,
             position: start,
@@ -117,7 +171,7 @@ impl Checker {
         oracle
             .rows
             .range(after + 1..end)
-            .filter(|(_, (project, kind))| self.filter.matches(project, kind))
+            .filter(|(_, (project, kind))| self.interest.wants(project, kind))
             .map(|(seq, _)| *seq)
             .take(5)
             .collect()
@@ -174,10 +228,10 @@ impl Checker {
             ));
             return;
         }
-        if !self.filter.matches(&project, &json_kind) {
+        if !self.interest.wants(&project, &json_kind) {
             self.fail(format!(
-                "LEAK: seq {q} ({project}, {json_kind}) is outside the filter {:?}",
-                self.filter
+                "LEAK: seq {q} ({project}, {json_kind}) is outside what the client asked for ({})",
+                self.interest
             ));
             return;
         }
@@ -242,7 +296,36 @@ impl Checker {
     }
 }
 
-/// The seq of a cursor of `epoch` (for callers that already validated it).
-pub fn seq_of(id: &str) -> Option<Seq> {
-    Cursor::parse(id).ok().map(|cursor| cursor.seq)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interest(projects: Option<&[&str]>, types: Option<&[&str]>) -> Interest {
+        let owned = |items: &[&str]| items.iter().map(|item| item.to_string()).collect();
+        Interest {
+            projects: projects.map(owned),
+            types: types.map(owned),
+        }
+    }
+
+    #[test]
+    fn the_matcher_follows_the_contract_rules() {
+        let everything = interest(None, None);
+        assert!(everything.wants("p0", "pr_updated"));
+        assert_eq!(everything.query(), "");
+        let prs = interest(Some(&["p0", "p2"]), Some(&["pr_*", "session_created"]));
+        assert!(prs.wants("p0", "pr_updated"));
+        assert!(prs.wants("p2", "session_created"));
+        assert!(!prs.wants("p1", "pr_updated"), "another project");
+        assert!(
+            !prs.wants("p0", "project_created"),
+            "`_` is literal in pr_*"
+        );
+        assert!(!prs.wants("p0", "session_updated"), "exact kinds are exact");
+        assert_eq!(
+            prs.query(),
+            "project=p0&project=p2&types=pr_*,session_created"
+        );
+        assert!(interest(None, Some(&["*"])).wants("p1", "anything"));
+    }
 }

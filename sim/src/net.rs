@@ -1,6 +1,6 @@
 //! turmoil's simulated sockets plugged into the real server and client: an
 //! [`axum::serve::Listener`] over turmoil's `TcpListener`, and a client
-//! [`Connector`](changefeed::client::Connector) that dials turmoil's `TcpStream`.
+//! [`Connector`](changefeed_client::Connector) that dials turmoil's `TcpStream`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -64,7 +64,7 @@ impl axum::serve::Listener for SimListener {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SimConnector;
 
-impl changefeed::client::Connector for SimConnector {
+impl changefeed_client::Connector for SimConnector {
     type Io = TokioIo<TcpStream>;
 
     fn connect(

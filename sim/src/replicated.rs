@@ -82,19 +82,23 @@ struct State {
     lock: Option<u64>,
     /// Generations of change signals (NOTIFY), one per committed batch.
     notifies: u64,
+    /// Draws each batch's commit latency (seeded: a run is a function of its seed).
+    latency: fastrand::Rng,
 }
 
 /// The shared log; a cheap clone.
 #[derive(Debug, Clone)]
 pub struct ReplicatedLog {
     state: Arc<Mutex<State>>,
-    /// How long a sequencer batch takes to commit (while it holds its rows and the lock).
+    /// The longest a sequencer batch takes to commit (while it holds its rows and the lock);
+    /// each batch draws its own latency up to this.
     commit_latency: Duration,
 }
 
 impl ReplicatedLog {
-    /// An empty log of `epoch` whose sequencer batches take `commit_latency` to commit.
-    pub fn new(epoch: Epoch, commit_latency: Duration) -> ReplicatedLog {
+    /// An empty log of `epoch` whose sequencer batches take up to `commit_latency` to commit,
+    /// each drawn from `seed`.
+    pub fn new(epoch: Epoch, commit_latency: Duration, seed: u64) -> ReplicatedLog {
         ReplicatedLog {
             state: Arc::new(Mutex::new(State {
                 epoch,
@@ -109,6 +113,7 @@ impl ReplicatedLog {
                 batches: BTreeMap::new(),
                 lock: None,
                 notifies: 0,
+                latency: fastrand::Rng::with_seed(seed),
             })),
             commit_latency,
         }
@@ -335,7 +340,9 @@ impl SequencerBackend for ReplicatedLog {
             return Ok(Tick::Lost);
         };
         // The commit takes a while; a replica that dies here rolls the batch back.
-        tokio::time::sleep(self.commit_latency).await;
+        let max = u64::try_from(self.commit_latency.as_micros()).unwrap_or(u64::MAX);
+        let latency = Duration::from_micros(self.state().latency.u64(0..=max));
+        tokio::time::sleep(latency).await;
         Ok(guard.commit())
     }
 }

@@ -6,8 +6,6 @@
 //!   seeds drawn from a base taken from the clock, or from `SIM_SEED_BASE` to repeat a run. The
 //!   base is printed; every failure prints its own seed and the `SIM_SEED=...` replay command.
 
-use crate::rng::Rng;
-
 /// Seeds run when neither variable is set (plain `cargo test` / nextest; `scripts/sim.sh`
 /// sets more).
 pub const DEFAULT_SEEDS: u64 = 24;
@@ -39,9 +37,9 @@ pub fn seeds() -> Vec<u64> {
             "sim: {fixed} fixed seeds, then {} random seeds from SIM_SEED_BASE={base}",
             count - fixed
         );
-        let mut rng = Rng::new(base);
+        let mut rng = fastrand::Rng::with_seed(base);
         // Random seeds above the fixed range, so the two never overlap.
-        seeds.extend((fixed..count).map(|_| FIXED_SEEDS + rng.next_u64() % (u64::MAX / 2)));
+        seeds.extend((fixed..count).map(|_| FIXED_SEEDS + rng.u64(..u64::MAX / 2)));
     }
     seeds
 }

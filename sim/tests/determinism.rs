@@ -2,7 +2,8 @@
 //! full trace (every append, fault, and client item with its simulated time), so any failure
 //! replays exactly with `SIM_SEED`.
 
-use changefeed_sim::scenario::{run, Options};
+use changefeed_sim::run::run_seed;
+use changefeed_sim::seams::Bug;
 use changefeed_sim::seeds::seeds;
 
 /// How many of the run's seeds are replayed (each runs twice).
@@ -22,13 +23,9 @@ fn same_seed_same_trace() {
     );
     for seed in chosen {
         println!("sim: determinism of seed {seed}");
-        let replay = format!(
-            "replay with: SIM_SEED={seed} RUSTFLAGS=\"--cfg tokio_unstable\" \
-             CARGO_TARGET_DIR=target/sim cargo test --profile fast -p changefeed-sim \
-             --test determinism -- --nocapture"
-        );
-        let first = run(Options::real(seed)).unwrap_or_else(|f| panic!("{f}\n{replay}"));
-        let second = run(Options::real(seed)).unwrap_or_else(|f| panic!("{f}\n{replay}"));
+        let replay = format!("replay with: SIM_SEED={seed} scripts/sim.sh");
+        let first = run_seed(seed, Bug::None).unwrap_or_else(|f| panic!("{f}"));
+        let second = run_seed(seed, Bug::None).unwrap_or_else(|f| panic!("{f}"));
         assert!(
             first.trace.len() > 10,
             "seed {seed}: trace too short to prove anything"

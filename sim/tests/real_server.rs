@@ -1,10 +1,12 @@
-//! Proves that the real server (router, tailer, broadcaster over the in-memory store) and the
-//! real client deliver every client exactly its filter's events of the log, once each, in order,
-//! under every seeded fault schedule, and release each subscription when its client leaves.
+//! Proves that the real server (the product's wiring and HTTP transport over the in-memory log)
+//! and the real client deliver every client exactly its filter's events of the log, once each,
+//! in order, under every seeded fault schedule, and release each subscription when its client
+//! leaves.
 
 use std::time::Instant;
 
-use changefeed_sim::scenario::{run, Options, Stats};
+use changefeed_sim::run::{run_seed, Stats};
+use changefeed_sim::seams::Bug;
 use changefeed_sim::seeds::seeds;
 
 #[test]
@@ -15,7 +17,7 @@ fn real_server_and_client_keep_every_invariant() {
     let mut stats = Stats::default();
     for &seed in &seeds {
         println!("sim: seed {seed}");
-        match run(Options::real(seed)) {
+        match run_seed(seed, Bug::None) {
             Ok(outcome) => {
                 appended += outcome.appended;
                 stats += outcome.stats;
@@ -25,11 +27,7 @@ fn real_server_and_client_keep_every_invariant() {
                     }
                 }
             }
-            Err(failure) => panic!(
-                "{failure}\nreplay with: SIM_SEED={seed} RUSTFLAGS=\"--cfg tokio_unstable\" \
-                 CARGO_TARGET_DIR=target/sim cargo test --profile fast -p changefeed-sim \
-                 --test real_server -- --nocapture"
-            ),
+            Err(failure) => panic!("{failure}"),
         }
     }
     let secs = started.elapsed().as_secs_f64();

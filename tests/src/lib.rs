@@ -19,7 +19,7 @@ use changefeed::http::tcp_listener;
 use changefeed::shutdown::{self, ShutdownTrigger};
 use changefeed::store::sqlite::SqliteStore;
 use changefeed::store::Store;
-use changefeed::{AppState, ServerConfig};
+use changefeed::{app, AppState, ServerConfig};
 use changefeed_core::sse::{Item, Parser, SseEvent};
 use changefeed_core::{Epoch, Seq};
 use http_body_util::{BodyExt, Empty};
@@ -71,14 +71,15 @@ impl TestServer {
             .await
             .expect("open the store");
         let (trigger, signal) = shutdown::channel();
-        let state = AppState::new(store.clone(), config, signal)
-            .await
-            .expect("server state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
         let addr = listener.local_addr().expect("local addr");
-        let task = tokio::spawn(changefeed::run(tcp_listener(listener), state.clone()));
+        let server = app::start(store.clone(), config, signal)
+            .await
+            .expect("start the server");
+        let state = server.state().clone();
+        let task = tokio::spawn(changefeed::run(tcp_listener(listener), server));
         TestServer {
             addr,
             store,

@@ -6,7 +6,7 @@
 
 mod client_support;
 
-use changefeed::contract::{serve_contract_service, CAPABILITIES};
+use changefeed_client::contract::{serve_contract_service, CAPABILITIES};
 use client_support::{bounded, http, Callbacks, ScriptServer, REAL};
 use serde_json::json;
 
@@ -53,15 +53,21 @@ async fn the_service_drives_the_client_for_the_harness() {
     assert_eq!(status, 200);
     let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(status, json!({ "capabilities": CAPABILITIES }));
+    // Spelled as the public `sse-contract-tests` harness spells them.
     for capability in [
+        "bom",
         "comments",
         "headers",
         "last-event-id",
+        "post",
         "read-timeout",
+        "report",
         "restart",
+        "server-directed-shutdown-request",
     ] {
         assert!(CAPABILITIES.contains(&capability), "{capability}");
     }
+    assert!(!CAPABILITIES.contains(&"204"));
 
     let entity = create(
         &service,

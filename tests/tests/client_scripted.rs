@@ -1,7 +1,8 @@
 //! Proves the changefeed client's HTTP and reconnect behaviour against a scripted SSE server:
 //! request headers, typed items, id-only checkpoints carried into `Last-Event-ID`, `retry:`,
 //! backoff on 5xx/429 (`Retry-After`), giving up on 204/404/wrong content type, redirects, the
-//! read timeout, connect errors and cancel-safety. Timing is asserted on tokio's paused clock
+//! read timeout, connect errors, configurable parser limits (an oversized line or event is a
+//! terminal error naming the limit, never a reconnect loop) and cancel-safety. Timing is asserted on tokio's paused clock
 //! over in-memory pipes, so it is exact and nothing really sleeps.
 
 mod client_support;
@@ -9,9 +10,9 @@ mod client_support;
 use std::io;
 use std::time::Duration;
 
-use changefeed::client::{
+use changefeed_client::{
     ChangeEvent, Client, ClientConfig, ClientError, ClientItem, Disconnect, GiveUpReason,
-    TcpConnector,
+    ParseError, ParserLimits, TcpConnector,
 };
 use client_support::{
     change_frame, change_json, cursor, drive, MemConnector, ScriptConn, ScriptServer, Seen, REAL,
@@ -687,9 +688,91 @@ async fn the_cursor_advances_item_by_item_within_one_chunk() {
     assert_eq!(client.last_cursor(), Some(&*cursor(9)));
 }
 
-async fn next_item<C: changefeed::client::Connector>(client: &mut Client<C>) -> ClientItem {
+async fn next_item<C: changefeed_client::Connector>(client: &mut Client<C>) -> ClientItem {
     client_support::bounded("an item", REAL, client.next())
         .await
         .expect("an item")
         .expect("no error")
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oversized_line_is_a_terminal_error_naming_the_limit() {
+    let (mut server, connector) = ScriptServer::memory();
+    let mut config = config(MEM_URL);
+    config.parser_limits = ParserLimits {
+        max_line: 64,
+        max_event_data: 1000,
+    };
+    let mut client = mem_client(&connector, config);
+    let mut conn = server.accept().await;
+    conn.stream_head().await;
+    connected(&mut client).await;
+    // An event within the limits, then one line of 70 bytes in the same chunk.
+    conn.write(format!("id: 1\ndata: ok\n\ndata: {}\n\n", "x".repeat(64)))
+        .await;
+    let (item, seen) = client.item().await;
+    assert_eq!(event(item).data, "ok");
+    assert_eq!(seen.cursor.as_deref(), Some("1"));
+    let error = client.error().await;
+    assert!(
+        matches!(
+            &error,
+            ClientError::Parse {
+                error: ParseError::LineTooLong { limit: 64 },
+                url,
+            } if url == MEM_URL
+        ),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("limit of 64 bytes"), "{message}");
+    // The client ended (`error` saw the end): the connection is dropped and nothing
+    // reconnects, however long we wait.
+    conn.closed().await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(server.try_accept().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oversized_event_is_a_terminal_error_naming_the_limit() {
+    let (mut server, connector) = ScriptServer::memory();
+    let mut config = config(MEM_URL);
+    config.parser_limits = ParserLimits {
+        max_line: 1000,
+        max_event_data: 100,
+    };
+    let mut client = mem_client(&connector, config);
+    let mut conn = server.accept().await;
+    conn.stream_head().await;
+    connected(&mut client).await;
+    // Each line fits; together the event's data does not.
+    let line = format!("data: {}\n", "y".repeat(60));
+    conn.write(format!("{line}{line}\n")).await;
+    let error = client.error().await;
+    assert!(
+        matches!(
+            &error,
+            ClientError::Parse {
+                error: ParseError::EventTooLarge { limit: 100 },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("limit of 100 bytes"), "{error}");
+    assert!(server.try_accept().is_none());
+}
+
+#[test]
+fn parser_limits_default_to_the_public_suites_largest_event_and_must_be_positive() {
+    let config = ClientConfig::new(MEM_URL).expect("valid");
+    // The suite's largest event is 13,981,016 bytes in one line.
+    assert!(config.parser_limits.max_line > 13_981_016 + "data: ".len());
+    assert!(config.parser_limits.max_event_data > 13_981_016);
+    let mut zero = config.clone();
+    zero.parser_limits.max_line = 0;
+    assert!(matches!(
+        zero.validate(),
+        Err(ClientError::InvalidConfig(message)) if message.contains("parser limits")
+    ));
 }

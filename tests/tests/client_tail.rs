@@ -1,14 +1,23 @@
-//! Proves `changefeed tail --cursor-file` against the real server: run twice with writes before,
-//! during and between the runs, the lines printed by both runs are exactly the filtered log,
-//! each event once, in order; the cursor file wins over `--after`; a stop signal ends a run
-//! cleanly (`Ok`).
+//! Proves the library half of `changefeed tail` against the real server: with `--cursor-file`,
+//! runs stopped part-way and restarted print exactly the filtered log, each event once, in
+//! order, and the file wins over `--after`; `--once` prints what the server has published and
+//! stops at `changefeed.ready`, and the next `--once` run continues exactly after it; a reset is reported
+//! on stderr (with the reason and the new cursor) and counted for the exit code; off a terminal
+//! stderr carries no notes or progress line; `--once` gives up on a server it cannot reach
+//! (following retries forever); the server announces the head for the progress line
+//! (`Changefeed-Head`).
 
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use changefeed::client::{tail, TailArgs, TailFormat, TcpConnector};
+use changefeed_client::tail::{
+    tail, Console, TailError, TailFormat, TailOptions, TailSummary, ONCE_MAX_FAILED_ATTEMPTS,
+};
+use changefeed_client::TcpConnector;
 use changefeed_tests::{project_sql, session_sql, within, TestServer};
+
+mod client_support;
 use tokio::sync::{mpsc, oneshot};
 
 /// An output that hands each complete line to the test.
@@ -79,7 +88,7 @@ async fn add_sessions(server: &TestServer, from: usize, to: usize) -> Vec<String
 /// Runs `tail` until it has printed `stop_after` lines (then signals it to stop), while
 /// `during` runs; returns every line it printed and its status messages.
 async fn run_tail(
-    args: TailArgs,
+    args: TailOptions,
     stop_after: usize,
     during: impl std::future::Future<Output = ()>,
 ) -> (Vec<String>, String) {
@@ -93,7 +102,11 @@ async fn run_tail(
     let shutdown = async {
         let _ = stopped.await;
     };
-    let run = tail(args, TcpConnector, out, status.clone(), shutdown);
+    let console = Console {
+        chatty_stderr: true,
+        ..Console::default()
+    };
+    let run = tail(args, TcpConnector, console, out, status.clone(), shutdown);
     let watch = async {
         let mut seen = Vec::new();
         let mut stop = Some(stop);
@@ -135,13 +148,14 @@ async fn tail_with_a_cursor_file_resumes_without_loss_or_duplicate() {
         .await;
     let dir = tempfile::tempdir().expect("temp dir");
     let cursor_file = dir.path().join("tail.cursor");
-    let args = TailArgs {
+    let args = TailOptions {
         url: format!("http://{}/api/v1/events", server.addr),
         projects: vec!["a".into()],
         types: Some("session_*".into()),
         after: Some("0".into()),
         cursor_file: Some(cursor_file.clone()),
         format: TailFormat::Json,
+        ..TailOptions::default()
     };
 
     // Run 1: replays what exists, then live events written while it runs; stops part-way.
@@ -181,4 +195,209 @@ async fn tail_with_a_cursor_file_resumes_without_loss_or_duplicate() {
     let saved = read_file(&cursor_file);
     let saved_seq: u64 = saved.trim().rsplit(':').next().unwrap().parse().unwrap();
     assert!(saved_seq >= last_seq, "{saved} vs {last_seq}");
+}
+
+/// Runs `tail --once` to completion; returns the summary, the printed lines and stderr.
+async fn run_once(options: TailOptions, console: Console) -> (TailSummary, Vec<String>, String) {
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    let status = Text::default();
+    let out = Lines {
+        tx,
+        partial: Vec::new(),
+    };
+    let summary = within(
+        "tail --once to catch up",
+        tail(
+            options,
+            TcpConnector,
+            console,
+            out,
+            status.clone(),
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("tail --once succeeds");
+    let mut printed = Vec::new();
+    while let Ok(line) = lines.try_recv() {
+        printed.push(line);
+    }
+    (summary, printed, status.text())
+}
+
+fn once_options(server: &TestServer, cursor_file: &Path) -> TailOptions {
+    TailOptions {
+        // A server address: the events path is appended.
+        url: format!("http://{}", server.addr),
+        projects: vec!["a".into()],
+        types: Some("session_*".into()),
+        after: Some("0".into()),
+        cursor_file: Some(cursor_file.to_owned()),
+        once: true,
+        ..TailOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn tail_once_prints_what_exists_then_the_next_run_continues_after_it() {
+    let server = TestServer::start().await;
+    server
+        .write(&format!("{}{}", project_sql("a"), project_sql("b")))
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cursor_file = dir.path().join("once.cursor");
+    let quiet = Console::default();
+
+    let first_batch = add_sessions(&server, 0, 40).await;
+    // `--once` prints what the server has published when it connects.
+    server.settle().await;
+    let (summary, printed, stderr) = run_once(once_options(&server, &cursor_file), quiet).await;
+    let sessions: Vec<String> = printed.iter().map(|l| session_of(l)).collect();
+    assert_eq!(sessions, first_batch);
+    assert!(summary.caught_up);
+    assert_eq!(summary.resets, 0);
+    assert_eq!(summary.printed, first_batch.len() as u64);
+    assert_eq!(summary.exit_code(&once_options(&server, &cursor_file)), 0);
+    // Not a terminal: nothing on stderr at all.
+    assert_eq!(stderr, "");
+    let saved = read_file(&cursor_file);
+    assert_eq!(Some(saved.trim()), summary.cursor.as_deref());
+
+    // Nothing new: the next run prints nothing and still catches up.
+    let (summary, printed, _) = run_once(once_options(&server, &cursor_file), quiet).await;
+    assert!(printed.is_empty(), "{printed:?}");
+    assert!(summary.caught_up);
+
+    // New writes (and writes the filter excludes): exactly the new matching events.
+    let second_batch = add_sessions(&server, 40, 70).await;
+    server.settle().await;
+    let chatty = Console {
+        chatty_stderr: true,
+        ..Console::default()
+    };
+    let (summary, printed, stderr) = run_once(once_options(&server, &cursor_file), chatty).await;
+    let sessions: Vec<String> = printed.iter().map(|l| session_of(l)).collect();
+    assert_eq!(sessions, second_batch);
+    assert!(summary.caught_up);
+    assert!(
+        stderr.contains(&format!("resuming after {}", saved.trim())),
+        "{stderr}"
+    );
+    // The final progress line of a --once run on a terminal.
+    assert!(
+        stderr.contains(&format!("caught up {} events", second_batch.len())),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn tail_once_reports_a_reset_and_counts_it_in_the_exit_code() {
+    let server = TestServer::start().await;
+    server
+        .write(&format!("{}{}", project_sql("a"), project_sql("b")))
+        .await;
+    add_sessions(&server, 1, 10).await;
+    server.settle().await;
+    let head = server.head().await.0;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cursor_file = dir.path().join("reset.cursor");
+    let mut options = once_options(&server, &cursor_file);
+    // A cursor of another database: the server cannot honour it and resets to its head.
+    options.after = Some("00000000000000ff:3".into());
+    let (summary, printed, stderr) = run_once(options.clone(), Console::default()).await;
+    assert_eq!(summary.resets, 1);
+    assert!(summary.caught_up);
+    assert_eq!(
+        summary.exit_code(&options),
+        changefeed_client::tail::EXIT_RESET
+    );
+    assert!(printed.is_empty(), "{printed:?}");
+    // Reported even off a terminal, with the reason and the new cursor.
+    assert!(
+        stderr.contains("reset (epoch_mismatch)")
+            && stderr.contains(&format!("continuing after {}", server.cursor(head))),
+        "{stderr}"
+    );
+    // The new cursor is kept: the next run resumes from it with no reset.
+    assert_eq!(read_file(&cursor_file).trim(), server.cursor(head));
+    let expected = add_sessions(&server, 10, 14).await;
+    server.settle().await;
+    let (summary, printed, _) = run_once(options.clone(), Console::default()).await;
+    assert_eq!(summary.resets, 0);
+    assert_eq!(summary.exit_code(&options), 0);
+    let sessions: Vec<String> = printed.iter().map(|l| session_of(l)).collect();
+    assert_eq!(sessions, expected);
+}
+
+#[tokio::test]
+async fn the_stream_announces_where_it_starts_and_the_head() {
+    let server = TestServer::start().await;
+    server
+        .write(&format!("{}{}", project_sql("a"), project_sql("b")))
+        .await;
+    add_sessions(&server, 1, 6).await;
+    server.settle().await;
+    let head = server.head().await.0;
+    let stream = server.stream("/api/v1/events?after=2").await;
+    assert_eq!(stream.header("changefeed-cursor"), Some(&*server.cursor(2)));
+    assert_eq!(
+        stream.header("changefeed-head"),
+        Some(&*server.cursor(head))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn tail_once_gives_up_on_an_unreachable_server_and_following_does_not() {
+    let (mut server, connector) = client_support::ScriptServer::memory();
+    for _ in 0..2 * ONCE_MAX_FAILED_ATTEMPTS {
+        connector.fail_next(io::ErrorKind::ConnectionRefused);
+    }
+    let options = TailOptions {
+        url: "http://changefeed.test".into(),
+        once: true,
+        ..TailOptions::default()
+    };
+    let status = Text::default();
+    let result = tail(
+        options,
+        connector.clone(),
+        Console::default(),
+        io::sink(),
+        status.clone(),
+        std::future::pending(),
+    )
+    .await;
+    match result {
+        Err(error @ TailError::Unreachable { attempts, .. }) => {
+            assert_eq!(attempts, ONCE_MAX_FAILED_ATTEMPTS);
+            assert!(error.to_string().contains("ConnectionRefused"), "{error}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    // Each failure but the last was reported with its backoff.
+    let reported = status.text().matches("reconnecting in").count() as u32;
+    assert_eq!(reported, ONCE_MAX_FAILED_ATTEMPTS - 1, "{}", status.text());
+
+    // Following retries through the remaining failures and connects.
+    let (stop, stopped) = oneshot::channel::<()>();
+    let follow = tokio::spawn(tail(
+        TailOptions {
+            url: "http://changefeed.test".into(),
+            ..TailOptions::default()
+        },
+        connector,
+        Console::default(),
+        io::sink(),
+        io::sink(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let conn = server.accept().await;
+    assert_eq!(conn.request.target, "/api/v1/events");
+    let _ = stop.send(());
+    follow
+        .await
+        .expect("tail task")
+        .expect("follow mode ends cleanly");
 }

@@ -177,6 +177,7 @@ async fn the_janitor_prunes_in_batches_and_old_cursors_reset() {
         janitor: JanitorConfig {
             batch: 4,
             pause: Duration::from_millis(1),
+            interval: Duration::from_millis(1),
             idle: Duration::from_millis(20),
         },
         ..ServerConfig::default()

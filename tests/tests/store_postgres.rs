@@ -6,7 +6,7 @@ use std::time::Duration;
 use changefeed::store::postgres::{PostgresStore, PostgresStoreOptions};
 use changefeed::store::sqlite::SqliteStore;
 use changefeed::store::{Retention, Store};
-use changefeed_core::{Epoch, EventEncoder, EventRow, Filter, Seq, TypePattern};
+use changefeed_core::{Epoch, EventEncoder, EventRow, FetchRequest, Filter, Seq, TypePattern};
 use changefeed_tests::pg::TestDb;
 
 /// A failure bound only: every wait returns as soon as its condition holds.
@@ -45,7 +45,12 @@ async fn wait_head(store: &PostgresStore, head: u64) {
 }
 
 async fn all_rows(store: &PostgresStore) -> Vec<EventRow> {
-    store.rows_after(Seq::ZERO, 100_000).await.unwrap()
+    store
+        .rows_after(Seq::ZERO, 100_000)
+        .await
+        .unwrap()
+        .into_parts()
+        .0
 }
 
 async fn pending(db: &TestDb) -> i64 {
@@ -131,7 +136,12 @@ async fn triggers_write_the_same_rows_and_payload_bytes_as_sqlite() {
         store.execute_write(&statement).await.unwrap();
         sqlite.execute_write(&statement).await.unwrap();
     }
-    let expected = sqlite.rows_after(Seq::ZERO, 1000).await.unwrap();
+    let expected = sqlite
+        .rows_after(Seq::ZERO, 1000)
+        .await
+        .unwrap()
+        .into_parts()
+        .0;
     assert_eq!(expected.len(), 15, "the script logs 15 changes on SQLite");
     wait_head(&store, expected.len() as u64).await;
     let got = all_rows(&store).await;
@@ -395,7 +405,15 @@ async fn head_is_the_sequencers_counter_not_max_seq() {
         .await
         .unwrap();
     assert_eq!(idle.bounds().await.unwrap().head, Seq(3));
-    assert_eq!(idle.rows_after(Seq::ZERO, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        idle.rows_after(Seq::ZERO, 10)
+            .await
+            .unwrap()
+            .into_parts()
+            .0
+            .len(),
+        1
+    );
     idle.close().await;
 }
 
@@ -418,35 +436,64 @@ async fn window_pushes_projects_and_prefixes_down_without_like_wildcards() {
     wait_head(&store, 6).await;
     let seqs = |rows: &[EventRow]| rows.iter().map(|row| row.seq.0).collect::<Vec<_>>();
     let window = store
-        .window(&filter(None, Some(&["pr_*"])), Seq(0), Seq(6))
-        .await
-        .unwrap();
-    // `pr_*` is the prefix "pr_": LIKE 'pr_%' would also match prx_created and project_created.
-    assert_eq!(seqs(&window.rows), [1, 4]);
-    assert_eq!(window.bounds.head, Seq(6));
-    let window = store
         .window(
-            &filter(Some(&["a", "b"]), Some(&["pr", "session_*"])),
-            Seq(0),
-            Seq(6),
+            &filter(None, Some(&["pr_*"])),
+            FetchRequest {
+                after: Seq(0),
+                upto: Seq(6),
+            },
         )
         .await
         .unwrap();
-    assert_eq!(seqs(&window.rows), [5, 6]);
+    // `pr_*` is the prefix "pr_": LIKE 'pr_%' would also match prx_created and project_created.
+    assert_eq!(seqs(window.rows()), [1, 4]);
+    assert_eq!(window.bounds().head, Seq(6));
     let window = store
-        .window(&filter(Some(&["a"]), None), Seq(1), Seq(3))
+        .window(
+            &filter(Some(&["a", "b"]), Some(&["pr", "session_*"])),
+            FetchRequest {
+                after: Seq(0),
+                upto: Seq(6),
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(seqs(&window.rows), [3]);
+    assert_eq!(seqs(window.rows()), [5, 6]);
+    let window = store
+        .window(
+            &filter(Some(&["a"]), None),
+            FetchRequest {
+                after: Seq(1),
+                upto: Seq(3),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs(window.rows()), [3]);
     // An empty window still carries the bounds of its snapshot.
     let window = store
-        .window(&filter(Some(&["c"]), Some(&["session_*"])), Seq(0), Seq(6))
+        .window(
+            &filter(Some(&["c"]), Some(&["session_*"])),
+            FetchRequest {
+                after: Seq(0),
+                upto: Seq(6),
+            },
+        )
         .await
         .unwrap();
-    assert!(window.rows.is_empty());
-    assert_eq!(window.bounds.head, Seq(6));
-    let window = store.window(&Filter::all(), Seq(4), Seq(4)).await.unwrap();
-    assert!(window.rows.is_empty());
+    assert!(window.rows().is_empty());
+    assert_eq!(window.bounds().head, Seq(6));
+    let window = store
+        .window(
+            &Filter::all(),
+            FetchRequest {
+                after: Seq(4),
+                upto: Seq(4),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(window.rows().is_empty());
     assert_eq!(
         store
             .missing_projects(&["a".into(), "zz".into(), "zz".into(), "c".into()])

@@ -135,6 +135,7 @@ async fn concurrent_workload(mode: AssignMode, seed: u64) -> Verdict {
             feed: feed.clone(),
             epoch: reader.bounds().await.unwrap().epoch,
             metrics: Arc::new(Metrics::default()),
+            health: Arc::default(),
             config: TailerConfig {
                 batch: 50,
                 ..TailerConfig::default()
@@ -384,7 +385,12 @@ async fn same_row_scenario(mode: AssignMode) -> Vec<String> {
         .unwrap();
     drain(&sequencer, &db).await;
 
-    let rows = store.rows_after(Seq::ZERO, 100).await.unwrap();
+    let rows = store
+        .rows_after(Seq::ZERO, 100)
+        .await
+        .unwrap()
+        .into_parts()
+        .0;
     let activities = rows
         .iter()
         .filter(|row| row.kind == "session_updated")
@@ -522,6 +528,8 @@ async fn a_sequencer_killed_mid_batch_is_taken_over_and_no_seq_is_assigned_twice
         .rows_after(Seq::ZERO, 100)
         .await
         .unwrap()
+        .into_parts()
+        .0
         .iter()
         .map(|row| row.seq.0)
         .collect();
@@ -576,10 +584,15 @@ async fn the_planted_concurrent_sequencer_commits_a_batch_below_the_tail() {
         }
     );
     sqlx::raw_sql("COMMIT").execute(&mut b).await.unwrap();
-    let tail_first = store.rows_after(Seq::ZERO, 100).await.unwrap();
+    let tail_first = store
+        .rows_after(Seq::ZERO, 100)
+        .await
+        .unwrap()
+        .into_parts()
+        .0;
     let cursor = tail_first.last().unwrap().seq;
     sqlx::raw_sql("COMMIT").execute(&mut a).await.unwrap();
-    let tail_next = store.rows_after(cursor, 100).await.unwrap();
+    let tail_next = store.rows_after(cursor, 100).await.unwrap().into_parts().0;
     let seen = tail_first.len() + tail_next.len();
     assert_eq!(seen, 1, "the tail read {seen} of 4 committed rows");
     store.close().await;

@@ -1,15 +1,16 @@
-//! Proves the SQLite store against real database files: idempotent migrations, all eight change
-//! kinds' triggers and payloads (also when the `sqlite3` CLI writes), the CHECKs, head from
-//! `sqlite_sequence`, filter push-down in replay windows, the start-up epoch rule, pruning, and
-//! that commits by another process wake `changes()` within milliseconds.
+//! Proves what is SQLite's own in the SQLite store, against real database files: idempotent
+//! migrations, all eight change kinds' triggers and payloads (also when the `sqlite3` CLI
+//! writes), the CHECKs, head from `sqlite_sequence` also when another process deletes rows, and
+//! that commits by another process wake `changes()` within milliseconds. The store contract
+//! shared with every store is `store_conformance.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use changefeed::store::sqlite::{SqliteStore, SqliteStoreOptions};
-use changefeed::store::{Retention, Store};
-use changefeed_core::{EventRow, Filter, Seq, TypePattern};
+use changefeed::store::Store;
+use changefeed_core::{EventRow, FetchRequest, Filter, Seq};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -59,18 +60,16 @@ fn sqlite3(path: &Path, sql: &str) -> String {
 }
 
 async fn all_rows(store: &SqliteStore) -> Vec<EventRow> {
-    store.rows_after(Seq::ZERO, 100_000).await.unwrap()
+    let (rows, _) = store
+        .rows_after(Seq::ZERO, 100_000)
+        .await
+        .unwrap()
+        .into_parts();
+    rows
 }
 
 fn seqs(rows: &[EventRow]) -> Vec<u64> {
     rows.iter().map(|row| row.seq.0).collect()
-}
-
-fn filter(projects: Option<&[&str]>, types: Option<&[&str]>) -> Filter {
-    Filter {
-        projects: projects.map(|p| p.iter().map(|s| s.to_string()).collect()),
-        types: types.map(|t| t.iter().map(|s| TypePattern::parse(s).unwrap()).collect()),
-    }
 }
 
 fn is_rfc3339_millis(text: &str) -> bool {
@@ -322,7 +321,7 @@ async fn updates_compare_nullable_columns_and_skip_non_changes() {
         )
         .await
         .unwrap();
-    let rows = store.rows_after(head, 100).await.unwrap();
+    let (rows, _) = store.rows_after(head, 100).await.unwrap().into_parts();
     // One UPDATE changing both the session and the state logs both kinds; SQLite runs the
     // triggers newest first, so pr_session_changed comes before pr_updated.
     assert_rows(
@@ -390,14 +389,14 @@ async fn change_log_checks_reject_bad_kinds_and_payloads() {
     ] {
         let error = store.execute_write(&insert(bad, "{}")).await.unwrap_err();
         assert!(
-            error.0.contains("CHECK constraint failed"),
+            error.message.contains("CHECK constraint failed"),
             "{bad:?}: {error}"
         );
     }
     for bad in ["", "{", "nope", "{''a'':1}", "[1,]"] {
         let error = store.execute_write(&insert("k", bad)).await.unwrap_err();
         assert!(
-            error.0.contains("CHECK constraint failed"),
+            error.message.contains("CHECK constraint failed"),
             "{bad:?}: {error}"
         );
     }
@@ -481,7 +480,7 @@ async fn cli_writes_fire_the_triggers_and_wake_waiters_within_milliseconds() {
                 .unwrap_or_else(|_| {
                     panic!("changes() did not wake within {WAKE_BOUND:?} of a sqlite3 CLI commit")
                 });
-            let rows = store.rows_after(head, 10).await.unwrap();
+            let (rows, _) = store.rows_after(head, 10).await.unwrap().into_parts();
             if !rows.is_empty() {
                 break rows;
             }
@@ -585,19 +584,26 @@ async fn head_comes_from_sqlite_sequence_not_max_seq() {
             .await
             .unwrap();
     }
-    store
-        .execute_write("DELETE FROM change_log WHERE seq >= 4")
-        .await
-        .unwrap();
+    // Another process deletes the newest rows.
+    sqlite3(&db.path, "DELETE FROM change_log WHERE seq >= 4");
     assert_eq!(
         sqlite3(&db.path, "SELECT MAX(seq) FROM change_log").trim(),
         "3"
     );
     let bounds = store.bounds().await.unwrap();
     assert_eq!(bounds.head, Seq(5));
-    let window = store.window(&Filter::all(), Seq(0), Seq(5)).await.unwrap();
-    assert_eq!(seqs(&window.rows), [1, 2, 3]);
-    assert_eq!(window.bounds, bounds);
+    let window = store
+        .window(
+            &Filter::all(),
+            FetchRequest {
+                after: Seq(0),
+                upto: Seq(5),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs(window.rows()), [1, 2, 3]);
+    assert_eq!(window.bounds(), bounds);
     store
         .execute_write(
             "INSERT INTO change_log (project_id, event_type, payload) VALUES ('p', 'k', '{}')",
@@ -605,201 +611,5 @@ async fn head_comes_from_sqlite_sequence_not_max_seq() {
         .await
         .unwrap();
     assert_eq!(seqs(&all_rows(&store).await), [1, 2, 3, 6]);
-    store.close().await;
-}
-
-#[tokio::test]
-async fn window_pushes_projects_and_glob_patterns_down() {
-    let db = temp_db();
-    let store = open(&db).await;
-    store
-        .execute_write(
-            "INSERT INTO change_log (project_id, event_type, payload) VALUES
-                 ('a', 'pr_created', '{}'),
-                 ('a', 'project_created', '{}'),
-                 ('b', 'pr_updated', '{}'),
-                 ('c', 'pr_updated', '{}'),
-                 ('a', 'session_created', '{}'),
-                 ('b', 'prx', '{}'),
-                 ('a', 'pr_check_recorded', '{}'),
-                 ('b', 'session_updated', '{}');
-             DELETE FROM change_log WHERE seq = 5;",
-        )
-        .await
-        .unwrap();
-    let epoch = store.bounds().await.unwrap().epoch;
-    let cases: &[(Filter, u64, u64, &[u64])] = &[
-        (Filter::all(), 0, 8, &[1, 2, 3, 4, 6, 7, 8]),
-        (filter(None, Some(&["*"])), 0, 8, &[1, 2, 3, 4, 6, 7, 8]),
-        // `pr_*` is a GLOB: `_` is literal, so neither project_created nor prx match.
-        (filter(None, Some(&["pr_*"])), 0, 8, &[1, 3, 4, 7]),
-        (filter(Some(&["a", "b"]), Some(&["pr_*"])), 0, 8, &[1, 3, 7]),
-        (filter(Some(&["a"]), None), 0, 8, &[1, 2, 7]),
-        (filter(Some(&["b"]), None), 3, 6, &[6]),
-        (
-            filter(None, Some(&["pr_updated", "session_*"])),
-            0,
-            8,
-            &[3, 4, 8],
-        ),
-        (filter(Some(&["a"]), Some(&["session_*"])), 0, 8, &[]),
-        (filter(Some(&["nobody"]), None), 0, 8, &[]),
-        (Filter::all(), 2, 4, &[3, 4]),
-        (Filter::all(), 4, 6, &[6]),
-        (Filter::all(), 6, 100, &[7, 8]),
-        (Filter::all(), 8, 8, &[]),
-    ];
-    for (filter, after, upto, expected) in cases {
-        let window = store.window(filter, Seq(*after), Seq(*upto)).await.unwrap();
-        assert_eq!(
-            seqs(&window.rows),
-            *expected,
-            "{filter:?} ({after}, {upto}]"
-        );
-        assert!(window
-            .rows
-            .iter()
-            .all(|row| filter.matches(&row.project_id, &row.kind)));
-        assert_eq!(window.bounds.head, Seq(8));
-        assert_eq!(window.bounds.floor, Seq(0));
-        assert_eq!(window.bounds.epoch, epoch);
-    }
-    assert_eq!(
-        seqs(&store.rows_after(Seq(2), 2).await.unwrap()),
-        [3, 4],
-        "rows_after skips the hole and honours the limit"
-    );
-    store.close().await;
-}
-
-#[tokio::test]
-async fn missing_projects_names_each_unknown_id_once() {
-    let db = temp_db();
-    let store = open(&db).await;
-    store.execute_write(SETUP).await.unwrap();
-    let ids: Vec<String> = ["x", "p1", "y", "p2", "x"].map(String::from).into();
-    assert_eq!(store.missing_projects(&ids).await.unwrap(), ["x", "y"]);
-    assert!(store.missing_projects(&[]).await.unwrap().is_empty());
-    store.close().await;
-}
-
-#[tokio::test]
-async fn epoch_rotates_at_open_when_the_published_mark_is_above_head() {
-    let db = temp_db();
-    let store = open(&db).await;
-    store.execute_write(SETUP).await.unwrap();
-    store
-        .execute_write("INSERT INTO sessions (id, project_id) VALUES ('s2', 'p1'), ('s3', 'p2')")
-        .await
-        .unwrap();
-    let before = store.bounds().await.unwrap();
-    assert_eq!(before.head, Seq(3));
-    store.mark_published(Seq(3)).await.unwrap();
-    store.mark_published(Seq(2)).await.unwrap();
-    assert_eq!(
-        store.published().await.unwrap(),
-        Seq(3),
-        "the mark only rises"
-    );
-    store.close().await;
-    drop(store);
-
-    // head == published: the same log, the same epoch.
-    let store = open(&db).await;
-    assert_eq!(store.bounds().await.unwrap(), before);
-    store.close().await;
-    drop(store);
-
-    // As if a NORMAL-synchronous writer lost rows we had published: the mark is above head.
-    sqlite3(
-        &db.path,
-        "UPDATE changefeed_meta SET value = '10' WHERE key = 'published';
-         UPDATE changefeed_meta SET value = '8' WHERE key = 'floor';",
-    );
-    let store = open(&db).await;
-    let after = store.bounds().await.unwrap();
-    assert_ne!(after.epoch, before.epoch, "a new epoch");
-    assert_eq!(after.head, Seq(3));
-    assert_eq!(after.floor, Seq(3), "floor capped at head");
-    assert_eq!(
-        store.published().await.unwrap(),
-        Seq(3),
-        "mark reset to head"
-    );
-    store.close().await;
-    drop(store);
-
-    let store = open(&db).await;
-    assert_eq!(store.bounds().await.unwrap(), after, "stable once rotated");
-    store.close().await;
-}
-
-#[tokio::test]
-async fn prune_deletes_small_batches_by_age_and_by_count_and_raises_the_floor() {
-    let db = temp_db();
-    let store = open(&db).await;
-    // Old rows in both timestamp shapes (ours and SQLite's), a recent row, an old row behind it.
-    store
-        .execute_write(
-            "INSERT INTO change_log (project_id, event_type, payload, created_at) VALUES
-                 ('p', 'k', '{}', '2020-01-01 00:00:00'),
-                 ('p', 'k', '{}', '2020-01-01 00:00:01'),
-                 ('p', 'k', '{}', '2020-01-01 00:00:02.5'),
-                 ('p', 'k', '{}', '2020-01-02T00:00:00.000Z'),
-                 ('p', 'k', '{}', '2020-01-02T00:00:01.000Z');
-             INSERT INTO change_log (project_id, event_type, payload) VALUES ('p', 'k', '{}');
-             INSERT INTO change_log (project_id, event_type, payload, created_at)
-                 VALUES ('p', 'k', '{}', '2020-01-03 00:00:00');
-             INSERT INTO change_log (project_id, event_type, payload) VALUES
-                 ('p', 'k', '{}'), ('p', 'k', '{}'), ('p', 'k', '{}');",
-        )
-        .await
-        .unwrap();
-    let floor = |store: &SqliteStore| {
-        let store = store.clone();
-        async move { store.bounds().await.unwrap().floor }
-    };
-    let by_age = Retention {
-        days: Some(1),
-        rows: None,
-    };
-    // Nothing above the published mark goes: live subscribers have not been sent it yet.
-    assert_eq!(store.prune(by_age, 10).await.unwrap(), 0);
-    assert_eq!(floor(&store).await, Seq(0));
-    store.mark_published(Seq(10)).await.unwrap();
-    assert_eq!(store.prune(by_age, 2).await.unwrap(), 2, "batch respected");
-    assert_eq!(floor(&store).await, Seq(2));
-    assert_eq!(store.prune(by_age, 2).await.unwrap(), 2);
-    assert_eq!(floor(&store).await, Seq(4));
-    assert_eq!(store.prune(by_age, 10).await.unwrap(), 1);
-    assert_eq!(floor(&store).await, Seq(5));
-    // Row 6 is recent: pruning stops there (row 7 is old but behind it), so the floor stays exact.
-    assert_eq!(store.prune(by_age, 10).await.unwrap(), 0);
-    assert_eq!(floor(&store).await, Seq(5));
-    assert_eq!(seqs(&all_rows(&store).await), [6, 7, 8, 9, 10]);
-
-    let by_count = Retention {
-        days: None,
-        rows: Some(3),
-    };
-    assert_eq!(store.prune(by_count, 1).await.unwrap(), 1);
-    assert_eq!(floor(&store).await, Seq(6));
-    assert_eq!(store.prune(by_count, 10).await.unwrap(), 1);
-    assert_eq!(floor(&store).await, Seq(7));
-    assert_eq!(store.prune(by_count, 10).await.unwrap(), 0);
-    assert_eq!(seqs(&all_rows(&store).await), [8, 9, 10]);
-
-    assert_eq!(store.prune(Retention::default(), 10).await.unwrap(), 0);
-    assert_eq!(store.prune(by_count, 0).await.unwrap(), 0);
-    let both = Retention {
-        days: Some(1),
-        rows: Some(1),
-    };
-    assert_eq!(store.prune(both, 10).await.unwrap(), 2);
-    let bounds = store.bounds().await.unwrap();
-    assert_eq!((bounds.floor, bounds.head), (Seq(9), Seq(10)));
-    let window = store.window(&Filter::all(), Seq(0), Seq(10)).await.unwrap();
-    assert_eq!(seqs(&window.rows), [10]);
-    assert_eq!(window.bounds.floor, Seq(9));
     store.close().await;
 }

@@ -120,6 +120,25 @@ mod tests {
     }
 
     #[test]
+    fn comments_and_retry_stay_on_their_line() {
+        assert_eq!(
+            &FrameBuilder::new().comment(" a\r\nb\n").finish()[..],
+            b": ab\n\n"
+        );
+        assert_eq!(
+            &FrameBuilder::new().retry(1500).finish()[..],
+            b"retry: 1500\n\n"
+        );
+        assert_eq!(
+            &FrameBuilder::with_capacity(4)
+                .id("7\0")
+                .data_line(b"{}")
+                .finish()[..],
+            b"id: 7\ndata: {}\n\n"
+        );
+    }
+
+    #[test]
     fn empty_data_is_one_empty_line() {
         assert_eq!(&FrameBuilder::new().data("").finish()[..], b"data: \n\n");
         assert_eq!(&FrameBuilder::new().comment("").finish()[..], b":\n\n");

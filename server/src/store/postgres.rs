@@ -27,6 +27,7 @@
 //! [`PostgresStoreOptions::replica_lease`] are never pruned (a replica's live subscribers have
 //! not been sent them).
 
+pub mod metrics;
 pub mod sequencer;
 mod watch;
 
@@ -35,14 +36,17 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use changefeed_core::{Epoch, EventRow, Filter, PayloadCheck, Seq, TypePattern};
+use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, PayloadCheck, Seq, TypePattern};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::watch as tokio_watch;
 
 pub use sequencer::{AssignMode, SequencerConfig, SequencerStats};
 
-use super::{ChangeWatch, LogBounds, Retention, Store, StoreError, WindowRows};
+use super::{
+    epoch_at_start, prunable_prefix, ChangeWatch, EpochDecision, LogBounds, PruneCandidate,
+    Retention, Rows, Store, StoreError,
+};
 
 /// The embedded migrations (`server/migrations/postgres/`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -141,13 +145,13 @@ impl PostgresStore {
         .await
         {
             Err(_) => {
-                return Err(StoreError(format!(
+                return Err(StoreError::transient(format!(
                     "cannot connect to {shown}: no answer within {:?}",
                     options.acquire_timeout
                 )))
             }
             Ok(Err(error)) => {
-                return Err(StoreError(format!("cannot connect to {shown}: {error}")));
+                return Err(StoreError::from(error).context(format!("cannot connect to {shown}")));
             }
             Ok(Ok(connection)) => {
                 let _ = connection.close().await;
@@ -158,11 +162,13 @@ impl PostgresStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await
-            .map_err(|error| StoreError(format!("cannot connect to {shown}: {error}")))?;
+            .map_err(|error| {
+                StoreError::from(error).context(format!("cannot connect to {shown}"))
+            })?;
         MIGRATOR
             .run(&pool)
             .await
-            .map_err(|error| StoreError(format!("migrating {shown}: {error}")))?;
+            .map_err(|error| StoreError::fatal(format!("migrating {shown}: {error}")))?;
         apply_epoch_rule(&pool).await?;
         let replica: String = sqlx::query_scalar("SELECT gen_random_uuid()::text")
             .fetch_one(&pool)
@@ -268,53 +274,36 @@ impl Store for PostgresStore {
         bounds_from(&row)
     }
 
-    async fn window(
-        &self,
-        filter: &Filter,
-        after: Seq,
-        upto: Seq,
-    ) -> Result<WindowRows, StoreError> {
+    async fn window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
         let Some(query) = WindowQuery::new(filter) else {
-            return Ok(WindowRows {
-                rows: Vec::new(),
-                bounds: self.bounds().await?,
-            });
+            return Ok(Rows::new(Vec::new(), self.bounds().await?));
         };
         let mut statement = sqlx::query(&query.sql)
-            .bind(to_sql(after))
-            .bind(to_sql(upto.max(after)));
+            .bind(to_sql(range.after))
+            .bind(to_sql(range.upto.max(range.after)));
         if let Some(projects) = &query.projects {
             statement = statement.bind(projects);
         }
         for value in &query.kinds {
             statement = statement.bind(value.as_str());
         }
-        let rows = statement.fetch_all(&self.inner.pool).await?;
-        let first = rows
-            .first()
-            .ok_or_else(|| StoreError("the window query returned no bounds".into()))?;
-        let bounds = bounds_from(first)?;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if row.try_get::<Option<i64>, _>("seq")?.is_some() {
-                events.push(row_from(row)?);
-            }
-        }
-        Ok(WindowRows {
-            rows: events,
-            bounds,
-        })
+        rows_with_bounds(statement.fetch_all(&self.inner.pool).await?)
     }
 
-    async fn rows_after(&self, after: Seq, limit: usize) -> Result<Vec<EventRow>, StoreError> {
-        let sql =
-            format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > $1 ORDER BY seq LIMIT $2");
+    async fn rows_after(&self, after: Seq, limit: usize) -> Result<Rows, StoreError> {
+        // Rows and bounds in one statement, so one snapshot.
+        let sql = format!(
+            "SELECT b.epoch, b.head, b.floor, r.* FROM ({BOUNDS_SQL}) AS b \
+             LEFT JOIN LATERAL (SELECT {ROW_COLUMNS} FROM change_log \
+                                WHERE seq > $1 ORDER BY seq LIMIT $2) AS r \
+             ON true ORDER BY r.seq"
+        );
         let rows = sqlx::query(&sql)
             .bind(to_sql(after))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.inner.pool)
             .await?;
-        rows.iter().map(row_from).collect()
+        rows_with_bounds(rows)
     }
 
     async fn missing_projects(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
@@ -364,8 +353,12 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn metrics_collector(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
+        Some(Box::new(metrics::StatsCollector(self.inner.stats.clone())))
+    }
+
     async fn prune(&self, retention: Retention, batch: usize) -> Result<u64, StoreError> {
-        if batch == 0 || (retention.days.is_none() && retention.rows.is_none()) {
+        if batch == 0 || retention.keeps_everything() {
             return Ok(0);
         }
         let mut transaction = self.inner.pool.begin().await?;
@@ -403,24 +396,28 @@ impl Store for PostgresStore {
         let max_age_ms = retention
             .days
             .map(|days| i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX));
-        // Only a prefix in seq order goes, so the floor stays exact. Text that is not a
-        // timestamp is never due by age (as on SQLite).
-        let due = |seq: i64, created_at: &str| {
-            seq <= bound
-                && (rows_cutoff.is_some_and(|cutoff| seq <= cutoff)
-                    || max_age_ms.is_some_and(|max_age| {
-                        changefeed_core::timestamp::parse_unix_millis(created_at)
-                            .is_some_and(|ms| ms < now_ms.saturating_sub(max_age))
-                    }))
+        // Text that is not a timestamp is never due by age (as on SQLite).
+        let older_than_days = |created_at: &str| {
+            max_age_ms.is_some_and(|max_age| {
+                changefeed_core::timestamp::parse_unix_millis(created_at)
+                    .is_some_and(|ms| ms < now_ms.saturating_sub(max_age))
+            })
         };
-        let Some(last) = oldest
+        let candidates = oldest
             .iter()
-            .take_while(|(seq, created_at)| due(*seq, created_at))
-            .map(|(seq, _)| *seq)
-            .last()
+            .map(|(seq, created_at)| {
+                Ok(PruneCandidate {
+                    seq: seq_from("seq", *seq)?,
+                    older_than_days: older_than_days(created_at),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let rows_cutoff = rows_cutoff.map(|seq| seq_from("seq", seq)).transpose()?;
+        let Some(last) = prunable_prefix(candidates, seq_from("published", bound)?, rows_cutoff)
         else {
             return Ok(0);
         };
+        let last = to_sql(last);
         let deleted = sqlx::query("DELETE FROM change_log WHERE seq IS NOT NULL AND seq <= $1")
             .bind(last)
             .execute(&mut *transaction)
@@ -469,9 +466,20 @@ async fn apply_epoch_rule(pool: &PgPool) -> Result<(), StoreError> {
     {
         reasons.push("the database is not the one the log was created in (restored or moved)");
     }
-    if head < published {
-        reasons.push("head is below the highest published seq (committed rows were lost)");
-    }
+    let floor = parse_mark(
+        "floor",
+        &sqlx::query_scalar::<_, String>("SELECT value FROM changefeed_meta WHERE key = 'floor'")
+            .fetch_one(&mut *transaction)
+            .await?,
+    )?;
+    // The rule every store shares; a restore also rotates (below), with the same resets.
+    let (new_published, new_floor) = match epoch_at_start(head, floor, published) {
+        EpochDecision::Rotate { published, floor } => {
+            reasons.push("head is below the highest published seq (committed rows were lost)");
+            (published, floor)
+        }
+        EpochDecision::Keep => (published.min(head), floor.min(head)),
+    };
     if future_rows {
         reasons.push("pending rows carry transaction ids from another cluster (restored)");
     }
@@ -495,13 +503,13 @@ async fn apply_epoch_rule(pool: &PgPool) -> Result<(), StoreError> {
     )
     .fetch_one(&mut *transaction)
     .await?;
-    sqlx::query(
-        "UPDATE changefeed_meta SET value = $1::text \
-         WHERE key IN ('published', 'floor') AND value::bigint > $1",
-    )
-    .bind(to_sql(head))
-    .execute(&mut *transaction)
-    .await?;
+    for (key, value) in [("published", new_published), ("floor", new_floor)] {
+        sqlx::query("UPDATE changefeed_meta SET value = $1::text WHERE key = $2")
+            .bind(to_sql(value))
+            .bind(key)
+            .execute(&mut *transaction)
+            .await?;
+    }
     sqlx::query(
         "INSERT INTO changefeed_meta (key, value) VALUES ('database', $1) \
          ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -628,7 +636,9 @@ impl WindowQuery {
 /// Connect options from `url`, with the application name set (visible in `pg_stat_activity`).
 fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
     Ok(PgConnectOptions::from_str(url)
-        .map_err(|error| StoreError(format!("invalid Postgres URL {}: {error}", redact_url(url))))?
+        .map_err(|error| {
+            StoreError::fatal(format!("invalid Postgres URL {}: {error}", redact_url(url)))
+        })?
         .application_name("changefeed"))
 }
 
@@ -655,13 +665,13 @@ fn to_sql(seq: Seq) -> i64 {
 fn seq_from(column: &str, value: i64) -> Result<Seq, StoreError> {
     u64::try_from(value)
         .map(Seq)
-        .map_err(|_| StoreError(format!("negative {column}: {value}")))
+        .map_err(|_| StoreError::bad_data(None, format!("negative {column}: {value}")))
 }
 
 fn parse_mark(key: &str, text: &str) -> Result<Seq, StoreError> {
     text.trim()
         .parse::<i64>()
-        .map_err(|_| StoreError(format!("changefeed_meta {key} is not a seq: {text:?}")))
+        .map_err(|_| StoreError::fatal(format!("changefeed_meta {key} is not a seq: {text:?}")))
         .and_then(|value| seq_from(key, value))
 }
 
@@ -669,18 +679,34 @@ fn bounds_from(row: &PgRow) -> Result<LogBounds, StoreError> {
     let epoch: Option<String> = row.try_get("epoch")?;
     let head: Option<i64> = row.try_get("head")?;
     let floor: Option<String> = row.try_get("floor")?;
-    let epoch = epoch.ok_or_else(|| StoreError("changefeed_meta has no epoch".into()))?;
+    let epoch = epoch.ok_or_else(|| StoreError::fatal("changefeed_meta has no epoch"))?;
     let epoch = Epoch::parse(&epoch).map_err(|_| {
-        StoreError(format!(
+        StoreError::fatal(format!(
             "changefeed_meta epoch is not 16 lowercase hex digits: {epoch:?}"
         ))
     })?;
-    let head = head.ok_or_else(|| StoreError("changefeed_sequencer has no row".into()))?;
+    let head = head.ok_or_else(|| StoreError::fatal("changefeed_sequencer has no row"))?;
     Ok(LogBounds {
         epoch,
         head: seq_from("head", head)?,
         floor: parse_mark("floor", floor.as_deref().unwrap_or("0"))?,
     })
+}
+
+/// The rows of a statement that joins the bounds row to the rows it read (`LEFT JOIN LATERAL`,
+/// so there is one row with a NULL seq when none matched): rows and bounds of one snapshot.
+fn rows_with_bounds(rows: Vec<PgRow>) -> Result<Rows, StoreError> {
+    let first = rows
+        .first()
+        .ok_or_else(|| StoreError::fatal("the bounds row is missing from a read"))?;
+    let bounds = bounds_from(first)?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.try_get::<Option<i64>, _>("seq")?.is_some() {
+            events.push(row_from(row)?);
+        }
+    }
+    Ok(Rows::new(events, bounds))
 }
 
 fn row_from(row: &PgRow) -> Result<EventRow, StoreError> {

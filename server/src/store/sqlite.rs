@@ -2,7 +2,7 @@
 //! exactly one connection.
 //!
 //! - **Schema.** `migrations/sqlite/` (embedded at compile time, no database needed to build) creates
-//!   the domain tables, `change_log` and its triggers (ARCHITECTURE-NOTES §2) with
+//!   the domain tables, `change_log` and its triggers (one per change kind) with
 //!   `IF NOT EXISTS`, and keeps our own bookkeeping in `changefeed_meta` (`epoch`, `published`,
 //!   `floor`), so it can run against a database whose tables another program owns.
 //! - **Reads** (`bounds`, `window`, `rows_after`, `missing_projects`) use a pool of read-only
@@ -14,12 +14,15 @@
 //!   other processes are noticed by the [`monitor`] (file watch on the `-wal` file plus
 //!   `PRAGMA data_version`, with a one-second poll as the safety net).
 //!
-//! **Invariant (head):** head is the `sqlite_sequence` value of `change_log`, never `MAX(seq)`.
+//! **Invariant (head):** the watermark of the store contract ([`crate::store`]) is the
+//! `sqlite_sequence` value of `change_log`, never `MAX(seq)`. SQLite runs one write transaction
+//! at a time and `sqlite_sequence` changes in the same transaction as the row it allocates, so
+//! in any read snapshot every seq at or below it is committed, deleted or rolled back with it.
 //!
 //! **Invariant (epoch):** a seq that was published is never served again under the same epoch:
-//! at [`SqliteStore::open`], if head is below the published mark (a writer with
-//! `synchronous=NORMAL` lost committed rows, so their seqs will be allocated again), the epoch is
-//! rotated and the mark (and the floor, if above) reset to head, in one write transaction.
+//! [`SqliteStore::open`] applies [`epoch_at_start`](super::epoch_at_start) in one write
+//! transaction (a writer with `synchronous=NORMAL` can lose committed rows, whose seqs will then
+//! be allocated again).
 
 mod monitor;
 
@@ -29,7 +32,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use changefeed_core::{Epoch, EventRow, Filter, PayloadCheck, Seq, TypePattern};
+use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, PayloadCheck, Seq, TypePattern};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -37,7 +40,10 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, Sqlite, Transaction};
 use tokio::sync::watch;
 
-use super::{bump, ChangeWatch, LogBounds, Retention, Store, StoreError, WindowRows};
+use super::{
+    bump, epoch_at_start, prunable_prefix, ChangeWatch, EpochDecision, LogBounds, PruneCandidate,
+    Retention, Rows, Store, StoreError,
+};
 
 /// The embedded migrations (`server/migrations/sqlite/`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -104,14 +110,14 @@ impl SqliteStore {
         options: SqliteStoreOptions,
     ) -> Result<SqliteStore, StoreError> {
         let base = SqliteConnectOptions::from_str(url)
-            .map_err(|error| StoreError(format!("invalid SQLite URL {url:?}: {error}")))?
+            .map_err(|error| StoreError::fatal(format!("invalid SQLite URL {url:?}: {error}")))?
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout);
         let path = base.get_filename().to_path_buf();
         if is_in_memory(url, &path) {
-            return Err(StoreError(format!(
+            return Err(StoreError::fatal(format!(
                 "SqliteStore needs a database file path (sqlite://path), not {url:?}: in-memory \
-                 databases and file: URIs are not supported (MemoryStore is the in-memory log)"
+                 databases and file: URIs are not supported"
             )));
         }
 
@@ -128,7 +134,7 @@ impl SqliteStore {
         MIGRATOR
             .run(&write)
             .await
-            .map_err(|error| StoreError(format!("migrating {}: {error}", path.display())))?;
+            .map_err(|error| StoreError::fatal(format!("migrating {}: {error}", path.display())))?;
         apply_epoch_rule(&write).await?;
 
         // The database is in WAL mode now (a persistent setting); readers only read.
@@ -195,11 +201,8 @@ impl SqliteStore {
 
     /// The published mark: the highest seq recorded by [`Store::mark_published`].
     pub async fn published(&self) -> Result<Seq, StoreError> {
-        let text: String =
-            sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = 'published'")
-                .fetch_one(&self.inner.read)
-                .await?;
-        parse_mark("published", &text)
+        let mut connection = self.inner.read.acquire().await?;
+        read_mark(&mut connection, "published").await
     }
 
     /// Closes both pools, waiting for connections in use to come back (clean shutdown; the last
@@ -254,19 +257,14 @@ impl Store for SqliteStore {
         bounds_from(&row)
     }
 
-    async fn window(
-        &self,
-        filter: &Filter,
-        after: Seq,
-        upto: Seq,
-    ) -> Result<WindowRows, StoreError> {
+    async fn window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
         let mut transaction = self.inner.read.begin().await?;
-        let rows = match WindowQuery::new(filter, after, upto) {
+        let rows = match WindowQuery::new(filter, range) {
             None => Vec::new(),
             Some(query) => {
                 let mut statement = sqlx::query(&query.sql)
-                    .bind(to_sql(after))
-                    .bind(to_sql(upto));
+                    .bind(to_sql(range.after))
+                    .bind(to_sql(range.upto));
                 for value in &query.binds {
                     statement = statement.bind(value.as_str());
                 }
@@ -276,18 +274,22 @@ impl Store for SqliteStore {
         };
         let bounds = bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&mut *transaction).await?)?;
         transaction.commit().await?;
-        Ok(WindowRows { rows, bounds })
+        Ok(Rows::new(rows, bounds))
     }
 
-    async fn rows_after(&self, after: Seq, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+    async fn rows_after(&self, after: Seq, limit: usize) -> Result<Rows, StoreError> {
         let sql =
             format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?");
+        let mut transaction = self.inner.read.begin().await?;
         let rows = sqlx::query(&sql)
             .bind(to_sql(after))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.read)
+            .fetch_all(&mut *transaction)
             .await?;
-        rows.iter().map(row_from).collect()
+        let rows = rows.iter().map(row_from).collect::<Result<Vec<_>, _>>()?;
+        let bounds = bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&mut *transaction).await?)?;
+        transaction.commit().await?;
+        Ok(Rows::new(rows, bounds))
     }
 
     async fn missing_projects(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
@@ -332,13 +334,13 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, retention: Retention, batch: usize) -> Result<u64, StoreError> {
-        if batch == 0 || (retention.days.is_none() && retention.rows.is_none()) {
+        if batch == 0 || retention.keeps_everything() {
             return Ok(0);
         }
-        // Rows at or below the (rows+1)-th newest are beyond the newest `rows`. Finding it steps
+        // The newest row beyond the newest `rows` is the (rows+1)-th newest. Finding it steps
         // over `rows` index entries, so it is read on a read connection, outside the write lock:
         // rows appended meanwhile only push more rows beyond the newest `rows`.
-        let rows_cutoff: Option<i64> = match retention.rows {
+        let beyond_rows: Option<i64> = match retention.rows {
             None => None,
             Some(keep) => {
                 sqlx::query_scalar("SELECT seq FROM change_log ORDER BY seq DESC LIMIT 1 OFFSET ?")
@@ -347,36 +349,35 @@ impl Store for SqliteStore {
                     .await?
             }
         };
+        let beyond_rows = beyond_rows.map(|seq| seq_from("seq", seq)).transpose()?;
         // One short write transaction touching at most `batch` rows.
         let mut transaction = begin_immediate(&self.inner.write).await?;
+        let published = read_mark(&mut transaction, "published").await?;
         // julianday() reads both our RFC 3339 text and SQLite's 'YYYY-MM-DD HH:MM:SS'; text it
-        // cannot read is never due by age. A row above the published mark is never due: live
-        // subscribers have not seen it yet, and deleting it would skip it without a reset.
+        // cannot read is never due by age.
         let age_modifier = retention.days.map(|days| format!("-{days} days"));
         let oldest: Vec<(i64, bool)> = sqlx::query_as(
-            "SELECT seq, \
-                 seq <= (SELECT CAST(value AS INTEGER) FROM changefeed_meta WHERE key = 'published') \
-                 AND (COALESCE(seq <= ?1, 0) \
-                      OR COALESCE(julianday(created_at) < julianday('now', ?2), 0)) \
-             FROM change_log ORDER BY seq LIMIT ?3",
+            "SELECT seq, COALESCE(julianday(created_at) < julianday('now', ?1), 0) \
+             FROM change_log ORDER BY seq LIMIT ?2",
         )
-        .bind(rows_cutoff)
         .bind(age_modifier)
         .bind(i64::try_from(batch).unwrap_or(i64::MAX))
         .fetch_all(&mut *transaction)
         .await?;
-        // Only a prefix in seq order goes, so the floor stays exact: every row at or below it is
-        // gone and none above it was deleted by us.
-        let Some(last) = oldest
-            .iter()
-            .take_while(|(_, due)| *due)
-            .map(|(seq, _)| *seq)
-            .last()
-        else {
+        let candidates = oldest
+            .into_iter()
+            .map(|(seq, older_than_days)| {
+                Ok(PruneCandidate {
+                    seq: seq_from("seq", seq)?,
+                    older_than_days,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let Some(last) = prunable_prefix(candidates, published, beyond_rows) else {
             return Ok(0);
         };
         let deleted = sqlx::query("DELETE FROM change_log WHERE seq <= ?")
-            .bind(last)
+            .bind(to_sql(last))
             .execute(&mut *transaction)
             .await?
             .rows_affected();
@@ -384,7 +385,7 @@ impl Store for SqliteStore {
             "UPDATE changefeed_meta SET value = CAST(?1 AS TEXT) \
              WHERE key = 'floor' AND CAST(value AS INTEGER) < ?1",
         )
-        .bind(last)
+        .bind(to_sql(last))
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
@@ -392,32 +393,39 @@ impl Store for SqliteStore {
     }
 }
 
-/// The start-up epoch rule: if head is below the published mark, seqs that clients saw will be
-/// allocated again, so the log gets a new epoch, the mark is reset to head and the floor is
-/// capped at head. One write transaction.
+/// Reads one of our marks (`published`, `floor`) from `changefeed_meta`.
+async fn read_mark(connection: &mut SqliteConnection, key: &str) -> Result<Seq, StoreError> {
+    let text: String = sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = ?")
+        .bind(key)
+        .fetch_one(connection)
+        .await?;
+    parse_mark(key, &text)
+}
+
+/// Applies [`epoch_at_start`] in one write transaction: on rotation, a new random epoch, the
+/// published mark reset to head and the floor capped at it.
 async fn apply_epoch_rule(write: &SqlitePool) -> Result<(), StoreError> {
     let mut transaction = begin_immediate(write).await?;
     let bounds = bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&mut *transaction).await?)?;
-    let published_text: String =
-        sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = 'published'")
-            .fetch_one(&mut *transaction)
-            .await?;
-    let published = parse_mark("published", &published_text)?;
-    if bounds.head >= published {
+    let published = read_mark(&mut transaction, "published").await?;
+    let EpochDecision::Rotate {
+        published: new_published,
+        floor: new_floor,
+    } = epoch_at_start(bounds.head, bounds.floor, published)
+    else {
         transaction.rollback().await?;
         return Ok(());
-    }
-    let head = to_sql(bounds.head);
+    };
     sqlx::query("UPDATE changefeed_meta SET value = lower(hex(randomblob(8))) WHERE key = 'epoch'")
         .execute(&mut *transaction)
         .await?;
-    sqlx::query(
-        "UPDATE changefeed_meta SET value = CAST(?1 AS TEXT) \
-         WHERE key IN ('published', 'floor') AND CAST(value AS INTEGER) > ?1",
-    )
-    .bind(head)
-    .execute(&mut *transaction)
-    .await?;
+    for (key, value) in [("published", new_published), ("floor", new_floor)] {
+        sqlx::query("UPDATE changefeed_meta SET value = CAST(?1 AS TEXT) WHERE key = ?2")
+            .bind(to_sql(value))
+            .bind(key)
+            .execute(&mut *transaction)
+            .await?;
+    }
     let epoch: String = sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = 'epoch'")
         .fetch_one(&mut *transaction)
         .await?;
@@ -444,8 +452,8 @@ struct WindowQuery {
 }
 
 impl WindowQuery {
-    fn new(filter: &Filter, after: Seq, upto: Seq) -> Option<WindowQuery> {
-        if upto <= after {
+    fn new(filter: &Filter, range: FetchRequest) -> Option<WindowQuery> {
+        if range.upto <= range.after {
             return None;
         }
         let mut sql = format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? AND seq <= ?");
@@ -496,23 +504,24 @@ fn to_sql(seq: Seq) -> i64 {
 fn seq_from(column: &str, value: i64) -> Result<Seq, StoreError> {
     u64::try_from(value)
         .map(Seq)
-        .map_err(|_| StoreError(format!("negative {column}: {value}")))
+        .map_err(|_| StoreError::bad_data(None, format!("negative {column}: {value}")))
 }
 
+/// Our own bookkeeping: a value that is not a seq means `changefeed_meta` is corrupt.
 fn parse_mark(key: &str, text: &str) -> Result<Seq, StoreError> {
     text.trim()
-        .parse::<i64>()
-        .map_err(|_| StoreError(format!("changefeed_meta {key} is not a seq: {text:?}")))
-        .and_then(|value| seq_from(key, value))
+        .parse::<u64>()
+        .map(Seq)
+        .map_err(|_| StoreError::fatal(format!("changefeed_meta {key} is not a seq: {text:?}")))
 }
 
 fn bounds_from(row: &SqliteRow) -> Result<LogBounds, StoreError> {
     let epoch: Option<String> = row.try_get(0)?;
     let head: i64 = row.try_get(1)?;
     let floor: Option<String> = row.try_get(2)?;
-    let epoch = epoch.ok_or_else(|| StoreError("changefeed_meta has no epoch".into()))?;
+    let epoch = epoch.ok_or_else(|| StoreError::fatal("changefeed_meta has no epoch"))?;
     let epoch = Epoch::parse(&epoch).map_err(|_| {
-        StoreError(format!(
+        StoreError::fatal(format!(
             "changefeed_meta epoch is not 16 lowercase hex digits: {epoch:?}"
         ))
     })?;
@@ -524,15 +533,21 @@ fn bounds_from(row: &SqliteRow) -> Result<LogBounds, StoreError> {
 }
 
 fn row_from(row: &SqliteRow) -> Result<EventRow, StoreError> {
+    let seq = seq_from("seq", row.try_get(0)?)?;
+    // A column that does not decode is this row's bad data.
+    let at_seq = |error: sqlx::Error| StoreError {
+        seq: Some(seq),
+        ..StoreError::from(error)
+    };
     Ok(EventRow {
-        seq: seq_from("seq", row.try_get(0)?)?,
-        project_id: row.try_get(1)?,
-        session_id: row.try_get(2)?,
-        kind: row.try_get(3)?,
-        payload: row.try_get(4)?,
+        seq,
+        project_id: row.try_get(1).map_err(at_seq)?,
+        session_id: row.try_get(2).map_err(at_seq)?,
+        kind: row.try_get(3).map_err(at_seq)?,
+        payload: row.try_get(4).map_err(at_seq)?,
         // The schema's `CHECK (json_valid(payload))` vouches for it.
         payload_check: PayloadCheck::Valid,
-        created_at: row.try_get(5)?,
+        created_at: row.try_get(5).map_err(at_seq)?,
     })
 }
 
@@ -549,19 +564,23 @@ fn is_in_memory(url: &str, path: &Path) -> bool {
 mod tests {
     use super::*;
 
-    fn filter(projects: Option<&[&str]>, types: Option<&[&str]>) -> Filter {
-        Filter {
-            projects: projects.map(|p| p.iter().map(|s| s.to_string()).collect()),
-            types: types.map(|t| t.iter().map(|s| TypePattern::parse(s).unwrap()).collect()),
-        }
+    fn range(after: u64, upto: u64) -> FetchRequest {
+        let (after, upto) = (Seq(after), Seq(upto));
+        FetchRequest { after, upto }
+    }
+
+    /// The filter of a query string, as the endpoint parses it.
+    fn query(text: &str) -> Filter {
+        changefeed_core::EventsQuery::parse(Some(text))
+            .unwrap()
+            .filter
     }
 
     #[test]
     fn window_query_pushes_the_filter_down() {
         let query = WindowQuery::new(
-            &filter(Some(&["a", "b"]), Some(&["pr_*", "session_created"])),
-            Seq(1),
-            Seq(9),
+            &query("project=a&project=b&types=pr_*,session_created"),
+            range(1, 9),
         )
         .unwrap();
         assert_eq!(
@@ -575,8 +594,8 @@ mod tests {
 
     #[test]
     fn window_query_skips_the_kind_clause_for_all_types() {
-        for types in [None, Some(&["*"][..]), Some(&["pr_*", "*"][..])] {
-            let query = WindowQuery::new(&filter(None, types), Seq(0), Seq(5)).unwrap();
+        for text in ["", "types=*", "types=pr_*,*"] {
+            let query = WindowQuery::new(&query(text), range(0, 5)).unwrap();
             let clauses = query.sql.split(" WHERE ").nth(1).unwrap();
             assert!(!clauses.contains("event_type"), "{}", query.sql);
             assert!(query.binds.is_empty());
@@ -585,9 +604,17 @@ mod tests {
 
     #[test]
     fn window_query_is_none_when_nothing_can_match() {
-        assert!(WindowQuery::new(&Filter::all(), Seq(5), Seq(5)).is_none());
-        assert!(WindowQuery::new(&filter(Some(&[]), None), Seq(0), Seq(5)).is_none());
-        assert!(WindowQuery::new(&filter(None, Some(&[])), Seq(0), Seq(5)).is_none());
+        assert!(WindowQuery::new(&Filter::all(), range(5, 5)).is_none());
+        let no_project = Filter {
+            projects: Some(BTreeSet::new()),
+            types: None,
+        };
+        let no_type = Filter {
+            projects: None,
+            types: Some(Vec::new()),
+        };
+        assert!(WindowQuery::new(&no_project, range(0, 5)).is_none());
+        assert!(WindowQuery::new(&no_type, range(0, 5)).is_none());
     }
 
     #[tokio::test]
@@ -595,11 +622,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("plan.db").display());
         let store = SqliteStore::open(&url).await.unwrap();
-        for projects in [&["a"][..], &["a", "b", "c"][..]] {
+        for projects in ["project=a", "project=a&project=b&project=c"] {
             let query = WindowQuery::new(
-                &filter(Some(projects), Some(&["pr_*", "session_created"])),
-                Seq(0),
-                Seq(100),
+                &query(&format!("{projects}&types=pr_*,session_created")),
+                range(0, 100),
             )
             .unwrap();
             let sql = format!("EXPLAIN QUERY PLAN {}", query.sql);

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use changefeed::client::{Client, ClientError, ClientItem, Connector};
+use changefeed_client::{Client, ClientError, ClientItem, Connector};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
@@ -217,6 +217,34 @@ impl ScriptServer {
         });
         let server = ScriptServer { conns, bound: REAL };
         (server, format!("http://{addr}"))
+    }
+
+    /// On a real TCP port behind TLS (`acceptor` holds the certificate); returns the server, its
+    /// port, and the server's reason for each failed handshake (such a connection never
+    /// reaches [`accept`](Self::accept)).
+    pub async fn tls(
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) -> (ScriptServer, u16, mpsc::UnboundedReceiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (tx, conns) = mpsc::unbounded_channel();
+        let (failed, failures) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                let failed = failed.clone();
+                tokio::spawn(async move {
+                    match acceptor.accept(stream).await {
+                        Ok(tls) => spawn_reader(Box::new(tls), tx, REAL),
+                        Err(error) => {
+                            let _ = failed.send(error.to_string());
+                        }
+                    }
+                });
+            }
+        });
+        (ScriptServer { conns, bound: REAL }, port, failures)
     }
 
     /// Over in-memory pipes, for the paused clock; returns the server and the connector that

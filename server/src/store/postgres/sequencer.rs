@@ -38,6 +38,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use changefeed_core::Seq;
+use prometheus_client::metrics::histogram::Histogram;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::watch;
 
@@ -93,11 +94,21 @@ impl Default for SequencerConfig {
     }
 }
 
-/// Counters of the sequencer and the change watch of one replica (all relaxed: reporting only).
-#[derive(Debug, Default)]
+/// Upper bounds of the batch-size histogram's buckets (rows per batch); `+Inf` is implied.
+pub const BATCH_BUCKETS: [f64; 10] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0, 1000.0, 5000.0,
+];
+
+/// Counters of the sequencer and the change watch of one replica (all relaxed: reporting only),
+/// exported at `/metrics` by [`super::metrics::StatsCollector`].
+#[derive(Debug)]
 pub struct SequencerStats {
+    /// Sequencer ticks this replica ran (idle, lost or assigning).
+    pub ticks: AtomicU64,
     /// Rows this replica's sequencer assigned.
     pub rows_assigned: AtomicU64,
+    /// Rows per batch this replica's sequencer assigned.
+    pub batch_rows: Histogram,
     /// Batches (transactions that assigned at least one row).
     pub batches: AtomicU64,
     /// Ticks where another replica held the sequencer lock.
@@ -122,6 +133,30 @@ pub struct SequencerStats {
     pub horizon_age_ms: AtomicI64,
     /// The backend pid of that transaction (-1: none).
     pub horizon_pid: AtomicI64,
+    /// Committed or open rows still without a seq (-1: not sampled yet), as last sampled.
+    pub pending_rows: AtomicI64,
+}
+
+impl Default for SequencerStats {
+    fn default() -> Self {
+        SequencerStats {
+            ticks: AtomicU64::new(0),
+            rows_assigned: AtomicU64::new(0),
+            batch_rows: Histogram::new(BATCH_BUCKETS),
+            batches: AtomicU64::new(0),
+            elections_lost: AtomicU64::new(0),
+            notifies_sent: AtomicU64::new(0),
+            notifies_received: AtomicU64::new(0),
+            poll_fallbacks: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            listener_reconnects: AtomicU64::new(0),
+            announced_head: AtomicU64::new(0),
+            lag_ms: AtomicI64::new(-1),
+            horizon_age_ms: AtomicI64::new(-1),
+            horizon_pid: AtomicI64::new(-1),
+            pending_rows: AtomicI64::new(-1),
+        }
+    }
 }
 
 impl SequencerStats {
@@ -219,6 +254,7 @@ impl<B: SequencerBackend> Sequencer<B> {
     /// One tick: a cheap check for pending rows, then (if any) one transaction that tries the
     /// lock and assigns a batch.
     pub async fn tick(&self) -> Result<Tick, StoreError> {
+        self.stats.ticks.fetch_add(1, Relaxed);
         if !self.backend.has_pending().await? {
             return Ok(Tick::Idle);
         }
@@ -233,6 +269,7 @@ impl<B: SequencerBackend> Sequencer<B> {
             Tick::Idle => {}
             Tick::Assigned { rows, head } => {
                 self.stats.rows_assigned.fetch_add(rows, Relaxed);
+                self.stats.batch_rows.observe(rows as f64);
                 self.stats.batches.fetch_add(1, Relaxed);
                 self.stats.notifies_sent.fetch_add(1, Relaxed);
                 if let Some(changes) = &self.changes {

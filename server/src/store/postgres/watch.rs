@@ -29,11 +29,13 @@ pub(crate) struct WatchConfig {
     pub initial_head: u64,
 }
 
-/// Head, the oldest pending row's age, the horizon's age and pid, all in one statement.
+/// Head, the oldest pending row's age, the pending rows, the horizon's age and pid, all in one
+/// statement.
 const POLL_SQL: &str = "SELECT \
      (SELECT head FROM changefeed_sequencer) AS head, \
      (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint) AS now_ms, \
      (SELECT created_at FROM change_log WHERE seq IS NULL ORDER BY id LIMIT 1) AS oldest_pending, \
+     (SELECT count(*) FROM change_log WHERE seq IS NULL) AS pending_rows, \
      h.pid AS horizon_pid, \
      (extract(epoch FROM clock_timestamp() - h.xact_start) * 1000)::bigint AS horizon_age_ms \
      FROM (SELECT 1) AS one \
@@ -137,6 +139,9 @@ async fn poll(
             .and_then(|created_at| changefeed_core::timestamp::parse_unix_millis(&created_at))
             .map_or(-1, |ms| now_ms.saturating_sub(ms).max(0));
         stats.lag_ms.store(lag, Relaxed);
+        if let Ok(pending) = row.try_get::<i64, _>("pending_rows") {
+            stats.pending_rows.store(pending, Relaxed);
+        }
         let pid = row.try_get::<Option<i32>, _>("horizon_pid").ok().flatten();
         let age = row
             .try_get::<Option<i64>, _>("horizon_age_ms")
