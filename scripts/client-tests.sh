@@ -17,4 +17,4 @@ if ! cmp -s package-lock.json node_modules/.changefeed-lock 2>/dev/null; then
   npm ci --no-audit --no-fund
   cp package-lock.json node_modules/.changefeed-lock
 fi
-node --test --test-concurrency=1 browser.test.mjs eventsource.test.mjs
+node --test --test-concurrency=1 browser.test.mjs http2.test.mjs eventsource.test.mjs

@@ -65,6 +65,11 @@ for extra in scripts/sim.sh scripts/fuzz-smoke.sh scripts/client-tests.sh; do
   fi
 done
 
+if [ -x scripts/faults.sh ]; then
+  step "scripts/faults.sh (one round of each fault, capped at 5 min)"
+  FAULTS_ROUNDS=1 timeout 300 scripts/faults.sh
+fi
+
 if [ -x scripts/bench.sh ]; then
   step "benchmark harness (--quick, no performance assertions)"
   scripts/bench.sh --quick

@@ -107,6 +107,10 @@ pub const DEFAULT_PARSER_LIMITS: ParserLimits = ParserLimits {
     max_event_data: 16 << 20,
 };
 
+/// The environment variable holding a bearer token (`changefeed tail`, and
+/// [`ClientConfig::with_token_from_env`]).
+pub const TOKEN_ENV: &str = "CHANGEFEED_TOKEN";
+
 /// How a [`Client`] or [`EventSource`] connects.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -152,6 +156,25 @@ impl ClientConfig {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// Adds `Authorization: Bearer <token>` (for a server started with `--tokens` or
+    /// `--jwt-*`), replacing any `Authorization` header already set.
+    pub fn with_bearer_token(mut self, token: &str) -> ClientConfig {
+        self.headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case("authorization"));
+        self.headers
+            .push(("Authorization".to_owned(), format!("Bearer {token}")));
+        self
+    }
+
+    /// [`ClientConfig::with_bearer_token`] with the token in the environment variable
+    /// `CHANGEFEED_TOKEN`, when it is set and not empty.
+    pub fn with_token_from_env(self) -> ClientConfig {
+        match std::env::var(TOKEN_ENV) {
+            Ok(token) if !token.is_empty() => self.with_bearer_token(&token),
+            _ => self,
+        }
     }
 
     /// Checks the URL (absolute `http` or `https`), the custom headers (valid, and not one the

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::filter::is_kind;
+use crate::ids::Ids;
 use crate::json;
 use crate::position::{Cursor, Epoch, Seq};
 use crate::sse::FrameBuilder;
@@ -130,30 +131,54 @@ pub struct Event {
     pub seq: Seq,
     /// The project the change belongs to.
     pub project_id: Arc<str>,
+    /// The session the change belongs to, as stored (`None` or empty: none).
+    pub session_id: Option<Arc<str>>,
     /// The kind as stored (filters match it, whatever it holds).
     pub kind: Arc<str>,
     /// Which columns were written in their degraded form.
     pub degraded: Degraded,
-    /// `id: <epoch>:<seq>` / `event: <kind>` / `data: <event JSON>` and the blank line.
+    /// Which id spelling the frame uses ([`Ids::tag`]): a subscription never forwards a frame
+    /// spelled for another mode (a plain id on a sealed stream would leak the seq).
+    pub ids_tag: u64,
+    /// `id: <id>` / `event: <kind>` / `data: <event JSON>` and the blank line.
     pub frame: Bytes,
 }
 
-/// The one encoder of rows into frames, for the log of one epoch. The subscription encodes
-/// replayed rows with it; the tailer encodes live rows with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The one encoder of rows into frames, for the log of one epoch and one id spelling. The
+/// subscription encodes replayed rows with it; the tailer encodes live rows with it (with the
+/// same [`Ids`] as the subscriptions, or they treat its events as lost and replay them).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventEncoder {
     epoch: Epoch,
+    ids: Ids,
+    ids_tag: u64,
 }
 
 impl EventEncoder {
-    /// The encoder of the log identified by `epoch`.
+    /// The encoder of the log identified by `epoch`, with plain ids.
     pub fn new(epoch: Epoch) -> EventEncoder {
-        EventEncoder { epoch }
+        EventEncoder::with_ids(epoch, Ids::Plain)
+    }
+
+    /// The encoder of the log identified by `epoch`, spelling ids with `ids`. With sealed
+    /// ids, the frame's `id:` is the row's sealed id (tweak 0) and the event JSON has no `seq`.
+    pub fn with_ids(epoch: Epoch, ids: Ids) -> EventEncoder {
+        let ids_tag = ids.tag();
+        EventEncoder {
+            epoch,
+            ids,
+            ids_tag,
+        }
     }
 
     /// The epoch every frame's id carries.
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// How ids are spelled.
+    pub fn ids(&self) -> &Ids {
+        &self.ids
     }
 
     /// The event of `row`, frame included. Never fails (see the [module docs](self)).
@@ -162,17 +187,19 @@ impl EventEncoder {
         Event {
             seq: row.seq,
             project_id: Arc::from(row.project_id.as_str()),
+            session_id: row.session_id.as_deref().map(Arc::from),
             kind: Arc::from(row.kind.as_str()),
             degraded,
+            ids_tag: self.ids_tag,
             frame,
         }
     }
 
-    /// The frame of `row` and which of its columns were degraded: `id: <epoch>:<seq>`,
+    /// The frame of `row` and which of its columns were degraded: `id: <id>`,
     /// `event: <kind>` (left out for a degraded kind), `data: <event JSON>`.
     pub fn frame(&self, row: &EventRow) -> (Bytes, Degraded) {
-        let (json, degraded) = event_json(row);
-        let id = Cursor::new(self.epoch, row.seq).to_string();
+        let (json, degraded) = encode_json(row, !self.ids.is_sealed());
+        let id = self.ids.spell(Cursor::new(self.epoch, row.seq), 0);
         let mut frame = FrameBuilder::with_capacity(json.len() + row.kind.len() + 48).id(&id);
         if !degraded.contains(Degraded::TYPE) {
             frame = frame.event(&row.kind);
@@ -186,11 +213,21 @@ impl EventEncoder {
 /// `createdAt`, then `degraded` only when something was), the payload embedded as stored with
 /// each raw CR or LF (insignificant whitespace in valid JSON) turned into a space.
 pub fn event_json(row: &EventRow) -> (Vec<u8>, Degraded) {
+    encode_json(row, true)
+}
+
+/// [`event_json`], with the `seq` key only when `with_seq` (sealed ids leave it out: it is the
+/// global position the sealed id hides).
+fn encode_json(row: &EventRow, with_seq: bool) -> (Vec<u8>, Degraded) {
     let mut degraded = Degraded::NONE;
     let mut out = Vec::with_capacity(row.payload.len() + 128);
-    out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(row.seq.0.to_string().as_bytes());
-    out.extend_from_slice(b",\"projectId\":");
+    if with_seq {
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(row.seq.0.to_string().as_bytes());
+        out.extend_from_slice(b",\"projectId\":");
+    } else {
+        out.extend_from_slice(b"{\"projectId\":");
+    }
     json::write_str(&mut out, &row.project_id);
     if let Some(session_id) = row.session_id.as_deref().filter(|id| !id.is_empty()) {
         out.extend_from_slice(b",\"sessionId\":");
@@ -242,13 +279,23 @@ pub fn event_json(row: &EventRow) -> (Vec<u8>, Degraded) {
 
 /// Whether `text` is one JSON value (surrounding whitespace allowed), checked without
 /// building it.
+/// Whether `text` is JSON a client can parse: `IgnoredAny` would skip numbers unchecked, so a
+/// `1e999` (finite in the grammar, out of range for every f64 parser) would pass and break the
+/// client's decode; a full parse refuses it.
 fn is_json(text: &str) -> bool {
-    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    serde_json::from_str::<serde_json::Value>(text).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unchecked_payload_with_an_out_of_range_number_is_embedded_as_a_string() {
+        assert!(is_json("{\"a\":1e308}"));
+        assert!(!is_json("{\"a\":1e999}"));
+        assert!(!is_json("66666666666666666666e6666"));
+    }
 
     fn row(session: Option<&str>, payload: &str) -> EventRow {
         EventRow {
@@ -417,5 +464,25 @@ mod tests {
         assert_eq!(twice, Degraded::PAYLOAD);
         assert!(!all.is_empty());
         assert!(Degraded::default().is_empty());
+    }
+
+    #[test]
+    fn sealed_encoders_hide_the_seq() {
+        let key = crate::ids::IdKey::from_bytes([4; 32]);
+        let encoder = EventEncoder::with_ids(Epoch(0xab), Ids::Sealed(key.clone()));
+        assert!(encoder.ids().is_sealed());
+        let event = encoder.encode(&row(Some("s1"), "{}"));
+        let frame = std::str::from_utf8(&event.frame).unwrap();
+        let id = key.seal(Epoch(0xab), Seq(42), 0);
+        assert_eq!(
+            frame,
+            format!("id: {id}\nevent: pr_updated\ndata: {{\"projectId\":\"p1\",\"sessionId\":\"s1\",\"type\":\"pr_updated\",\"payload\":{{}},\"createdAt\":\"2026-11-26T21:13:07.123Z\"}}\n\n")
+        );
+        assert_eq!(event.ids_tag, Ids::Sealed(key).tag());
+        assert_eq!(event.session_id.as_deref(), Some("s1"));
+        let plain = EventEncoder::new(Epoch(0xab)).encode(&row(None, "{}"));
+        assert_eq!(plain.ids_tag, 0);
+        assert_eq!(plain.session_id, None);
+        assert!(!EventEncoder::new(Epoch(1)).ids().is_sealed());
     }
 }

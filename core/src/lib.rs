@@ -21,6 +21,7 @@
 
 pub mod event;
 pub mod filter;
+pub mod ids;
 mod json;
 #[cfg(feature = "model")]
 #[doc(hidden)]
@@ -34,12 +35,13 @@ pub mod timestamp;
 pub mod wire;
 
 pub use event::{Degraded, Event, EventEncoder, EventRow, PayloadCheck};
-pub use filter::{Filter, TypePattern};
+pub use filter::{Filter, Grant, TypePattern};
+pub use ids::{IdKey, Ids};
 pub use position::{Cursor, CursorError, Epoch, Seq};
-pub use request::{EventsQuery, RequestError, Start};
+pub use request::{EventsQuery, RequestError, Start, MAX_LAST};
 pub use subscription::{
-    FetchRequest, LogPosition, Output, Phase, ReplayPage, Subscription, SubscriptionConfig,
-    SubscriptionStats, TimeoutReason,
+    Access, FetchRequest, LocateRequest, Located, LogPosition, Output, Phase, ReplayPage,
+    Subscription, SubscriptionConfig, SubscriptionStats, TimeoutReason,
 };
 pub use wire::{
     ApiError, ErrorCode, Ready, Reset, ResetReason, WireError, READY_EVENT, RESET_EVENT,

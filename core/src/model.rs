@@ -9,7 +9,11 @@
 //! cursor exactly once and in order, got a `changefeed.reset` exactly when its cursor could
 //! not be honoured, and had received, at each `changefeed.ready`, every matching row committed
 //! before that connection opened. Which events match is decided by the model's own
-//! [`ModelFilter`], never by the code under test.
+//! [`ModelFilter`] (projects, sessions, kinds and the token's grant), never by the code under
+//! test; where a `last=` stream starts is the model's own count; with auth on, ids are sealed
+//! and opened by the model's own implementation of the sealed-id format ([`ModelIds`]), the
+//! event JSON must not carry `seq`, and no id-only frame may follow anything but a heartbeat
+//! tick or precede the end of the stream.
 //!
 //! Test support only: compiled with the `model` feature, hidden from the docs, not part of the
 //! crate's API.
@@ -17,11 +21,16 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use aes_siv::siv::Aes128Siv;
+use aes_siv::KeyInit;
+use base64ct::{Base64UrlUnpadded, Encoding};
+
 use crate::sse::{Item, Parser};
 use crate::wire::{READY_EVENT, RESET_EVENT};
 use crate::{
-    Cursor, Epoch, Event, EventEncoder, EventRow, EventsQuery, Filter, LogPosition, Output,
-    PayloadCheck, Ready, ReplayPage, Reset, ResetReason, Seq, Subscription, SubscriptionConfig,
+    Access, Cursor, Epoch, ErrorCode, Event, EventEncoder, EventRow, EventsQuery, Filter, Grant,
+    IdKey, LocateRequest, Located, LogPosition, Output, PayloadCheck, Ready, ReplayPage, Reset,
+    ResetReason, Seq, Subscription, SubscriptionConfig,
 };
 
 /// The epoch of the modelled log.
@@ -30,6 +39,11 @@ pub const EPOCH: Epoch = Epoch(0x00c0_ffee_0000_0001);
 pub const FOREIGN: Epoch = Epoch(0x0bad_0bad_0bad_0bad);
 /// The projects events belong to.
 pub const PROJECTS: [&str; 3] = ["alpha", "beta", "gamma"];
+/// The sessions events have (row `seq` has `SESSIONS[seq % 4]`, none for index 3); `""` is a
+/// stored empty session, which counts as none.
+pub const SESSIONS: [&str; 3] = ["s1", "s2", ""];
+/// The sealed-id key of the modelled server.
+pub const KEY: [u8; 32] = [0x5a; 32];
 /// The kinds events have.
 pub const KINDS: [&str; 4] = [
     "session_created",
@@ -84,6 +98,20 @@ pub enum StartChoice {
     Foreign,
     /// A malformed cursor.
     Invalid,
+    /// A valid id with one character changed.
+    Forged,
+    /// `last=<n>` (no cursor).
+    Last(u32),
+}
+
+/// Auth on: the token's grant and whether the subscription gets the request's filter without
+/// [`EventsQuery::authorize`] (so the grant must hold inside the subscription by itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantChoice {
+    /// Granted projects as indices into [`PROJECTS`]; `None` for `*`.
+    pub grant: Option<Vec<usize>>,
+    /// Skip `authorize` and hand the subscription the raw filter.
+    pub bypass_authorize: bool,
 }
 
 /// A whole run: the log, where the client starts, its filter, the tunables and the steps.
@@ -109,6 +137,10 @@ pub struct Scenario {
     pub projects: Option<Vec<usize>>,
     /// `types=` patterns.
     pub types: Option<Vec<String>>,
+    /// `session=` values, as indices into [`SESSIONS`].
+    pub sessions: Option<Vec<usize>>,
+    /// Auth on (grant, sealed ids), or `None` for auth off.
+    pub tenant: Option<TenantChoice>,
     /// [`SubscriptionConfig::max_held`].
     pub max_held: usize,
     /// [`SubscriptionConfig::replay_window`].
@@ -125,6 +157,8 @@ pub struct Scenario {
 pub struct ModelFilter {
     projects: Option<Vec<&'static str>>,
     types: Option<Vec<String>>,
+    sessions: Option<Vec<&'static str>>,
+    grant: Option<Vec<&'static str>>,
 }
 
 impl ModelFilter {
@@ -136,17 +170,45 @@ impl ModelFilter {
                 .as_ref()
                 .map(|indices| indices.iter().map(|&p| PROJECTS[p]).collect()),
             types: scenario.types.clone(),
+            sessions: scenario
+                .sessions
+                .as_ref()
+                .map(|indices| indices.iter().map(|&s| SESSIONS[s]).collect()),
+            grant: scenario
+                .tenant
+                .as_ref()
+                .and_then(|tenant| tenant.grant.as_ref())
+                .map(|indices| indices.iter().map(|&p| PROJECTS[p]).collect()),
+        }
+    }
+
+    /// Whether the request names a project outside the grant (then it is `forbidden`).
+    pub fn forbidden(&self) -> bool {
+        match (&self.projects, &self.grant) {
+            (Some(projects), Some(grant)) => projects.iter().any(|p| !grant.contains(p)),
+            _ => false,
         }
     }
 
     /// Whether a client with this filter is shown an event of `project` and `kind`: its
     /// project is one of the named ones, and its kind equals a pattern, starts with a pattern's
     /// text before a trailing `*`, or a pattern is `*`.
-    pub fn matches(&self, project: &str, kind: &str) -> bool {
+    /// The session must be one of the named ones (a row without one, or with an empty one,
+    /// never is), and the project within the grant.
+    pub fn matches(&self, project: &str, session: Option<&str>, kind: &str) -> bool {
         let project_ok = match &self.projects {
             None => true,
             Some(projects) => projects.contains(&project),
         };
+        let session_ok = match (&self.sessions, session) {
+            (None, _) => true,
+            (Some(_), None | Some("")) => false,
+            (Some(sessions), Some(session)) => sessions.contains(&session),
+        };
+        let granted = self
+            .grant
+            .as_ref()
+            .is_none_or(|grant| grant.contains(&project));
         let kind_ok = match &self.types {
             None => true,
             Some(patterns) => patterns
@@ -156,7 +218,78 @@ impl ModelFilter {
                     None => pattern == kind,
                 }),
         };
-        project_ok && kind_ok
+        project_ok && kind_ok && session_ok && granted
+    }
+}
+
+impl ModelFilter {
+    fn matches_row(&self, row: &EventRow) -> bool {
+        self.matches(&row.project_id, row.session_id.as_deref(), &row.kind)
+    }
+}
+
+/// The model's own implementation of the sealed-id format of `PROTOCOL.md` (AES-SIV of
+/// `epoch ‖ seq ‖ tweak`, big-endian, associated data `changefeed sealed id v1`, unpadded
+/// base64url), or plain cursors with auth off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelIds {
+    key: Option<[u8; 32]>,
+}
+
+impl ModelIds {
+    /// Sealed under `KEY` when auth is on.
+    pub fn new(sealed: bool) -> ModelIds {
+        ModelIds {
+            key: sealed.then_some(KEY),
+        }
+    }
+
+    /// Whether ids are sealed.
+    pub fn sealed(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// An id of `(epoch, seq)` as the server would write it.
+    pub fn make(&self, epoch: Epoch, seq: Seq, tweak: u64) -> String {
+        let Some(key) = self.key else {
+            return format!("{:016x}:{}", epoch.0, seq.0);
+        };
+        let mut plain = Vec::new();
+        for word in [epoch.0, seq.0, tweak] {
+            plain.extend_from_slice(&word.to_be_bytes());
+        }
+        let sealed = Aes128Siv::new(&key.into())
+            .encrypt([b"changefeed sealed id v1"], &plain)
+            .expect("AES-SIV seals");
+        Base64UrlUnpadded::encode_string(&sealed)
+    }
+
+    /// What a client-sent id means to the model: `Some((epoch, seq))` for a position (epoch
+    /// `None` for a bare seq), `None` when the server must call it malformed.
+    pub fn read(&self, text: &str) -> Option<(Option<Epoch>, Seq)> {
+        let Some(key) = self.key else {
+            return Cursor::parse(text).ok().map(|c| (c.epoch, c.seq));
+        };
+        if text == "0" {
+            return Some((None, Seq::ZERO));
+        }
+        let bytes = Base64UrlUnpadded::decode_vec(text).ok()?;
+        let plain = Aes128Siv::new(&key.into())
+            .decrypt([b"changefeed sealed id v1"], &bytes)
+            .ok()?;
+        let word = |i: usize| u64::from_be_bytes(plain[i..i + 8].try_into().unwrap());
+        (plain.len() == 24 && word(8) <= Seq::MAX.0).then(|| (Some(Epoch(word(0))), Seq(word(8))))
+    }
+
+    /// The seq of an id the server wrote (panics unless it is a position of the modelled log).
+    pub fn seq_of(&self, id: &str) -> Seq {
+        match self.read(id) {
+            Some((Some(epoch), seq)) => {
+                assert_eq!(epoch, EPOCH, "id {id:?} of another epoch");
+                seq
+            }
+            other => panic!("bad id {id:?}: {other:?}"),
+        }
     }
 }
 
@@ -194,7 +327,7 @@ impl World {
         let head = self.head_at_open();
         self.log[..self.committed]
             .iter()
-            .filter(|row| row.seq <= head && filter.matches(&row.project_id, &row.kind))
+            .filter(|row| row.seq <= head && filter.matches_row(row))
             .map(|row| row.seq)
             .collect()
     }
@@ -230,6 +363,7 @@ pub struct Client {
     expect_reset_first: bool,
     pruned_pages: usize,
     mid_stream_resets: usize,
+    ids: ModelIds,
 }
 
 /// The events received between two resets.
@@ -243,15 +377,13 @@ pub struct Segment {
     pub ended_at: Option<Seq>,
 }
 
-/// The seq of an id of the modelled log (panics on anything else).
+/// The seq of a plain id of the modelled log (panics on anything else).
 pub fn seq_of(id: &str) -> Seq {
-    let cursor = Cursor::parse(id).unwrap_or_else(|e| panic!("bad id {id:?}: {e}"));
-    assert_eq!(cursor.epoch, Some(EPOCH), "id {id:?} of another epoch");
-    cursor.seq
+    ModelIds::new(false).seq_of(id)
 }
 
 impl Client {
-    fn new(header: Option<&str>, start: Seq) -> Client {
+    fn new(header: Option<&str>, start: Seq, ids: ModelIds) -> Client {
         Client {
             parser: Parser::new(header.unwrap_or_default()),
             id_before_frame: header.unwrap_or_default().to_owned(),
@@ -268,6 +400,7 @@ impl Client {
             expect_reset_first: false,
             pruned_pages: 0,
             mid_stream_resets: 0,
+            ids,
         }
     }
 
@@ -332,16 +465,17 @@ impl Client {
                     );
                 }
                 let reset = Reset::from_json(&event.data).expect("reset data per the contract");
-                let after = seq_of(&reset.after.to_string());
-                assert_eq!(seq_of(&event.last_event_id), after);
-                let before = Cursor::parse(&self.id_before_frame)
-                    .ok()
-                    .filter(|c| c.epoch.is_none_or(|e| e == EPOCH));
+                let after = self.ids.seq_of(&reset.after);
+                assert_eq!(reset.after, event.last_event_id);
+                let before = self
+                    .ids
+                    .read(&self.id_before_frame)
+                    .filter(|(epoch, _)| epoch.is_none_or(|e| e == EPOCH));
                 let current = self.segments.last_mut().unwrap();
                 // Only a pruned reset ends a segment the client really held; a cursor of
                 // another log, ahead of head or malformed promised nothing.
                 current.ended_at = Some(match (reset.reason, before) {
-                    (ResetReason::Pruned, Some(before)) => before.seq,
+                    (ResetReason::Pruned, Some((_, before))) => before,
                     _ => current.start,
                 });
                 self.confirmed = true;
@@ -358,10 +492,8 @@ impl Client {
                     "ready twice on one connection"
                 );
                 let ready = Ready::from_json(&event.data).expect("ready data per the contract");
-                assert_eq!(
-                    seq_of(&ready.after.to_string()),
-                    seq_of(&event.last_event_id)
-                );
+                assert_eq!(ready.after, event.last_event_id);
+                self.ids.seq_of(&ready.after);
                 // Ready means caught up with the request: every matching row committed before
                 // this connection opened (and owed to this segment) has arrived.
                 let segment = self.segments.last().unwrap();
@@ -378,11 +510,19 @@ impl Client {
             }
             kind => {
                 let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
-                let seq = Seq(data["seq"].as_u64().unwrap());
-                assert_eq!(seq_of(&event.last_event_id), seq);
+                let seq = self.ids.seq_of(&event.last_event_id);
+                if self.ids.sealed() {
+                    assert!(data.get("seq").is_none(), "sealed ids, yet a seq: {data}");
+                } else {
+                    assert_eq!(data["seq"].as_u64(), Some(seq.0));
+                }
                 assert_eq!(data["type"], kind);
                 let project = data["projectId"].as_str().unwrap();
-                assert!(filter.matches(project, kind), "leaked {project}/{kind}");
+                let session = data.get("sessionId").map(|s| s.as_str().unwrap());
+                assert!(
+                    filter.matches(project, session, kind),
+                    "leaked {project}/{session:?}/{kind}"
+                );
                 self.segments.last_mut().unwrap().received.push(seq);
             }
         }
@@ -395,6 +535,9 @@ struct Connection {
     last_live: Option<Event>,
     wire: VecDeque<u8>,
     pending_fetch: Option<crate::FetchRequest>,
+    pending_locate: Option<LocateRequest>,
+    /// The head read when this connection opened (what a locate counts up to).
+    head_at_open: Seq,
     closed: bool,
 }
 
@@ -408,6 +551,17 @@ pub struct Harness {
     pub model_filter: ModelFilter,
     /// The subscription's tunables.
     pub config: SubscriptionConfig,
+    /// The request as parsed (what each connection starts from).
+    query: EventsQuery,
+    /// The access every connection gets.
+    access: Access,
+    /// `last=` of the request.
+    last: Option<u32>,
+    /// Ids as the model spells and reads them.
+    ids: ModelIds,
+    /// Whether the step being applied is a heartbeat tick (the only time a sealed stream may
+    /// write a checkpoint that does not end it).
+    ticking: bool,
     /// The client.
     pub client: Client,
     connection: Connection,
@@ -427,7 +581,7 @@ impl Harness {
                 EventRow {
                     seq: Seq(seq),
                     project_id: PROJECTS[project].to_owned(),
-                    session_id: (seq % 2 == 0).then(|| format!("s{seq}")),
+                    session_id: SESSIONS.get((seq % 4) as usize).map(|s| s.to_string()),
                     kind: KINDS[kind].to_owned(),
                     payload: format!("{{\"n\":{seq},\r\n\"text\":\"a\\nb\"}}"),
                     payload_check: PayloadCheck::Valid,
@@ -446,12 +600,68 @@ impl Harness {
         for &p in scenario.projects.iter().flatten() {
             query.push(format!("project={}", PROJECTS[p]));
         }
+        for &session in scenario.sessions.iter().flatten() {
+            query.push(format!("session={}", SESSIONS[session]));
+        }
         if let Some(types) = &scenario.types {
             query.push(format!("types={}", types.join(",")));
         }
-        let filter = EventsQuery::parse(Some(&query.join("&")))
-            .expect("generated queries are valid")
-            .filter;
+        let last = match scenario.start {
+            StartChoice::Last(n) => Some(n),
+            _ => None,
+        };
+        if let Some(n) = last {
+            query.push(format!("last={n}"));
+        }
+        let ids = ModelIds::new(scenario.tenant.is_some());
+        let access = match &scenario.tenant {
+            None => Access::open(),
+            Some(tenant) => {
+                let grant = match &tenant.grant {
+                    None => Grant::All,
+                    Some(indices) => Grant::projects(indices.iter().map(|&p| PROJECTS[p])),
+                };
+                Access::tenant(grant, IdKey::from_bytes(KEY), 0x5eed)
+            }
+        };
+        let model_filter = ModelFilter::new(scenario);
+        let parsed = EventsQuery::parse_with(Some(&query.join("&")), &access.ids)
+            .expect("generated queries are valid");
+        let filter = match &scenario.tenant {
+            Some(tenant) if tenant.bypass_authorize => parsed.filter.clone(),
+            _ => match parsed.authorize(&access.grant) {
+                Ok(filter) => {
+                    assert!(!model_filter.forbidden(), "authorized outside the grant");
+                    filter
+                }
+                Err(error) => {
+                    assert!(
+                        model_filter.forbidden(),
+                        "forbidden inside the grant: {error}"
+                    );
+                    assert_eq!(error.code, ErrorCode::Forbidden);
+                    assert_eq!(error.status(), 403);
+                    // The client drops `project=` and asks for everything it may read.
+                    let mut filter = parsed.filter.clone();
+                    filter.projects = None;
+                    EventsQuery {
+                        filter,
+                        ..parsed.clone()
+                    }
+                    .authorize(&access.grant)
+                    .expect("no project= is always granted")
+                }
+            },
+        };
+        let model_filter =
+            if model_filter.forbidden() && !scenario.tenant.as_ref().unwrap().bypass_authorize {
+                ModelFilter {
+                    projects: None,
+                    ..model_filter
+                }
+            } else {
+                model_filter
+            };
         let config = SubscriptionConfig {
             heartbeat: Duration::from_millis(1000),
             retry: Duration::from_millis(500),
@@ -461,78 +671,100 @@ impl Harness {
         };
         let head = world.head_at_open();
         let (header, start) = match scenario.start {
-            StartChoice::Head => (None, head),
+            StartChoice::Head | StartChoice::Last(_) => (None, head),
             StartChoice::Seq { offset, bare } => {
                 let seq = Seq(offset.min(world.head().0));
                 let text = if bare {
                     seq.to_string()
                 } else {
-                    Cursor::new(EPOCH, seq).to_string()
+                    ids.make(EPOCH, seq, 777)
                 };
-                (Some(text), seq)
+                // A bare seq other than 0 is malformed with sealed ids: it promises nothing.
+                let promised = if ids.read(&text).is_some() { seq } else { head };
+                (Some(text), promised)
             }
-            StartChoice::Ahead => (
-                Some(Cursor::new(EPOCH, Seq(world.head().0 + 5)).to_string()),
-                head,
-            ),
-            StartChoice::Foreign => (Some(Cursor::new(FOREIGN, Seq(1)).to_string()), head),
+            StartChoice::Ahead => (Some(ids.make(EPOCH, Seq(world.head().0 + 5), 1)), head),
+            StartChoice::Foreign => (Some(ids.make(FOREIGN, Seq(1), 1)), head),
             StartChoice::Invalid => (Some("not-a-cursor".to_owned()), head),
+            StartChoice::Forged => {
+                let mut text = ids.make(EPOCH, Seq(1), 1).into_bytes();
+                text[3] = if text[3] == b'a' { b'b' } else { b'a' };
+                (Some(String::from_utf8(text).unwrap()), head)
+            }
         };
-        let mut client = Client::new(header.as_deref(), start);
-        let model_filter = ModelFilter::new(scenario);
+        let mut client = Client::new(header.as_deref(), start, ids.clone());
         client.owed_at_ready = world.owed_at_ready(&model_filter);
-        let connection = Harness::open(&world, &filter, &config, &client, Duration::ZERO);
         let mut harness = Harness {
+            connection: Connection::placeholder(),
             world,
             filter,
             model_filter,
             config,
+            query: parsed,
+            access,
+            last,
+            ids,
+            ticking: false,
             client,
-            connection,
             now: Duration::ZERO,
         };
+        harness.connection = harness.open();
         harness.client.expect_reset_first =
             header.as_deref().is_some_and(|h| !harness.honourable(h));
         harness.drain();
         harness
     }
 
-    fn open(
-        world: &World,
-        filter: &Filter,
-        config: &SubscriptionConfig,
-        client: &Client,
-        now: Duration,
-    ) -> Connection {
-        let header = client.parser.last_event_id();
-        let start = EventsQuery::parse(None)
-            .unwrap()
-            .start((!header.is_empty()).then_some(header));
+    fn open(&self) -> Connection {
+        let header = self.client.parser.last_event_id();
+        let start = self
+            .query
+            .start_with((!header.is_empty()).then_some(header), &self.access.ids);
+        let mut access = self.access.clone();
+        // Each connection is a new subscription with its own salt.
+        access.salt = access
+            .salt
+            .wrapping_add(self.now.as_millis() as u64 * 1_000_003);
         Connection {
-            subscription: Subscription::new(
+            subscription: Subscription::with_access(
                 start,
-                filter.clone(),
-                world.position(),
-                config.clone(),
-                now,
+                self.filter.clone(),
+                access,
+                self.world.position(),
+                self.config.clone(),
+                self.now,
             ),
             live: VecDeque::new(),
             last_live: None,
             wire: VecDeque::new(),
             pending_fetch: None,
+            pending_locate: None,
+            head_at_open: self.world.head_at_open(),
             closed: false,
         }
     }
 
     /// The model's answer: can this cursor be honoured exactly?
     fn honourable(&self, header: &str) -> bool {
-        let Ok(cursor) = Cursor::parse(header) else {
+        let Some((epoch, seq)) = self.ids.read(header) else {
             return false;
         };
         let head = self.world.head_at_open();
-        cursor.epoch.is_none_or(|e| e == EPOCH)
-            && cursor.seq <= head
-            && cursor.seq >= self.world.floor
+        epoch.is_none_or(|e| e == EPOCH) && seq <= head && seq >= self.world.floor
+    }
+
+    /// The model's own count for `last=`: the `count`-th newest matching retained row at or
+    /// below `upto`.
+    fn locate(&self, count: u32, upto: Seq) -> Located {
+        let floor = self.world.floor;
+        let nth = self.world.log[..self.world.committed]
+            .iter()
+            .rev()
+            .filter(|row| row.seq <= upto && row.seq > floor)
+            .filter(|row| self.model_filter.matches_row(row))
+            .nth(count as usize - 1)
+            .map(|row| row.seq);
+        Located { nth, floor }
     }
 
     fn reconnect(&mut self) {
@@ -545,35 +777,54 @@ impl Harness {
             // position of this log — honoured, or pruned, when the reset ends the segment right
             // at the cursor (one that was ahead of head when the segment began held nothing).
             let head = self.world.head_at_open();
-            let position = Cursor::parse(&header)
-                .ok()
-                .filter(|c| c.epoch.is_none_or(|e| e == EPOCH) && c.seq <= head);
+            let position = self
+                .ids
+                .read(&header)
+                .filter(|(epoch, seq)| epoch.is_none_or(|e| e == EPOCH) && *seq <= head);
             let segment = self.client.segments.last_mut().unwrap();
             assert!(segment.received.is_empty());
             if header.is_empty() {
+                // With `last=`, the locate answer sets it.
                 segment.start = self.world.head_at_open();
-            } else if let Some(cursor) = position {
-                segment.start = cursor.seq;
+            } else if let Some((_, seq)) = position {
+                segment.start = seq;
             }
         }
         self.client.reconnecting(expect_reset);
         self.client.owed_at_ready = self.world.owed_at_ready(&self.model_filter);
-        self.connection = Harness::open(
-            &self.world,
-            &self.filter,
-            &self.config,
-            &self.client,
-            self.now,
-        );
+        self.connection = self.open();
         self.drain();
     }
 
     /// Moves the subscription's outputs to the wire; a fetch stays pending until answered.
     fn drain(&mut self) {
+        let mut quiet_checkpoint: Option<Vec<u8>> = None;
         while let Some(output) = self.connection.subscription.poll_output() {
             assert!(!self.connection.closed, "output after Close");
+            if let Some(frame) = quiet_checkpoint.take() {
+                assert!(
+                    matches!(output, Output::Close),
+                    "sealed ids: an id-only frame {:?} outside a heartbeat tick",
+                    String::from_utf8_lossy(&frame)
+                );
+            }
             match output {
-                Output::Frame(bytes) => self.connection.wire.extend(bytes.iter()),
+                Output::Frame(bytes) => {
+                    let id_only = bytes.starts_with(b"id: ")
+                        && bytes.iter().filter(|&&b| b == b'\n').count() == 2;
+                    let comment = bytes.starts_with(b":");
+                    if self.ids.sealed() && !self.ticking {
+                        assert!(!comment, "a heartbeat comment outside a tick");
+                        if id_only {
+                            // Allowed only as the final checkpoint (lifetime, shutdown).
+                            quiet_checkpoint = Some(bytes.to_vec());
+                        }
+                    }
+                    if self.ids.sealed() && self.ticking {
+                        assert!(!comment, "sealed ids: a checkpoint at every tick");
+                    }
+                    self.connection.wire.extend(bytes.iter())
+                }
                 Output::Fetch(fetch) => {
                     assert!(
                         self.connection.pending_fetch.is_none(),
@@ -584,8 +835,18 @@ impl Harness {
                     self.connection.pending_fetch = Some(fetch);
                 }
                 Output::Close => self.connection.closed = true,
+                Output::Locate(locate) => {
+                    assert_eq!(Some(locate.count), self.last, "locate for last=");
+                    assert_eq!(locate.upto, self.connection.head_at_open);
+                    assert!(self.connection.pending_locate.is_none(), "two locates");
+                    self.connection.pending_locate = Some(locate);
+                }
             }
         }
+        assert!(
+            quiet_checkpoint.is_none(),
+            "sealed ids: an id-only frame outside a heartbeat tick, not ending the stream"
+        );
         assert!(self.connection.subscription.held() <= self.config.max_held);
     }
 
@@ -621,6 +882,22 @@ impl Harness {
                 self.connection.live.drain(..n);
                 self.connection.subscription.handle_lagged(self.now);
             }
+            Action::AnswerFetch { .. } if self.connection.pending_locate.is_some() => {
+                let locate = self.connection.pending_locate.take().unwrap();
+                let located = self.locate(locate.count, locate.upto);
+                if !self.client.confirmed {
+                    let segment = self.client.segments.last_mut().unwrap();
+                    // Never above the head read at open (retention may have passed it since:
+                    // then the first page reports `pruned`).
+                    segment.start = located
+                        .nth
+                        .map_or(located.floor, Seq::prev)
+                        .min(locate.upto);
+                }
+                self.connection
+                    .subscription
+                    .handle_located(located, self.now);
+            }
             Action::AnswerFetch { sloppy } => {
                 if let Some(fetch) = self.connection.pending_fetch.take() {
                     let floor = self.world.floor;
@@ -628,9 +905,7 @@ impl Harness {
                         .iter()
                         .filter(|row| row.seq > fetch.after && row.seq <= fetch.upto)
                         .filter(|row| row.seq > floor)
-                        .filter(|row| {
-                            sloppy || self.model_filter.matches(&row.project_id, &row.kind)
-                        })
+                        .filter(|row| sloppy || self.model_filter.matches_row(row))
                         .cloned()
                         .collect();
                     if floor > fetch.after {
@@ -653,6 +928,9 @@ impl Harness {
                 if let Some((deadline, _)) = self.connection.subscription.poll_timeout() {
                     if self.now >= deadline {
                         self.connection.subscription.handle_timeout(self.now);
+                        self.ticking = true;
+                        self.drain();
+                        self.ticking = false;
                     }
                 }
             }
@@ -688,7 +966,9 @@ impl Harness {
             assert!(round < 100_000, "no progress towards quiescence");
             if !self.connection.live.is_empty() {
                 self.apply(&Action::DeliverLive);
-            } else if self.connection.pending_fetch.is_some() {
+            } else if self.connection.pending_fetch.is_some()
+                || self.connection.pending_locate.is_some()
+            {
                 self.apply(&Action::AnswerFetch { sloppy: false });
             } else if !self.connection.wire.is_empty() {
                 self.apply(&Action::Transmit(usize::MAX));
@@ -703,7 +983,7 @@ impl Harness {
 
     /// Asserts that the client received exactly the model's events, once each and in order.
     pub fn check(&self) {
-        let end = seq_of(self.client.parser.last_event_id());
+        let end = self.ids.seq_of(self.client.parser.last_event_id());
         assert_eq!(
             end,
             self.world.published_seq(),
@@ -719,7 +999,7 @@ impl Harness {
             let expected: Vec<Seq> = history
                 .iter()
                 .filter(|row| row.seq > segment.start && row.seq <= until)
-                .filter(|row| self.model_filter.matches(&row.project_id, &row.kind))
+                .filter(|row| self.model_filter.matches_row(row))
                 .map(|row| row.seq)
                 .collect();
             assert_eq!(
@@ -727,6 +1007,33 @@ impl Harness {
                 "segment {index} from {} to {until}: received vs model",
                 segment.start
             );
+        }
+    }
+}
+
+impl Connection {
+    /// Replaced by the first real connection right after the harness is built.
+    fn placeholder() -> Connection {
+        Connection {
+            subscription: Subscription::new(
+                crate::Start::Head,
+                Filter::all(),
+                LogPosition {
+                    epoch: EPOCH,
+                    head: Seq::ZERO,
+                    floor: Seq::ZERO,
+                    published: Seq::ZERO,
+                },
+                SubscriptionConfig::default(),
+                Duration::ZERO,
+            ),
+            live: VecDeque::new(),
+            last_live: None,
+            wire: VecDeque::new(),
+            pending_fetch: None,
+            pending_locate: None,
+            head_at_open: Seq::ZERO,
+            closed: true,
         }
     }
 }

@@ -72,6 +72,9 @@ pub enum CursorError {
     InvalidSeq,
     /// The seq is larger than 2^63 − 1.
     SeqTooLarge,
+    /// With sealed ids: the text is not an id this server issued (forged, altered, sealed
+    /// under another key, or a plain cursor other than `0`).
+    NotIssued,
 }
 
 impl fmt::Display for CursorError {
@@ -83,6 +86,7 @@ impl fmt::Display for CursorError {
                 "cursor seq must be a decimal number without sign or leading zeros"
             }
             CursorError::SeqTooLarge => "cursor seq exceeds 9223372036854775807",
+            CursorError::NotIssued => "cursor is not an id this server issued",
         })
     }
 }

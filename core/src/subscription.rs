@@ -46,7 +46,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::event::{Degraded, Event, EventEncoder, EventRow};
-use crate::filter::Filter;
+use crate::filter::{Filter, Grant};
+use crate::ids::{IdKey, Ids};
 use crate::position::{Cursor, Epoch, Seq};
 use crate::request::Start;
 use crate::sse::FrameBuilder;
@@ -96,6 +97,71 @@ pub struct LogPosition {
     pub published: Seq,
 }
 
+/// What a subscription may read and how it spells ids: with auth off everything with plain
+/// cursors ([`Access::open`]); with auth on a token's [`Grant`] and sealed ids
+/// ([`Access::tenant`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// The projects the subscriber may read: applied to every replayed and live event, on top
+    /// of the filter.
+    pub grant: Grant,
+    /// How ids are spelled and read. Sealed ids also make checkpoints quiet: with them an
+    /// id-only frame is written only at heartbeat ticks (at every tick, each with a fresh id),
+    /// never in response to a row this subscriber is not shown.
+    pub ids: Ids,
+    /// A value unique to this subscription (the shell draws it from its OS random source): the
+    /// tweak of every id the subscription writes itself starts here, so no two subscriptions
+    /// write the same id for a position.
+    pub salt: u64,
+}
+
+impl Access {
+    /// Auth off: every project, plain cursors.
+    pub fn open() -> Access {
+        Access {
+            grant: Grant::All,
+            ids: Ids::Plain,
+            salt: 0,
+        }
+    }
+
+    /// Auth on: `grant`, ids sealed under `key`, tweaks from `salt`.
+    pub fn tenant(grant: Grant, key: IdKey, salt: u64) -> Access {
+        Access {
+            grant,
+            ids: Ids::Sealed(key),
+            salt,
+        }
+    }
+}
+
+impl Default for Access {
+    fn default() -> Access {
+        Access::open()
+    }
+}
+
+/// For `last=<count>`: the shell asks the store for the `count`-th newest row at or below
+/// `upto` that the subscription's filter matches exactly (projects, sessions, kinds, and
+/// within the grant), and answers with [`Subscription::handle_located`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocateRequest {
+    /// How many matching rows the stream should replay.
+    pub count: u32,
+    /// The highest seq to count from (the head read at open).
+    pub upto: Seq,
+}
+
+/// The store's answer to a [`LocateRequest`], read in one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located {
+    /// The seq of the `count`-th newest matching row at or below `upto`, or `None` when fewer
+    /// rows match (then every retained matching row is replayed).
+    pub nth: Option<Seq>,
+    /// The retention floor in the same transaction.
+    pub floor: Seq,
+}
+
 /// Rows the shell must read from the store: those matching the filter in `(after, upto]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchRequest {
@@ -124,6 +190,10 @@ pub enum Output {
     Frame(Bytes),
     /// Read this window from the store and pass the result to [`Subscription::handle_page`].
     Fetch(FetchRequest),
+    /// `last=`: find where the stream starts and pass it to [`Subscription::handle_located`].
+    /// It comes first, before any frame; shells answer it before writing the response headers
+    /// (so [`Subscription::start_id`] is known for `Changefeed-Cursor`).
+    Locate(LocateRequest),
     /// End the response (after writing every frame before it).
     Close,
 }
@@ -183,7 +253,17 @@ enum State {
 pub struct Subscription {
     config: SubscriptionConfig,
     filter: Filter,
+    grant: Grant,
     encoder: EventEncoder,
+    /// Which live frames this subscription may forward ([`Ids::tag`]).
+    ids_tag: u64,
+    salt: u64,
+    /// Ids this subscription wrote itself (their tweaks count up from `salt`).
+    announcements: u64,
+    /// `last=` waiting for the store's answer: no frame is written before it.
+    locating: Option<LocateRequest>,
+    /// The first frame's id.
+    start_id: Option<String>,
     state: State,
     scanned: Seq,
     announced: Seq,
@@ -216,10 +296,29 @@ impl Subscription {
         config: SubscriptionConfig,
         now: Duration,
     ) -> Subscription {
+        Subscription::with_access(start, filter, Access::open(), log, config, now)
+    }
+
+    /// [`Subscription::new`] with what the subscriber may read and how ids are spelled. The
+    /// filter should come from [`crate::EventsQuery::authorize`]; the grant is applied again to
+    /// every event regardless.
+    pub fn with_access(
+        start: Start,
+        filter: Filter,
+        access: Access,
+        log: LogPosition,
+        config: SubscriptionConfig,
+        now: Duration,
+    ) -> Subscription {
         let head = log.head.max(log.published);
         let at_head = head;
+        let mut locating = None;
         let (begin, reset, requested) = match start {
             Start::Head => (at_head, None, None),
+            Start::Last { count } => {
+                locating = Some(LocateRequest { count, upto: head });
+                (at_head, None, None)
+            }
             Start::Invalid { raw } => (at_head, Some(ResetReason::InvalidCursor), Some(raw)),
             Start::At { cursor, raw } => {
                 let reason = if cursor.epoch.is_some_and(|epoch| epoch != log.epoch) {
@@ -237,10 +336,17 @@ impl Subscription {
                 }
             }
         };
+        let Access { grant, ids, salt } = access;
         let mut subscription = Subscription {
             config,
             filter,
-            encoder: EventEncoder::new(log.epoch),
+            grant,
+            ids_tag: ids.tag(),
+            encoder: EventEncoder::with_ids(log.epoch, ids),
+            salt,
+            announcements: 0,
+            locating,
+            start_id: None,
             state: State::Replaying {
                 target: Some(log.published),
                 held: VecDeque::new(),
@@ -259,24 +365,60 @@ impl Subscription {
             output: VecDeque::new(),
             stats: SubscriptionStats::default(),
         };
-        let first = FrameBuilder::new().retry(subscription.config.retry.as_millis() as u64);
-        match reset {
-            Some(reason) => {
-                let frame = subscription.reset_frame(first, reason);
-                subscription.write(frame, now);
-            }
-            None => {
-                let id = subscription.cursor(begin).to_string();
-                subscription.write(first.id(&id).finish(), now);
-            }
+        if let Some(locate) = locating {
+            subscription.output.push_back(Output::Locate(locate));
+            return subscription;
         }
+        subscription.write_first_frame(reset, now);
         subscription.advance(now);
         subscription
     }
 
-    /// The effective starting cursor (for the `Changefeed-Cursor` header).
+    fn write_first_frame(&mut self, reset: Option<ResetReason>, now: Duration) {
+        let first = FrameBuilder::new().retry(self.config.retry.as_millis() as u64);
+        let frame = match reset {
+            Some(reason) => self.reset_frame(first, reason),
+            None => {
+                let id = self.announce();
+                let frame = first.id(&id).finish();
+                self.start_id = Some(id);
+                frame
+            }
+        };
+        self.write(frame, now);
+    }
+
+    /// The store's answer to the [`Output::Locate`] of a `last=` stream: the stream starts
+    /// right before the `count`-th newest matching row (at the floor when fewer match), never
+    /// below the floor and never above the head read at open. Ignored unless a locate is
+    /// outstanding.
+    pub fn handle_located(&mut self, located: Located, now: Duration) {
+        self.expire(now);
+        let Some(locate) = self.locating.take() else {
+            return;
+        };
+        let begin = located
+            .nth
+            .map_or(located.floor, Seq::prev)
+            .max(located.floor)
+            .min(locate.upto);
+        self.scanned = begin;
+        self.announced = begin;
+        self.start = Cursor::new(self.encoder.epoch(), begin);
+        self.write_first_frame(None, now);
+        self.advance(now);
+    }
+
+    /// The effective starting cursor (for logs; with sealed ids the header carries
+    /// [`Subscription::start_id`]). For `last=`, final once the locate is answered.
     pub fn start_cursor(&self) -> Cursor {
         self.start
+    }
+
+    /// The first frame's id as written (for the `Changefeed-Cursor` header): the starting
+    /// cursor, or its sealed id. `None` until a `last=` locate is answered.
+    pub fn start_id(&self) -> Option<&str> {
+        self.start_id.as_deref()
     }
 
     /// The highest seq accounted for.
@@ -315,6 +457,13 @@ impl Subscription {
     pub fn poll_timeout(&self) -> Option<(Duration, TimeoutReason)> {
         if matches!(self.state, State::Closed) {
             return None;
+        }
+        if self.locating.is_some() {
+            // Nothing is written before the first frame: only the lifetime can end it.
+            return self
+                .config
+                .max_lifetime
+                .map(|lifetime| (self.started_at + lifetime, TimeoutReason::MaxLifetime));
         }
         let heartbeat = (
             self.last_write + self.config.heartbeat,
@@ -358,7 +507,7 @@ impl Subscription {
                 continue;
             }
             self.scanned = row.seq;
-            if self.filter.matches(&row.project_id, &row.kind) {
+            if self.shows(&row.project_id, row.session_id.as_deref(), &row.kind) {
                 let (frame, degraded) = self.encoder.frame(row);
                 if !degraded.is_empty() {
                     self.stats.degraded_rows += 1;
@@ -383,6 +532,12 @@ impl Subscription {
     /// subscriber, and only a matching event's frame (or a held event) is cloned.
     pub fn handle_live(&mut self, event: &Event, now: Duration) {
         self.expire(now);
+        if event.ids_tag != self.ids_tag {
+            // Spelled for another mode (a shell wiring mistake): forwarding it could leak a
+            // plain seq, so it counts as lost and the gap is replayed from the store.
+            self.handle_lagged(now);
+            return;
+        }
         if event.seq <= self.live_high.max(self.scanned) {
             return;
         }
@@ -417,7 +572,7 @@ impl Subscription {
             return;
         }
         self.scanned = event.seq;
-        if self.filter.matches(&event.project_id, &event.kind) {
+        if self.shows(&event.project_id, event.session_id.as_deref(), &event.kind) {
             self.emit_change(event.frame.clone(), now);
         }
     }
@@ -453,8 +608,20 @@ impl Subscription {
         self.finish(now);
     }
 
-    fn cursor(&self, seq: Seq) -> Cursor {
-        Cursor::new(self.encoder.epoch(), seq)
+    /// The one rule for what this subscriber is shown: within the grant and matching the filter.
+    fn shows(&self, project_id: &str, session_id: Option<&str>, kind: &str) -> bool {
+        self.grant.allows(project_id) && self.filter.matches_event(project_id, session_id, kind)
+    }
+
+    /// Marks `scanned` as announced and returns the id to write for it: the cursor, or a sealed
+    /// id with a tweak no other announcement uses.
+    fn announce(&mut self) -> String {
+        self.announced = self.scanned;
+        self.announcements += 1;
+        let tweak = self.salt.wrapping_add(self.announcements);
+        self.encoder
+            .ids()
+            .spell(Cursor::new(self.encoder.epoch(), self.scanned), tweak)
     }
 
     fn write(&mut self, frame: Bytes, now: Duration) {
@@ -473,19 +640,18 @@ impl Subscription {
 
     fn reset_frame(&mut self, frame: FrameBuilder, reason: ResetReason) -> Bytes {
         self.stats.resets += 1;
-        self.announced = self.scanned;
-        let after = self.cursor(self.scanned);
+        let after = self.announce();
+        if self.start_id.is_none() {
+            self.start_id = Some(after.clone());
+        }
+        let frame = frame.id(&after);
         let data = Reset {
             requested: self.requested.clone().unwrap_or_default(),
             after,
             reason,
         }
         .to_json();
-        frame
-            .id(&after.to_string())
-            .event(RESET_EVENT)
-            .data_line(data.as_bytes())
-            .finish()
+        frame.event(RESET_EVENT).data_line(data.as_bytes()).finish()
     }
 
     /// Before ready, every join target is at least the head read at open (see
@@ -502,6 +668,11 @@ impl Subscription {
     /// After every input: go live when the join rule allows, else ask for the next page; then
     /// fire any timer that is already due.
     fn advance(&mut self, now: Duration) {
+        if self.locating.is_some() {
+            // Live events are held as in any replay; nothing else moves before the start.
+            self.fire_due_timers(now);
+            return;
+        }
         let owed = self.owed();
         if let State::Replaying {
             target,
@@ -547,19 +718,15 @@ impl Subscription {
     }
 
     fn ready_frame(&mut self) -> Bytes {
-        self.announced = self.scanned;
-        let after = self.cursor(self.scanned);
+        let after = self.announce();
+        let frame = FrameBuilder::new().id(&after);
         let data = Ready {
             after,
             replayed: self.change_frames_before_ready,
             heartbeat_ms: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
         }
         .to_json();
-        FrameBuilder::new()
-            .id(&after.to_string())
-            .event(READY_EVENT)
-            .data_line(data.as_bytes())
-            .finish()
+        frame.event(READY_EVENT).data_line(data.as_bytes()).finish()
     }
 
     fn fire_due_timers(&mut self, now: Duration) {
@@ -572,7 +739,9 @@ impl Subscription {
         match reason {
             TimeoutReason::MaxLifetime => self.finish(now),
             TimeoutReason::Heartbeat => {
-                let frame = if self.scanned > self.announced {
+                // Sealed ids: a checkpoint at every tick, so whether the position moved (rows
+                // of other tenants) shows neither in the frame nor in its timing.
+                let frame = if self.scanned > self.announced || self.encoder.ids().is_sealed() {
                     self.checkpoint_frame()
                 } else {
                     FrameBuilder::new().comment("").finish()
@@ -583,10 +752,8 @@ impl Subscription {
     }
 
     fn checkpoint_frame(&mut self) -> Bytes {
-        self.announced = self.scanned;
-        FrameBuilder::new()
-            .id(&self.cursor(self.scanned).to_string())
-            .finish()
+        let id = self.announce();
+        FrameBuilder::new().id(&id).finish()
     }
 
     /// Ends the stream first if its lifetime is over, so no input is processed past it.
@@ -602,8 +769,11 @@ impl Subscription {
         if matches!(self.state, State::Closed) {
             return;
         }
-        let frame = self.checkpoint_frame();
-        self.write(frame, now);
+        if self.locating.take().is_none() {
+            // Before a `last=` start is known there is no position to give.
+            let frame = self.checkpoint_frame();
+            self.write(frame, now);
+        }
         self.state = State::Closed;
         self.output.push_back(Output::Close);
     }
@@ -671,6 +841,7 @@ mod tests {
             .map(|output| match output {
                 Output::Frame(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
                 Output::Fetch(fetch) => format!("fetch ({}, {}]", fetch.after, fetch.upto),
+                Output::Locate(locate) => format!("locate {} upto {}", locate.count, locate.upto),
                 Output::Close => "close".into(),
             })
             .collect()
@@ -893,5 +1064,147 @@ mod tests {
         assert_eq!(drain(&mut sub), ["id: 00000000000000e1:1\n\n"]);
         sub.handle_timeout(MS(3000));
         assert_eq!(drain(&mut sub), [":\n\n"], "the position was announced");
+    }
+
+    fn sealed() -> (Access, IdKey) {
+        let key = IdKey::from_bytes([8; 32]);
+        (Access::tenant(Grant::projects(["a"]), key.clone(), 10), key)
+    }
+
+    #[test]
+    fn a_frame_spelled_for_another_mode_is_never_forwarded() {
+        let (access, key) = sealed();
+        let mut sub = Subscription::with_access(
+            Start::Head,
+            Filter::all(),
+            access,
+            log(2, 2),
+            config(1000, None),
+            MS(0),
+        );
+        let out = drain(&mut sub);
+        assert_eq!(sub.phase(), Phase::Live, "{out:?}");
+        // A plain frame (the tailer wired without the key) would leak its seq: it counts as
+        // lost, and the gap is replayed from the store with sealed ids.
+        sub.handle_live(&live(3, "a"), MS(1));
+        assert_eq!(sub.phase(), Phase::Replaying);
+        assert_eq!(sub.stats().lag_fallbacks, 1);
+        assert_eq!(drain(&mut sub), ["fetch (2, 6]"]);
+        sub.handle_page(page(vec![row(3, "a", "x"), row(4, "b", "x")], 4), MS(2));
+        let out = drain(&mut sub);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let id = key.seal(EPOCH, Seq(3), 0);
+        assert!(out[0].starts_with(&format!("id: {id}\n")), "{out:?}");
+        assert!(!out[0].contains("\"seq\""));
+        let sealed_live = EventEncoder::with_ids(EPOCH, Ids::Sealed(key.clone())).encode(&row(
+            5,
+            "a",
+            "pr_updated",
+        ));
+        sub.handle_live(&sealed_live, MS(3));
+        assert_eq!(
+            sub.stats().lag_fallbacks,
+            1,
+            "the right spelling is forwarded"
+        );
+        assert_eq!(sub.phase(), Phase::Live);
+        assert_eq!(drain(&mut sub).len(), 1);
+        assert!(sub.start_id().is_some_and(|id| key.open(id).is_some()));
+    }
+
+    #[test]
+    fn the_grant_holds_even_for_a_filter_that_was_never_authorized() {
+        let (access, _) = sealed();
+        let mut sub = Subscription::with_access(
+            after(0),
+            project("b"),
+            Access {
+                ids: Ids::Plain,
+                ..access
+            },
+            log(2, 2),
+            config(1000, None),
+            MS(0),
+        );
+        drain(&mut sub);
+        sub.handle_page(page(vec![row(1, "b", "x"), row(2, "a", "x")], 2), MS(1));
+        let out = drain(&mut sub);
+        assert_eq!(out.len(), 1, "only ready: {out:?}");
+        assert!(out[0].contains("changefeed.ready"));
+        sub.handle_live(&live(3, "b"), MS(2));
+        assert!(drain(&mut sub).is_empty());
+    }
+
+    #[test]
+    fn locate_edges() {
+        let last = |count| Start::Last { count };
+        let mut sub =
+            Subscription::new(last(2), Filter::all(), log(9, 9), config(1000, None), MS(0));
+        assert_eq!(drain(&mut sub), ["locate 2 upto 9"]);
+        assert_eq!(sub.start_id(), None);
+        assert_eq!(
+            sub.poll_timeout(),
+            None,
+            "no heartbeat before the first frame"
+        );
+        sub.handle_timeout(MS(5000));
+        assert!(drain(&mut sub).is_empty());
+        // A floor above the head read at open: start at that head, and the replay's first page
+        // reports the pruning.
+        sub.handle_located(
+            Located {
+                nth: None,
+                floor: Seq(12),
+            },
+            MS(5000),
+        );
+        assert_eq!(sub.start_cursor(), Cursor::new(EPOCH, Seq(9)));
+        assert_eq!(sub.start_id(), Some("00000000000000e1:9"));
+        let out = drain(&mut sub);
+        assert_eq!(out[0], "retry: 250\nid: 00000000000000e1:9\n\n");
+        sub.handle_located(
+            Located {
+                nth: Some(Seq(3)),
+                floor: Seq::ZERO,
+            },
+            MS(5001),
+        );
+        assert_eq!(sub.start_cursor().seq, Seq(9), "a second answer is ignored");
+        // nth at the floor's next row: start at the floor, never below it.
+        let mut sub =
+            Subscription::new(last(2), Filter::all(), log(9, 9), config(1000, None), MS(0));
+        drain(&mut sub);
+        sub.handle_located(
+            Located {
+                nth: Some(Seq(4)),
+                floor: Seq(4),
+            },
+            MS(1),
+        );
+        assert_eq!(sub.start_cursor().seq, Seq(4));
+        assert_eq!(drain(&mut sub)[1], "fetch (4, 8]");
+        // Shutdown while locating: nothing to checkpoint, just the end.
+        let mut sub = Subscription::new(
+            last(1),
+            Filter::all(),
+            log(9, 9),
+            config(1000, Some(900)),
+            MS(0),
+        );
+        drain(&mut sub);
+        assert_eq!(
+            sub.poll_timeout(),
+            Some((MS(900), TimeoutReason::MaxLifetime))
+        );
+        sub.handle_shutdown(MS(10));
+        assert_eq!(drain(&mut sub), ["close"]);
+        sub.handle_located(
+            Located {
+                nth: Some(Seq(9)),
+                floor: Seq::ZERO,
+            },
+            MS(11),
+        );
+        assert!(drain(&mut sub).is_empty(), "closed");
     }
 }

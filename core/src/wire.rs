@@ -12,8 +12,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::ids::is_wire_id;
 use crate::json;
-use crate::position::Cursor;
 
 /// The event name of the frame that says a cursor could not be honoured.
 pub const RESET_EVENT: &str = "changefeed.reset";
@@ -67,15 +67,20 @@ impl fmt::Display for ResetReason {
     }
 }
 
+/// At most this many bytes of the client's cursor are echoed in a reset's `requested` (a valid
+/// cursor is far shorter; a huge malformed `Last-Event-ID` must not be sent back whole).
+pub const MAX_REQUESTED_BYTES: usize = 128;
+
 /// The data of a [`RESET_EVENT`] frame:
-/// `{"requested":"<cursor as received>","after":"<new cursor>","reason":"<reason>"}`.
+/// `{"requested":"<cursor as received>","after":"<new cursor>","reason":"<reason>"}`, where
+/// `requested` is cut to its first [`MAX_REQUESTED_BYTES`] bytes (at a character boundary).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reset {
-    /// The cursor exactly as the client sent it (`""` when a reset happens mid-stream without
-    /// one).
+    /// The cursor as the client sent it (`""` when a reset happens mid-stream without one);
+    /// [`Reset::to_json`] echoes at most [`MAX_REQUESTED_BYTES`] of it.
     pub requested: String,
-    /// Where the stream continues: the frame's `id`.
-    pub after: Cursor,
+    /// Where the stream continues: the frame's `id` (a cursor, or a sealed id with auth on).
+    pub after: String,
     /// Why the cursor could not be honoured.
     pub reason: ResetReason,
 }
@@ -83,11 +88,12 @@ pub struct Reset {
 impl Reset {
     /// The JSON text, keys in contract order, on one line.
     pub fn to_json(&self) -> String {
-        let mut out = Vec::with_capacity(self.requested.len() + 80);
+        let requested = truncated(&self.requested, MAX_REQUESTED_BYTES);
+        let mut out = Vec::with_capacity(requested.len() + 80);
         out.extend_from_slice(b"{\"requested\":");
-        json::write_str(&mut out, &self.requested);
+        json::write_str(&mut out, requested);
         out.extend_from_slice(b",\"after\":");
-        json::write_str(&mut out, &self.after.to_string());
+        json::write_str(&mut out, &self.after);
         out.extend_from_slice(b",\"reason\":");
         json::write_str(&mut out, self.reason.as_str());
         out.push(b'}');
@@ -100,18 +106,31 @@ impl Reset {
         let reason = string(&object, "reason")?;
         Ok(Reset {
             requested: string(&object, "requested")?.to_owned(),
-            after: cursor(&object, "after")?,
+            after: id(&object, "after")?,
             reason: ResetReason::parse(reason)
                 .ok_or_else(|| WireError::new(format!("unknown reset reason {reason:?}")))?,
         })
     }
 }
 
+/// The longest prefix of `text` of at most `max` bytes that ends at a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The data of a [`READY_EVENT`] frame: `{"after":"<cursor>","replayed":N,"heartbeatMs":H}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ready {
-    /// The position when the stream went live: the frame's `id`.
-    pub after: Cursor,
+    /// The position when the stream went live: the frame's `id` (a cursor, or a sealed id with
+    /// auth on).
+    pub after: String,
     /// Change frames sent on this connection before it.
     pub replayed: u64,
     /// The server's heartbeat interval in milliseconds.
@@ -123,7 +142,7 @@ impl Ready {
     pub fn to_json(&self) -> String {
         let mut out = Vec::with_capacity(96);
         out.extend_from_slice(b"{\"after\":");
-        json::write_str(&mut out, &self.after.to_string());
+        json::write_str(&mut out, &self.after);
         out.extend_from_slice(b",\"replayed\":");
         out.extend_from_slice(self.replayed.to_string().as_bytes());
         out.extend_from_slice(b",\"heartbeatMs\":");
@@ -136,7 +155,7 @@ impl Ready {
     pub fn from_json(text: &str) -> Result<Ready, WireError> {
         let object = object(text)?;
         Ok(Ready {
-            after: cursor(&object, "after")?,
+            after: id(&object, "after")?,
             replayed: number(&object, "replayed")?,
             heartbeat_ms: number(&object, "heartbeatMs")?,
         })
@@ -176,22 +195,42 @@ macro_rules! error_codes {
 }
 
 error_codes! {
-    /// `after` is not a valid cursor.
+    /// `after` is not a valid cursor (with sealed ids: not an id this server issued).
     InvalidCursor = "invalid_cursor", 400;
     /// A query parameter the endpoint does not know.
     UnknownParameter = "unknown_parameter", 400;
-    /// `after` or `types` given more than once.
+    /// `after`, `types` or `last` given more than once.
     DuplicateParameter = "duplicate_parameter", 400;
     /// `types` is empty or holds an invalid pattern.
     InvalidTypes = "invalid_types", 400;
     /// A `project` value is empty, or too many are given.
     InvalidProject = "invalid_project", 400;
+    /// A `session` value is empty, or too many are given.
+    InvalidSession = "invalid_session", 400;
+    /// `last` is not a decimal number from 1 to the documented maximum.
+    InvalidLast = "invalid_last", 400;
+    /// Two parameters that exclude each other (`after` and `last`).
+    ConflictingParameters = "conflicting_parameters", 400;
+    /// Auth is on and the request has no valid token (no hint whether any project exists).
+    Unauthorized = "unauthorized", 401;
+    /// A `project` outside the token's grant (the same answer whether it exists or not).
+    Forbidden = "forbidden", 403;
     /// A `project` names no existing project (checked by the shell against the store).
     UnknownProject = "unknown_project", 404;
     /// No route has this path.
     NotFound = "not_found", 404;
     /// The route exists but not for this method (the response carries `Allow`).
     MethodNotAllowed = "method_not_allowed", 405;
+    /// A limit on concurrent streams (per token, or for the server) is reached; the response
+    /// carries `Retry-After`.
+    TooManyStreams = "too_many_streams", 429;
+    /// The request target (path and query) is longer than the server accepts.
+    UriTooLong = "uri_too_long", 414;
+    /// The request's header fields together are larger than the server accepts.
+    HeadersTooLarge = "headers_too_large", 431;
+    /// The server is at its limit of concurrent connections or streams (the response carries
+    /// `Retry-After`); retry later.
+    Overloaded = "overloaded", 503;
     /// The change log cannot be read right now (store error, replaced database); retry later.
     Unavailable = "unavailable", 503;
 }
@@ -316,27 +355,32 @@ fn number(object: &Map<String, Value>, key: &str) -> Result<u64, WireError> {
     }
 }
 
-fn cursor(object: &Map<String, Value>, key: &str) -> Result<Cursor, WireError> {
+/// A position as the server writes it: a cursor or a sealed id ([`is_wire_id`]).
+fn id(object: &Map<String, Value>, key: &str) -> Result<String, WireError> {
     let text = string(object, key)?;
-    Cursor::parse(text).map_err(|why| WireError::new(format!("{key:?} = {text:?}: {why}")))
+    if is_wire_id(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(WireError::new(format!(
+            "{key:?} = {text:?} is neither a cursor nor a sealed id"
+        )))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::IdKey;
     use crate::position::{Epoch, Seq};
 
-    const AFTER: Cursor = Cursor {
-        epoch: Some(Epoch(0xe1)),
-        seq: Seq(42),
-    };
+    const AFTER: &str = "00000000000000e1:42";
 
     #[test]
     fn reset_encodes_in_contract_order_and_decodes_back() {
         for reason in ResetReason::ALL {
             let reset = Reset {
                 requested: "weird \"cursor\"\n\u{1}".into(),
-                after: AFTER,
+                after: AFTER.into(),
                 reason,
             };
             let text = reset.to_json();
@@ -355,9 +399,39 @@ mod tests {
     }
 
     #[test]
+    fn reset_echoes_at_most_the_bound_of_a_huge_cursor_cut_at_a_character() {
+        // 300 KB in must not be 300 KB out; a multi-byte character straddling the bound is
+        // dropped whole, so the echo stays valid UTF-8 and valid JSON.
+        let mut requested = "x".repeat(MAX_REQUESTED_BYTES - 1);
+        requested.push('é');
+        requested.push_str(&"y".repeat(300_000));
+        let reset = Reset {
+            requested: requested.clone(),
+            after: AFTER.into(),
+            reason: ResetReason::InvalidCursor,
+        };
+        let text = reset.to_json();
+        assert!(
+            text.len() < MAX_REQUESTED_BYTES + 100,
+            "{} bytes",
+            text.len()
+        );
+        let decoded = Reset::from_json(&text).unwrap();
+        assert_eq!(decoded.requested, "x".repeat(MAX_REQUESTED_BYTES - 1));
+        assert!(requested.starts_with(&decoded.requested));
+        // A cursor within the bound is echoed whole.
+        let exact = "z".repeat(MAX_REQUESTED_BYTES);
+        let short = Reset {
+            requested: exact.clone(),
+            ..reset
+        };
+        assert_eq!(Reset::from_json(&short.to_json()).unwrap().requested, exact);
+    }
+
+    #[test]
     fn ready_encodes_in_contract_order_and_decodes_back() {
         let ready = Ready {
-            after: AFTER,
+            after: AFTER.into(),
             replayed: 7,
             heartbeat_ms: 15_000,
         };
@@ -366,7 +440,12 @@ mod tests {
             text,
             "{\"after\":\"00000000000000e1:42\",\"replayed\":7,\"heartbeatMs\":15000}"
         );
-        assert_eq!(Ready::from_json(&text), Ok(ready));
+        assert_eq!(Ready::from_json(&text), Ok(ready.clone()));
+        let sealed = Ready {
+            after: IdKey::from_bytes([9; 32]).seal(Epoch(1), Seq(2), 3),
+            ..ready.clone()
+        };
+        assert_eq!(Ready::from_json(&sealed.to_json()), Ok(sealed));
         let newer =
             "{\"after\":\"00000000000000e1:42\",\"replayed\":7,\"heartbeatMs\":15000,\"x\":1}";
         assert_eq!(
@@ -419,9 +498,18 @@ mod tests {
             ("duplicate_parameter", 400),
             ("invalid_types", 400),
             ("invalid_project", 400),
+            ("invalid_session", 400),
+            ("invalid_last", 400),
+            ("conflicting_parameters", 400),
+            ("unauthorized", 401),
+            ("forbidden", 403),
             ("unknown_project", 404),
             ("not_found", 404),
             ("method_not_allowed", 405),
+            ("too_many_streams", 429),
+            ("uri_too_long", 414),
+            ("headers_too_large", 431),
+            ("overloaded", 503),
             ("unavailable", 503),
         ];
         let table: Vec<(&str, u16)> = ErrorCode::ALL

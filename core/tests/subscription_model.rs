@@ -4,7 +4,11 @@
 //! heartbeats, lifetimes and reconnects that resume from the last id the client parsed — gets a
 //! `changefeed.reset` exactly when its cursor cannot be honoured, and at each
 //! `changefeed.ready` has every matching row with seq ≤ the head read when that connection
-//! opened.
+//! opened. Filters include `session=`; `last=n` starts right before the model's own n-th newest
+//! matching row; with auth on (a grant, sealed ids) nothing outside the grant is ever
+//! delivered — also when the subscription gets a filter that was never authorized — a
+//! `project=` outside the grant is `forbidden`, ids open (with the model's own implementation
+//! of the format) to exact positions, and id-only frames come only at heartbeat ticks.
 //!
 //! The harness (scenario, world, client, checks) lives in `changefeed_core::model` (feature
 //! `model`) so that the `subscription` fuzz target runs the very same checks.
@@ -37,7 +41,21 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         1 => Just(StartChoice::Ahead),
         1 => Just(StartChoice::Foreign),
         1 => Just(StartChoice::Invalid),
+        1 => Just(StartChoice::Forged),
+        2 => (1u32..6).prop_map(StartChoice::Last),
     ];
+    let sessions = prop::option::weighted(0.3, prop::collection::vec(0..2usize, 1..3)); // s1, s2 (not the empty one)
+    let tenant = prop::option::weighted(
+        0.4,
+        (
+            prop::option::of(prop::collection::vec(0..PROJECTS.len(), 1..3)),
+            prop::bool::weighted(0.3),
+        )
+            .prop_map(|(grant, bypass_authorize)| TenantChoice {
+                grant,
+                bypass_authorize,
+            }),
+    );
     let projects = prop::option::of(prop::collection::vec(0..PROJECTS.len(), 1..3));
     let types = prop::option::of(prop::collection::vec(
         prop::sample::select(vec![
@@ -60,6 +78,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         types,
         (1usize..6, 1u64..12, prop::option::of(1000u64..20_000)),
         prop::collection::vec(action(), 0..120),
+        (sessions, tenant),
     )
         .prop_map(
             |(
@@ -72,6 +91,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 types,
                 (max_held, window, lifetime),
                 actions,
+                (sessions, tenant),
             )| {
                 let preloaded = preloaded.min(gaps.len());
                 Scenario {
@@ -82,6 +102,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     start,
                     projects,
                     types,
+                    sessions,
+                    tenant,
                     max_held,
                     window,
                     lifetime,
@@ -119,6 +141,8 @@ fn first_frame_id_makes_a_cursorless_client_resumable() {
         start: StartChoice::Head,
         projects: None,
         types: None,
+        sessions: None,
+        tenant: None,
         max_held: 4,
         window: 8,
         lifetime: None,
@@ -154,6 +178,8 @@ fn an_unconfirmed_cursor_pruned_on_reconnect_was_owed_nothing_before_it() {
         start: StartChoice::Ahead,
         projects: None,
         types: None,
+        sessions: None,
+        tenant: None,
         max_held: 1,
         window: 3,
         lifetime: Some(9535),
@@ -185,6 +211,8 @@ fn rows_committed_before_connect_precede_ready_even_when_unpublished() {
         },
         projects: Some(vec![0]),
         types: None,
+        sessions: None,
+        tenant: None,
         max_held: 1,
         window: 2,
         lifetime: None,

@@ -10,6 +10,9 @@
 //!   query; a rejection carries one of the codes the parser documents (never `unknown_project`,
 //!   which only the shell decides), status 400 and a JSON body with that code;
 //! - `EventsQuery::start` with the input as `Last-Event-ID` agrees with `Cursor::parse`;
+//! - sealed ids: reading the input with a key never panics and accepts only `0` or what the
+//!   key sealed (a changed byte of a sealed id never opens); sealing the input's first bytes
+//!   reads back to the same position;
 //! - the timestamp codec never panics; what it accepts normalises to a 24-byte canonical form
 //!   that is a fixed point and names the same unix millisecond;
 //! - a row whose columns are the input's `|`-separated parts (payload unchecked) encodes to one
@@ -21,8 +24,8 @@
 use changefeed_core::sse::{Item, Parser};
 use changefeed_core::timestamp::{format_unix_millis, normalize, parse_unix_millis};
 use changefeed_core::{
-    Cursor, CursorError, Epoch, ErrorCode, EventEncoder, EventRow, EventsQuery, PayloadCheck, Seq,
-    Start,
+    Cursor, CursorError, Epoch, ErrorCode, EventEncoder, EventRow, EventsQuery, IdKey, Ids,
+    PayloadCheck, Seq, Start, MAX_LAST,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -102,6 +105,7 @@ fn check_cursor(text: &str) {
                     epoch_ok && canonical_decimal(seq_part),
                     "SeqTooLarge for {text:?}"
                 ),
+                CursorError::NotIssued => panic!("NotIssued from the plain grammar for {text:?}"),
             }
             assert!(!why.to_string().is_empty());
         }
@@ -139,6 +143,13 @@ fn check_query(text: &str) {
             for project in query.filter.projects.iter().flatten() {
                 out.append_pair("project", project);
             }
+            for session in query.filter.sessions.iter().flatten() {
+                out.append_pair("session", session);
+            }
+            if let Some(last) = query.last {
+                assert!((1..=MAX_LAST).contains(&last));
+                out.append_pair("last", &last.to_string());
+            }
             if let Some(types) = &query.filter.types {
                 let joined: Vec<String> = types.iter().map(ToString::to_string).collect();
                 out.append_pair("types", &joined.join(","));
@@ -166,6 +177,9 @@ fn check_query(text: &str) {
                         | ErrorCode::DuplicateParameter
                         | ErrorCode::InvalidTypes
                         | ErrorCode::InvalidProject
+                        | ErrorCode::InvalidSession
+                        | ErrorCode::InvalidLast
+                        | ErrorCode::ConflictingParameters
                 ),
                 "undocumented code {:?} for {text:?}",
                 error.code
@@ -193,6 +207,34 @@ fn check_start(header: &str) {
             assert_eq!(raw, header);
         }
         (start, parsed) => panic!("start({header:?}) = {start:?} but parse = {parsed:?}"),
+    }
+}
+
+fn check_sealed(text: &str, data: &[u8]) {
+    let key = IdKey::from_bytes([0x42; 32]);
+    let ids = Ids::Sealed(key.clone());
+    match ids.read(text) {
+        Ok(cursor) if text == "0" => assert_eq!(cursor.seq, Seq::ZERO),
+        Ok(cursor) => {
+            let (epoch, seq, _) = key.open(text).expect("read only accepts what opens");
+            assert_eq!(cursor, Cursor::new(epoch, seq));
+        }
+        Err(why) => assert!(matches!(why, CursorError::Empty | CursorError::NotIssued)),
+    }
+    let mut word = [0u8; 24];
+    let n = data.len().min(24);
+    word[..n].copy_from_slice(&data[..n]);
+    let number = |i: usize| u64::from_le_bytes(word[i..i + 8].try_into().unwrap());
+    let (epoch, seq, tweak) = (Epoch(number(0)), Seq(number(8) & Seq::MAX.0), number(16));
+    let id = key.seal(epoch, seq, tweak);
+    assert_eq!(ids.read(&id), Ok(Cursor::new(epoch, seq)));
+    assert_eq!(key.open(&id), Some((epoch, seq, tweak)));
+    // Any single changed character: never another position.
+    if let Some(&byte) = data.get(24) {
+        let at = usize::from(byte) % id.len();
+        let mut altered = id.clone().into_bytes();
+        altered[at] = if altered[at] == b'A' { b'B' } else { b'A' };
+        assert_eq!(key.open(std::str::from_utf8(&altered).unwrap()), None);
     }
 }
 
@@ -277,6 +319,7 @@ fuzz_target!(|data: &[u8]| {
     check_display(data);
     check_query(&text);
     check_start(&text);
+    check_sealed(&text, data);
     check_timestamp(&text);
     check_row(&text);
 });

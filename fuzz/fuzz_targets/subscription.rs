@@ -9,7 +9,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use changefeed_core::model::{self, Action, Scenario, StartChoice, PROJECTS};
+use changefeed_core::model::{self, Action, Scenario, StartChoice, TenantChoice, PROJECTS};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_ROWS: usize = 64;
@@ -37,6 +37,14 @@ enum FuzzStart {
     Ahead,
     Foreign,
     Invalid,
+    Forged,
+    Last(u8),
+}
+
+#[derive(Debug, Arbitrary)]
+struct FuzzTenant {
+    grant: Option<Vec<u8>>,
+    bypass_authorize: bool,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -48,6 +56,8 @@ struct FuzzScenario {
     start: FuzzStart,
     projects: Option<Vec<u8>>,
     types: Option<Vec<u8>>,
+    sessions: Option<Vec<u8>>,
+    tenant: Option<FuzzTenant>,
     max_held: u8,
     window: u8,
     lifetime: Option<u16>,
@@ -110,6 +120,8 @@ impl From<FuzzScenario> for Scenario {
                 FuzzStart::Ahead => StartChoice::Ahead,
                 FuzzStart::Foreign => StartChoice::Foreign,
                 FuzzStart::Invalid => StartChoice::Invalid,
+                FuzzStart::Forged => StartChoice::Forged,
+                FuzzStart::Last(n) => StartChoice::Last(1 + u32::from(n) % 5),
             },
             projects: f
                 .projects
@@ -117,6 +129,14 @@ impl From<FuzzScenario> for Scenario {
             types: f
                 .types
                 .map(|t| some_of(&t, 2, |b| TYPES[usize::from(b) % TYPES.len()].to_owned())),
+            // s1 and s2 (the empty session is no valid `session=` value).
+            sessions: f.sessions.map(|s| some_of(&s, 2, |b| usize::from(b) % 2)),
+            tenant: f.tenant.map(|t| TenantChoice {
+                grant: t
+                    .grant
+                    .map(|g| some_of(&g, 2, |b| usize::from(b) % PROJECTS.len())),
+                bypass_authorize: t.bypass_authorize,
+            }),
             max_held: 1 + usize::from(f.max_held) % 5,
             window: 1 + u64::from(f.window) % 11,
             lifetime: f.lifetime.map(|ms| 1000 + u64::from(ms) % 19_000),

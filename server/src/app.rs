@@ -18,7 +18,9 @@ use changefeed_core::{Epoch, SubscriptionConfig};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::auth::Auth;
 use crate::broadcast::{Broadcaster, LiveFeed, DEFAULT_CAPACITY};
+use crate::conn::ConnectionConfig;
 use crate::janitor::{self, JanitorConfig};
 use crate::metrics::Metrics;
 use crate::shutdown::ShutdownSignal;
@@ -45,6 +47,11 @@ pub struct ServerConfig {
     pub live_drain: usize,
     /// How long shutdown waits for connections to finish before giving up on them.
     pub shutdown_grace: Duration,
+    /// Tokens, JWT keys and stream limits (off by default: anyone who can connect reads
+    /// every project).
+    pub auth: Auth,
+    /// Connection timeouts and limits, TLS ([`crate::conn`]).
+    pub connection: ConnectionConfig,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +65,8 @@ impl Default for ServerConfig {
             coalesce_bytes: 64 * 1024,
             live_drain: 256,
             shutdown_grace: Duration::from_secs(5),
+            auth: Auth::off(),
+            connection: ConnectionConfig::default(),
         }
     }
 }

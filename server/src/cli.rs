@@ -19,12 +19,13 @@ use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::app::{self, ServerConfig};
+use crate::auth::{self, Auth, AuthSettings, JwtSettings};
 use crate::broadcast::DEFAULT_CAPACITY;
 use crate::demo::{self, DemoConfig, DemoTarget};
 use crate::shutdown;
 use crate::store::postgres::{redact_url, PostgresStore, PostgresStoreOptions, SequencerConfig};
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Retention, Store};
+use crate::store::sqlite::{self, schema, SqliteStore};
+use crate::store::{Retention, Store, StoreError};
 
 /// Streams a SQLite or Postgres change_log to HTTP clients as Server-Sent Events, with exact
 /// resume.
@@ -196,6 +197,15 @@ pub struct TailArgs {
     /// For https: trust only the CA certificates in this PEM file (default: the system's).
     #[arg(long, value_name = "PEM")]
     pub cacert: Option<PathBuf>,
+    /// A bearer token for a server that checks them (sent as `Authorization: Bearer`);
+    /// prefer the environment variable, which `ps` does not show.
+    #[arg(
+        long,
+        env = "CHANGEFEED_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
 }
 
 impl TailArgs {
@@ -210,8 +220,11 @@ impl TailArgs {
             format: self.format,
             once: self.once,
             cacert: self.cacert.clone(),
-            // A bearer token for servers that check them goes here, as `Authorization`.
-            headers: Vec::new(),
+            headers: self
+                .token
+                .iter()
+                .map(|token| ("Authorization".to_owned(), format!("Bearer {token}")))
+                .collect(),
         }
     }
 }
@@ -307,6 +320,161 @@ pub struct ServeArgs {
     /// process, must run one, or no new row ever reaches clients).
     #[arg(long)]
     pub no_sequencer: bool,
+
+    // Connections (see `conn`): timeouts, limits, TLS.
+    /// Seconds a connection has to deliver a complete request head (from opening, or from the
+    /// first byte of a later request; covers the TLS handshake); slower clients are dropped.
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_seconds)]
+    pub head_timeout: Duration,
+
+    /// Seconds a connection with no request in flight stays open after its last response.
+    #[arg(long, default_value = "60", value_name = "SECS", value_parser = parse_seconds)]
+    pub idle_timeout: Duration,
+
+    /// Connections served at once; requests on further ones get 503 `overloaded` with
+    /// `Retry-After`.
+    #[arg(long, default_value_t = 16_384, value_name = "N", value_parser = parse_limit)]
+    pub max_connections: usize,
+
+    /// Event streams open at once (over all connections); further ones get 503 `overloaded`
+    /// with `Retry-After`.
+    #[arg(long, default_value_t = 16_384, value_name = "N", value_parser = parse_limit)]
+    pub max_streams: usize,
+
+    /// Longest request target (path and query) in bytes; longer gets 414 `uri_too_long`.
+    #[arg(long, default_value_t = 8 * 1024, value_name = "BYTES", value_parser = parse_limit)]
+    pub max_uri_bytes: usize,
+
+    /// Largest sum of request header names and values in bytes; larger gets 431
+    /// `headers_too_large`.
+    #[arg(long, default_value_t = 32 * 1024, value_name = "BYTES", value_parser = parse_limit)]
+    pub max_header_bytes: usize,
+
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this PEM certificate chain (needs
+    /// --tls-key). Without it, plain HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    // Attach mode: serving a database another program owns.
+    /// Serve the change_log of an existing database another program owns, as it is: no
+    /// migrations, no triggers, no journal-mode change; changefeed's bookkeeping (epoch,
+    /// published mark) goes in one table of its own, changefeed_meta. Deletes nothing unless
+    /// --retain-days or --retain-rows is given. Without --attach, a database changefeed did not
+    /// create is refused (exit 2) and left unchanged.
+    #[arg(long)]
+    pub attach: bool,
+
+    /// With --attach: open the database read-only (mode=ro) and keep changefeed's bookkeeping
+    /// in this file instead (created if missing, replaced atomically), so the database is never
+    /// written. The retention flags are refused with it.
+    #[arg(long, value_name = "PATH", requires = "attach")]
+    pub meta_file: Option<PathBuf>,
+
+    /// Auth and limits.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Auth and stream-limit flags of `changefeed serve` (see README, "Authentication").
+#[derive(Clone, Default, Args)]
+pub struct AuthArgs {
+    /// Require a token: one grant per line, `TOKEN PROJECT[,PROJECT...]` or `TOKEN *`, `#`
+    /// comments. The file must be private (chmod 600); it is reloaded on SIGHUP and when it
+    /// changes (a revoked token's streams end with a final checkpoint).
+    #[arg(long = "tokens", value_name = "FILE", help_heading = "Auth")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Accept bearer JWTs signed with HS256 and this shared secret (32 bytes or more; prefer
+    /// the environment variable, which `ps` does not show).
+    #[arg(
+        long,
+        env = "CHANGEFEED_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        help_heading = "Auth"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// Accept bearer JWTs signed with the private half of this PEM public key: RSA (RS256)
+    /// or EC P-256 (ES256).
+    #[arg(long, value_name = "PEM", help_heading = "Auth")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Require this `aud` in every JWT (without it, a JWT carrying `aud` is refused).
+    #[arg(long, value_name = "AUD", help_heading = "Auth")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew tolerated on a JWT's `exp` and `nbf`, in seconds; a stream opened with a
+    /// JWT ends at `exp` plus this.
+    #[arg(long, default_value_t = auth::DEFAULT_JWT_LEEWAY.as_secs(), value_name = "SECS", help_heading = "Auth")]
+    pub jwt_leeway: u64,
+
+    /// At most N concurrent event streams per token; more get 429 with Retry-After.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Auth")]
+    pub max_streams_per_token: Option<u64>,
+
+    /// With auth on, serve /metrics and /healthz without a token to any client (by default
+    /// only loopback clients, or a token granting every project, may read them).
+    #[arg(long, help_heading = "Auth")]
+    pub public_metrics: bool,
+}
+
+impl fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("tokens_file", &self.tokens_file)
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("jwt_public_key", &self.jwt_public_key)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_leeway", &self.jwt_leeway)
+            .field("max_streams_per_token", &self.max_streams_per_token)
+            .field("public_metrics", &self.public_metrics)
+            .finish()
+    }
+}
+
+impl AuthArgs {
+    /// The auth state these flags describe: reads the tokens file and the key. A file others
+    /// may read, a malformed file or key is a usage error (exit 2).
+    pub fn auth(&self) -> Result<Auth, CliError> {
+        let jwt_options = self.jwt_audience.is_some();
+        let public_key_pem = match &self.jwt_public_key {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|error| {
+                CliError::usage(format!("--jwt-public-key {}: {error}", path.display()))
+            })?),
+        };
+        let jwt =
+            (self.jwt_secret.is_some() || public_key_pem.is_some() || jwt_options).then(|| {
+                JwtSettings {
+                    secret: self
+                        .jwt_secret
+                        .as_ref()
+                        .map(|secret| secret.as_bytes().to_vec()),
+                    public_key_pem,
+                    audience: self.jwt_audience.clone(),
+                    leeway: Duration::from_secs(self.jwt_leeway),
+                }
+            });
+        let to_usize = |n: Option<u64>| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        Auth::new(&AuthSettings {
+            tokens_file: self.tokens_file.clone(),
+            jwt,
+            max_streams_per_token: to_usize(self.max_streams_per_token),
+            // The server-wide stream limit is the connection layer's --max-streams (503
+            // overloaded: the server is full, not the client over its quota).
+            max_streams: None,
+            public_metrics: self.public_metrics,
+        })
+        .map_err(CliError::usage)
+    }
 }
 
 /// Flags of `changefeed demo`.
@@ -345,6 +513,15 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     Ok(rate)
 }
 
+fn parse_limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=1 << 24).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} must be a whole number from 1 to 16777216"
+        )),
+    }
+}
+
 fn parse_capacity(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if (1..=1 << 20).contains(&n) => Ok(n),
@@ -366,6 +543,22 @@ impl ServeArgs {
         config.subscription.heartbeat = self.heartbeat;
         config.subscription.retry = Duration::from_millis(self.retry_ms);
         config.subscription.max_lifetime = self.max_stream_secs;
+        config.connection = crate::conn::ConnectionConfig {
+            head_timeout: self.head_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            max_streams: self.max_streams,
+            max_uri_bytes: self.max_uri_bytes,
+            max_header_bytes: self.max_header_bytes,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::conn::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            ..config.connection
+        };
         config
     }
 }
@@ -515,6 +708,46 @@ async fn run_tail(args: TailArgs) -> Result<(), CliError> {
     }
 }
 
+/// Opens the database as the flags say: changefeed's own (refusing, exit 2, one that is not),
+/// or attached (`--attach`, `--meta-file`).
+async fn open_store(args: &ServeArgs, demo: bool) -> Result<SqliteStore, CliError> {
+    let url = &args.database;
+    let cannot_open =
+        |error: StoreError| CliError::runtime(format!("cannot open database {url}: {error}"));
+    if !args.attach {
+        check_change_log_schema(url).await?;
+        return match sqlite::check_owned(url).await {
+            Ok(Ok(())) => SqliteStore::open(url).await.map_err(cannot_open),
+            Ok(Err(foreign)) => Err(CliError::usage(foreign.to_string())),
+            Err(error) => Err(cannot_open(error)),
+        };
+    }
+    if demo {
+        return Err(CliError::usage(
+            "demo writes changefeed's own schema; --attach is for serve",
+        ));
+    }
+    let retention = args.retain_days.is_some() || args.retain_rows.is_some();
+    if args.meta_file.is_some() && retention {
+        return Err(CliError::usage(
+            "--meta-file opens the database read-only: --retain-days/--retain-rows cannot \
+             delete from it (retention is its owner's)",
+        ));
+    }
+    let exists = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .map(|options| options.get_filename().is_file())
+        .unwrap_or(true);
+    if !exists {
+        return Err(CliError::usage(format!(
+            "--attach serves an existing database, and there is none at {url}"
+        )));
+    }
+    check_change_log_schema(url).await?;
+    SqliteStore::attach(url, args.meta_file.as_deref())
+        .await
+        .map_err(cannot_open)
+}
+
 /// Checks that `url` names a database this build can serve.
 pub fn check_database_url(url: &str) -> Result<DatabaseKind, CliError> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or("");
@@ -528,18 +761,42 @@ pub fn check_database_url(url: &str) -> Result<DatabaseKind, CliError> {
     }
 }
 
+/// Refuses (exit code 2, one line naming every problem) a database whose `change_log` cannot be
+/// served, before anything is opened for writing.
+async fn check_change_log_schema(url: &str) -> Result<(), CliError> {
+    let Ok(options) = sqlx::sqlite::SqliteConnectOptions::from_str(url) else {
+        // SqliteStore::open reports the bad URL.
+        return Ok(());
+    };
+    match schema::check_file(options.get_filename()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(problems)) => Err(CliError::usage(format!("database {url}: {problems}"))),
+        Err(error) => Err(CliError::runtime(format!(
+            "cannot read database {url}: {error}"
+        ))),
+    }
+}
+
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
-    match check_database_url(&args.database)? {
+    let kind = check_database_url(&args.database)?;
+    let auth = args.auth.auth()?;
+    let config = args.server_config();
+    if let Some(files) = &config.connection.tls {
+        crate::conn::tls_acceptor(files).map_err(CliError::usage)?;
+    }
+    match kind {
         DatabaseKind::Sqlite => {
-            let store = SqliteStore::open(&args.database).await.map_err(|error| {
-                CliError::runtime(format!("cannot open database {}: {error}", args.database))
-            })?;
-            let result = serve_store(store.clone(), &args, args.database.clone(), demo).await;
-            store.close().await;
-            result
+            let store = open_store(&args, demo.is_some()).await?;
+            let shown = args.database.clone();
+            serve_store(store, &args, shown, auth, config, demo).await
         }
         DatabaseKind::Postgres => {
-            // The store's errors name the URL, without its password.
+            if args.attach || args.meta_file.is_some() {
+                return Err(CliError::usage(
+                    "--attach and --meta-file are for SQLite databases; on Postgres changefeed \
+                     keeps its own schema (migrations/postgres)",
+                ));
+            }
             let options = PostgresStoreOptions {
                 sequencer: (!args.no_sequencer).then(|| SequencerConfig {
                     tick: Duration::from_millis(args.sequencer_tick_ms),
@@ -547,27 +804,62 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
                 }),
                 ..PostgresStoreOptions::default()
             };
+            // The store's errors name the URL, without its password.
             let store = PostgresStore::open_with(&args.database, options)
                 .await
                 .map_err(|error| CliError::runtime(format!("cannot open database: {error}")))?;
             let shown = store.url().to_owned();
-            let result = serve_store(store.clone(), &args, shown, demo).await;
-            store.close().await;
-            result
+            serve_store(store, &args, shown, auth, config, demo).await
         }
     }
 }
 
+/// What `serve` needs of a store beyond [`Store`]: the demo writes into it, and a SQLite file
+/// can be replaced under the server (a Postgres database cannot: its defaults say so).
+trait ServedStore: Store + Into<DemoTarget> {
+    /// Resolves when the database was replaced under the server; never by default.
+    fn wait_replaced(&self) -> impl std::future::Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// Why the database stopped being served, if it was replaced.
+    fn replaced(&self) -> Option<String> {
+        None
+    }
+
+    /// Closes the store's connections.
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl ServedStore for SqliteStore {
+    fn wait_replaced(&self) -> impl std::future::Future<Output = ()> + Send {
+        SqliteStore::wait_replaced(self)
+    }
+
+    fn replaced(&self) -> Option<String> {
+        SqliteStore::replaced(self)
+    }
+
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send {
+        SqliteStore::close(self)
+    }
+}
+
+impl ServedStore for PostgresStore {
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send {
+        PostgresStore::close(self)
+    }
+}
+
 /// Serves `store` (and runs the demo writer into it) until a shutdown signal.
-async fn serve_store<S>(
+async fn serve_store<S: ServedStore>(
     store: S,
     args: &ServeArgs,
     shown_url: String,
+    auth: Auth,
+    config: ServerConfig,
     demo: Option<DemoConfig>,
-) -> Result<(), CliError>
-where
-    S: Store + Into<DemoTarget>,
-{
+) -> Result<(), CliError> {
     let addr = args
         .listen
         .resolve()
@@ -578,17 +870,34 @@ where
     let local = listener
         .local_addr()
         .map_err(|error| CliError::runtime(format!("cannot listen on {}: {error}", args.listen)))?;
+    if !auth.enabled() && !local.ip().is_loopback() {
+        tracing::warn!(
+            listen = %local,
+            "listening on a non-loopback address without auth: anyone who can reach it reads \
+             every project (use --tokens or --jwt-*, or listen on 127.0.0.1)"
+        );
+    }
     let (trigger, signal) = shutdown::channel();
-    let server = app::start(store.clone(), args.server_config(), signal.clone())
+    let mut config = config;
+    config.auth = auth.clone();
+    let tokens_watch = tokio::spawn(auth::watch_tokens_file(auth, signal.clone()));
+    let server = app::start(store.clone(), config, signal.clone())
         .await
         .map_err(|error| CliError::runtime(format!("cannot read database {shown_url}: {error}")))?;
     tracing::info!(
         listen = %local,
+        tls = args.tls_cert.is_some(),
         database = %shown_url,
+        attach = args.attach,
         epoch = %server.state().epoch(),
         head = server.state().feed().published().0,
         "changefeed serving"
     );
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let demo_task = demo.map(|config| {
         let shown = if local.ip().is_unspecified() {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), local.port())
@@ -599,18 +908,26 @@ where
             "demo: writing {} changes/s to projects demo-1 … demo-{}",
             config.rate, config.projects
         );
-        println!("viewer: http://{shown}/");
+        println!("viewer: {scheme}://{shown}/");
         println!(
-            "watch:  curl -N 'http://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'"
+            "watch:  curl -N '{scheme}://{shown}/api/v1/events?project=demo-1&types=pr_*&after=0'"
         );
         tokio::spawn(demo::run(store.clone(), config, signal.clone()))
     });
+    let replaced_store = store.clone();
     let signals = tokio::spawn(async move {
-        shutdown::os_signal().await;
+        // A database replaced under the server: stop serving the old one and exit with the
+        // reason, so a supervisor restarts it on the new file.
+        let replaced = tokio::select! {
+            () = shutdown::os_signal() => false,
+            () = replaced_store.wait_replaced() => true,
+        };
         trigger.trigger();
+        replaced
     });
     let result = crate::run(crate::http::tcp_listener(listener), server).await;
     signals.abort();
+    tokens_watch.abort();
     if let Some(task) = demo_task {
         match task.await {
             Ok(Ok(_)) => {}
@@ -618,7 +935,14 @@ where
             Err(error) => tracing::error!(%error, "demo writer task failed"),
         }
     }
-    result.map_err(|error| CliError::runtime(format!("server failed: {error}")))
+    store.close().await;
+    result.map_err(|error| CliError::runtime(format!("server failed: {error}")))?;
+    match store.replaced() {
+        Some(why) => Err(CliError::runtime(format!(
+            "stopped serving {shown_url}: {why}; start the server again to serve the new database"
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -822,6 +1146,8 @@ mod tests {
             "--once",
             "--cacert",
             "ca.pem",
+            "--token",
+            "t0k.en",
         ])
         .unwrap();
         let Command::Tail(args) = cli.command else {
@@ -839,7 +1165,7 @@ mod tests {
                 format: TailFormat::Pretty,
                 once: true,
                 cacert: Some("ca.pem".into()),
-                headers: Vec::new(),
+                headers: vec![("Authorization".into(), "Bearer t0k.en".into())],
             }
         );
         let bare = Cli::try_parse_from(["changefeed", "tail"]).unwrap();

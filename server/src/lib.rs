@@ -8,9 +8,12 @@
 //!
 //! Code map:
 //! - [`app`]: [`ServerConfig`], [`AppState`], [`app::start`] (feed, tailer, janitor, shutdown).
+//! - [`auth`]: tokens file, JWTs, grants, stream limits, `/metrics` access.
 //! - [`stream`]: [`stream::open`] (project check, subscribe-then-bounds, epoch check) and the
 //!   driver that turns the subscription's outputs into body chunks.
 //! - [`http`]: [`http::router`], [`http::serve`] (any `axum::serve::Listener`), error mapping.
+//! - [`conn`]: the accept loop on hyper-util (HTTP/1.1, HTTP/2, TLS), connection timeouts and
+//!   limits, descriptor exhaustion, disconnect detection.
 //! - [`broadcast`]: the live feed; `P` is read atomically with each subscription.
 //! - [`tailer`]: store → encoded events → feed; persists the published mark.
 //! - [`store`]: the contract (watermark, floor, published mark, error kinds, shared rules).
@@ -20,8 +23,10 @@
 //! swaps all three.
 
 pub mod app;
+pub mod auth;
 pub mod broadcast;
 pub mod cli;
+pub mod conn;
 pub mod demo;
 pub mod http;
 pub mod janitor;

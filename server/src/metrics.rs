@@ -13,16 +13,22 @@
 //! `changefeed_published_seq` (gauges); `changefeed_frames_sent_total`,
 //! `changefeed_bytes_sent_total`, `changefeed_replayed_rows_total`,
 //! `changefeed_lag_fallbacks_total`, `changefeed_resets_total`,
-//! `changefeed_events_published_total`, `changefeed_store_errors_total` (counters);
-//! `changefeed_tail_latency_seconds` (histogram). A store may add series of its own
-//! ([`crate::store::Store::metrics_collector`]: a Postgres replica's sequencer and change watch,
-//! `server/src/store/postgres/metrics.rs`), collected at each scrape into the same registry.
+//! `changefeed_events_published_total`, `changefeed_store_errors_total`,
+//! `changefeed_degraded_rows_total` (counters);
+//! `changefeed_tail_latency_seconds` (histogram); auth and limits:
+//! `changefeed_auth_rejections_total{code="unauthorized"|"forbidden"}`,
+//! `changefeed_limit_rejections_total{limit="per_token"|"global"}` (429s) and
+//! `changefeed_auth_stream_ends_total{reason="revoked"|"expired"}`. A store may add series of
+//! its own ([`crate::store::Store::metrics_collector`]: a Postgres replica's sequencer and change
+//! watch, `server/src/store/postgres/metrics.rs`), collected at each scrape into the same
+//! registry.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -49,10 +55,56 @@ pub struct Metrics {
     log_head: Gauge<u64, AtomicU64>,
     events_published: Counter<u64, AtomicU64>,
     store_errors: Counter<u64, AtomicU64>,
+    degraded_rows: Counter<u64, AtomicU64>,
     latency: Histogram,
     /// Observations in `latency`, for [`Metrics::snapshot`] (the histogram's own count is
     /// only readable through the exposition).
     latency_count: AtomicU64,
+    auth: AuthMetrics,
+}
+
+/// Counters of requests refused by auth or a limit, and of streams ended by auth.
+type LabelledCounter = Family<Vec<(String, String)>, Counter<u64, AtomicU64>>;
+
+#[derive(Debug, Default)]
+struct AuthMetrics {
+    rejections: LabelledCounter,
+    limit_rejections: LabelledCounter,
+    stream_ends: LabelledCounter,
+}
+
+fn label(name: &str, value: &str) -> Vec<(String, String)> {
+    vec![(name.to_owned(), value.to_owned())]
+}
+
+impl AuthMetrics {
+    fn register(&self, registry: &mut Registry) {
+        // Every label value exists from the start, so a scrape shows zeros, not gaps.
+        for code in ["unauthorized", "forbidden"] {
+            drop(self.rejections.get_or_create(&label("code", code)));
+        }
+        for limit in ["per_token", "global"] {
+            drop(self.limit_rejections.get_or_create(&label("limit", limit)));
+        }
+        for reason in ["revoked", "expired"] {
+            drop(self.stream_ends.get_or_create(&label("reason", reason)));
+        }
+        registry.register(
+            "changefeed_auth_rejections",
+            "Requests refused for want of a valid token (unauthorized) or outside its grant (forbidden)",
+            self.rejections.clone(),
+        );
+        registry.register(
+            "changefeed_limit_rejections",
+            "Event streams refused with 429 because a concurrent-stream limit was reached",
+            self.limit_rejections.clone(),
+        );
+        registry.register(
+            "changefeed_auth_stream_ends",
+            "Event streams ended with a final checkpoint because their token was revoked or expired",
+            self.stream_ends.clone(),
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -79,8 +131,10 @@ impl Metrics {
             log_head: Gauge::default(),
             events_published: Counter::default(),
             store_errors: Counter::default(),
+            degraded_rows: Counter::default(),
             latency: Histogram::new(LATENCY_BUCKETS),
             latency_count: AtomicU64::new(0),
+            auth: AuthMetrics::default(),
         };
         let mut registry = Registry::default();
         // Counters are registered without `_total`: the OpenMetrics encoder appends it.
@@ -135,10 +189,16 @@ impl Metrics {
             metrics.store_errors.clone(),
         );
         registry.register(
+            "changefeed_degraded_rows",
+            "Rows the tailer published in a degraded form (PROTOCOL.md, Degraded rows) or with no project",
+            metrics.degraded_rows.clone(),
+        );
+        registry.register(
             "changefeed_tail_latency_seconds",
             "Time from a row's created_at (commit) to its publication to the live feed",
             metrics.latency.clone(),
         );
+        metrics.auth.register(&mut registry);
         if let Some(collector) = collector {
             registry.register_collector(collector);
         }
@@ -172,6 +232,8 @@ pub struct MetricsSnapshot {
     pub events_published: u64,
     /// Store errors (tailer, streams, janitor).
     pub store_errors: u64,
+    /// Rows the tailer published degraded.
+    pub degraded_rows: u64,
     /// Tail-latency observations.
     pub latency_count: u64,
 }
@@ -227,10 +289,63 @@ impl Metrics {
         self.store_errors.inc();
     }
 
+    /// The tailer published a row in a degraded form.
+    pub fn degraded_row(&self) {
+        self.degraded_rows.inc();
+    }
+
     /// One commit → publish latency.
     pub fn observe_tail_latency(&self, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
         self.latency_count.fetch_add(1, Relaxed);
+    }
+
+    /// A request refused by auth: `code` is `unauthorized` or `forbidden`.
+    pub fn auth_rejected(&self, code: &str) {
+        self.auth
+            .rejections
+            .get_or_create(&label("code", code))
+            .inc();
+    }
+
+    /// A stream refused by a limit: `limit` is `per_token` or `global`.
+    pub fn limit_rejected(&self, limit: &str) {
+        self.auth
+            .limit_rejections
+            .get_or_create(&label("limit", limit))
+            .inc();
+    }
+
+    /// A stream ended by auth: `reason` is `revoked` or `expired`.
+    pub fn auth_stream_ended(&self, reason: &str) {
+        self.auth
+            .stream_ends
+            .get_or_create(&label("reason", reason))
+            .inc();
+    }
+
+    /// Streams refused by the limit `limit` so far.
+    pub fn limit_rejections(&self, limit: &str) -> u64 {
+        self.auth
+            .limit_rejections
+            .get_or_create(&label("limit", limit))
+            .get()
+    }
+
+    /// Requests refused with `code` (`unauthorized`, `forbidden`) so far.
+    pub fn auth_rejections(&self, code: &str) -> u64 {
+        self.auth
+            .rejections
+            .get_or_create(&label("code", code))
+            .get()
+    }
+
+    /// Streams ended by auth for `reason` (`revoked`, `expired`) so far.
+    pub fn auth_stream_ends(&self, reason: &str) -> u64 {
+        self.auth
+            .stream_ends
+            .get_or_create(&label("reason", reason))
+            .get()
     }
 
     /// The counters now.
@@ -246,6 +361,7 @@ impl Metrics {
             log_head: self.log_head.get(),
             events_published: self.events_published.get(),
             store_errors: self.store_errors.get(),
+            degraded_rows: self.degraded_rows.get(),
             latency_count: self.latency_count.load(Relaxed),
         }
     }

@@ -3,7 +3,9 @@
 //! core's `Subscription` to bytes. HTTP ([`crate::http`]) and the simulation both run exactly
 //! this; nothing here knows about axum or hyper.
 //!
-//! **Opening** (in this order): parse the query; check that every `project=` exists; subscribe
+//! **Opening** (in this order): parse the query; with auth on, authenticate the presented
+//! token (`401`), narrow the filter to its grant (`403` for a `project=` outside it, before
+//! any existence check) and take a stream slot (`429`); check that every `project=` exists; subscribe
 //! to the live feed, learning `P` atomically with it; *then* read the log's bounds (so
 //! `head >= P`, and every event the receiver misses is at or below the head); refuse a log whose
 //! epoch is not the one being served; create the subscription. Failures are [`OpenError`]s,
@@ -18,6 +20,9 @@
 //! After a live event wakes the stream, up to `live_drain` more are taken from the ring
 //! without waiting, one input at a time.
 //!
+//! **Auth while streaming:** a stream opened with a token ends with a final checkpoint (as at
+//! shutdown) when the token expires or a tokens-file reload no longer grants its projects.
+//!
 //! **One stream = one state machine, no task.** The transport polls [`EventStream::next_chunk`]
 //! only when the connection can take more bytes, so a client that stops reading only lags the
 //! live ring (and later replays from the store): memory stays bounded and nobody else is
@@ -26,13 +31,14 @@
 use bytes::{Bytes, BytesMut};
 use changefeed_core::subscription::SubscriptionStats;
 use changefeed_core::{
-    Cursor, Epoch, ErrorCode, EventsQuery, FetchRequest, Filter, LogPosition, Output, ReplayPage,
-    RequestError, Subscription,
+    Access, Cursor, Epoch, ErrorCode, EventsQuery, FetchRequest, Filter, Ids, LogPosition, Output,
+    ReplayPage, RequestError, Subscription,
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 
 use crate::app::AppState;
+use crate::auth::{self, AuthError, Limit, Presented, StreamAuth, StreamPermit};
 use crate::broadcast::{LiveFeed, LiveReceiver};
 use crate::metrics::SubscriberGuard;
 use crate::shutdown::ShutdownSignal;
@@ -52,6 +58,10 @@ pub enum OpenError {
         /// The epoch the store has now.
         store: Epoch,
     },
+    /// Auth is on and the request has no valid token.
+    Unauthorized(AuthError),
+    /// A concurrent-stream limit is reached.
+    TooManyStreams(Limit),
 }
 
 impl std::fmt::Display for OpenError {
@@ -63,6 +73,15 @@ impl std::fmt::Display for OpenError {
                 f,
                 "the log's epoch changed from {serving} to {store} under the running server"
             ),
+            OpenError::Unauthorized(error) => error.fmt(f),
+            OpenError::TooManyStreams(limit) => write!(
+                f,
+                "too many concurrent streams ({} limit); retry later",
+                match limit {
+                    Limit::PerToken => "per-token",
+                    Limit::Global => "server",
+                }
+            ),
         }
     }
 }
@@ -71,12 +90,46 @@ impl std::error::Error for OpenError {}
 
 /// Opens a stream for a request: `query` is the raw query string (without `?`), and
 /// `last_event_id` the raw bytes of the `Last-Event-ID` header, if any.
+/// Without a token: with auth on this is `401`.
 pub async fn open<S: Store, F: LiveFeed>(
     state: &AppState<S, F>,
     query: Option<&str>,
     last_event_id: Option<&[u8]>,
 ) -> Result<EventStream<S, F>, OpenError> {
+    open_with_token(state, query, last_event_id, Ok(None)).await
+}
+
+/// [`open`] with the token the request presented (see [`auth::presented_token`]); ignored
+/// with auth off.
+pub async fn open_with_token<S: Store, F: LiveFeed>(
+    state: &AppState<S, F>,
+    query: Option<&str>,
+    last_event_id: Option<&[u8]>,
+    presented: Presented,
+) -> Result<EventStream<S, F>, OpenError> {
     let query = EventsQuery::parse(query).map_err(OpenError::Request)?;
+    let config_auth = &state.config().auth;
+    let metrics = state.metrics();
+    let principal = if config_auth.enabled() {
+        let principal = config_auth.authenticate(presented).map_err(|error| {
+            metrics.auth_rejected("unauthorized");
+            OpenError::Unauthorized(error)
+        })?;
+        Some(principal)
+    } else {
+        None
+    };
+    let filter = match &principal {
+        Some(principal) => query.authorize(&principal.grant).map_err(|error| {
+            metrics.auth_rejected("forbidden");
+            OpenError::Request(error)
+        })?,
+        None => query.filter.clone(),
+    };
+    let permit = config_auth
+        .admit(principal.as_ref(), metrics)
+        .map_err(OpenError::TooManyStreams)?;
+    // Only the projects the request names must exist (granted ones may not exist yet).
     if let Some(projects) = &query.filter.projects {
         let ids: Vec<String> = projects.iter().cloned().collect();
         let missing = state
@@ -112,10 +165,23 @@ pub async fn open<S: Store, F: LiveFeed>(
             store: bounds.epoch,
         });
     }
-    let filter = query.filter;
-    let subscription = Subscription::new(
+    let stream_auth = principal
+        .as_ref()
+        .map(|principal| config_auth.watch_stream(principal, filter.projects.clone()));
+    // With auth on the core applies the grant again to every replayed and live row. Ids stay
+    // plain until the shell holds an id key shared by its replicas.
+    let access = match &principal {
+        Some(principal) => Access {
+            grant: principal.grant.clone(),
+            ids: Ids::Plain,
+            salt: 0,
+        },
+        None => Access::open(),
+    };
+    let mut subscription = Subscription::with_access(
         start,
         filter.clone(),
+        access,
         LogPosition {
             epoch: state.epoch(),
             head: bounds.head,
@@ -125,6 +191,18 @@ pub async fn open<S: Store, F: LiveFeed>(
         state.config().subscription.clone(),
         state.now(),
     );
+    if query.last.is_some() {
+        // `last=`: the store locates the start before anything is written (the core's
+        // `Output::Locate` is the only output queued until it is answered).
+        if let Some(Output::Locate(request)) = subscription.poll_output() {
+            let located = state
+                .store()
+                .locate(&filter, request)
+                .await
+                .map_err(|error| store_failed(state, error))?;
+            subscription.handle_located(located, state.now());
+        }
+    }
     tracing::debug!(
         cursor = %subscription.start_cursor(),
         projects = ?filter.projects,
@@ -143,6 +221,8 @@ pub async fn open<S: Store, F: LiveFeed>(
         live_budget: 0,
         done: false,
         reported: SubscriptionStats::default(),
+        auth: stream_auth,
+        _permit: permit,
     })
 }
 
@@ -169,6 +249,10 @@ pub struct EventStream<S, F: LiveFeed> {
     /// The newest position published when the stream opened (`Changefeed-Head`): a replay
     /// reaches at least this far before `changefeed.ready`.
     head_at_open: Cursor,
+    /// The token's expiry and revocation, with auth on.
+    auth: Option<StreamAuth>,
+    /// The stream's slot under the concurrent-stream limits.
+    _permit: Option<StreamPermit>,
     _guard: SubscriberGuard,
 }
 
@@ -232,7 +316,8 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
                         }
                     }
                     Output::Fetch(fetch) => self.fetch = Some(fetch),
-                    Output::Close => {
+                    // Answered in `open`; never asked for again.
+                    Output::Locate(_) | Output::Close => {
                         self.done = true;
                         return (!chunk.is_empty()).then(|| self.flush(chunk));
                     }
@@ -247,6 +332,9 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
                 if self.shutdown.is_triggered() {
                     // Long replays still end promptly at shutdown.
                     self.subscription.handle_shutdown(self.state.now());
+                } else if let Some(reason) = self.auth.as_mut().and_then(StreamAuth::check_now) {
+                    // And at a revocation or expiry: nothing more is read for this token.
+                    self.end_for_auth(reason);
                 } else if let Err(error) = self.answer(fetch).await {
                     self.replay_failed(&error);
                     return None;
@@ -279,6 +367,9 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
             _ = self.shutdown.wait() => {
                 self.subscription.handle_shutdown(self.state.now());
             }
+            reason = auth_ended(&mut self.auth) => {
+                self.end_for_auth(reason);
+            }
             received = self.receiver.recv() => {
                 let now = self.state.now();
                 match received {
@@ -295,6 +386,19 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
                 self.subscription.handle_timeout(self.state.now());
             }
         }
+    }
+
+    /// The token expired or was revoked: end with a final checkpoint, so the client resumes
+    /// exactly once it has a valid token again.
+    fn end_for_auth(&mut self, reason: auth::EndReason) {
+        self.auth = None;
+        self.state.metrics().auth_stream_ended(reason.as_str());
+        tracing::info!(
+            reason = reason.as_str(),
+            position = %self.subscription.position(),
+            "event stream: the token no longer holds; ending the stream with a final checkpoint"
+        );
+        self.subscription.handle_shutdown(self.state.now());
     }
 
     /// Reads one replay window and gives it to the subscription.
@@ -357,6 +461,13 @@ impl<S, F: LiveFeed> Drop for EventStream<S, F> {
             "event stream closed"
         );
         // `_guard` decrements the subscriber gauge as it drops, right after this.
+    }
+}
+
+async fn auth_ended(auth: &mut Option<StreamAuth>) -> auth::EndReason {
+    match auth {
+        Some(auth) => auth.ended().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -11,6 +11,11 @@
 //! above it): every seq at or below a published row is committed or will never exist, so
 //! `seq > P` never skips a row that commits later, however many writers the store has.
 //!
+//! **Odd rows never stop the feed:** stores decode every value leniently and the core's encoder
+//! is total, so a row that cannot be a valid event is published in its degraded form
+//! (`PROTOCOL.md`, "Degraded rows"), counted in `changefeed_degraded_rows_total` and logged
+//! once with its seq; the rows after it follow.
+//!
 //! **Errors:** a transient store error is retried with back-off; any other (fatal, bad data, or
 //! the log's epoch changing under the server) is retried at the longest back-off and reported
 //! through [`TailerHealth`] (so `/healthz` is not `ok` while the feed cannot advance). Nothing is
@@ -40,6 +45,9 @@ pub struct TailerConfig {
     pub mark_interval: Duration,
     /// The longest pause between retries after a store error.
     pub max_backoff: Duration,
+    /// `/healthz` reports the tailer stuck when the feed has been behind the log's head at the
+    /// same seq, or reads have kept failing, for longer than this.
+    pub stall_after: Duration,
 }
 
 impl Default for TailerConfig {
@@ -48,6 +56,7 @@ impl Default for TailerConfig {
             batch: 512,
             mark_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            stall_after: Duration::from_secs(10),
         }
     }
 }
@@ -56,6 +65,22 @@ impl Default for TailerConfig {
 #[derive(Debug, Default)]
 pub struct TailerHealth {
     fault: Mutex<Option<TailerFault>>,
+    /// The published seq found behind the head, and since when it has been behind there.
+    behind: Mutex<Option<(Seq, Instant)>>,
+}
+
+/// Why the feed is not healthy (see [`TailerHealth::assess`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unhealthy {
+    /// `stuck` (behind the head without moving), `store_error` (reads failing) or
+    /// `database_replaced` (the head went below what was published: another log).
+    pub reason: &'static str,
+    /// The seq the feed is stuck after.
+    pub published: Seq,
+    /// Since when.
+    pub since: Instant,
+    /// For people.
+    pub message: String,
 }
 
 /// A failure the tailer is retrying.
@@ -73,6 +98,76 @@ impl TailerHealth {
     /// The current fault, if the last read failed.
     pub fn fault(&self) -> Option<TailerFault> {
         self.lock().clone()
+    }
+
+    /// Whether the feed is healthy given the log's `head` just read and the feed's `published`
+    /// seq: not when a fatal or bad-data error is being retried, nor when reads have failed or
+    /// the feed has sat behind the head at the same seq for longer than `stall_after`, nor when
+    /// the head is below what was published. A feed that is behind but moving, or has nothing
+    /// to do, is healthy.
+    pub fn assess(
+        &self,
+        head: Seq,
+        published: Seq,
+        stall_after: Duration,
+    ) -> Result<(), Unhealthy> {
+        let now = Instant::now();
+        if head < published {
+            return Err(Unhealthy {
+                reason: "database_replaced",
+                published,
+                since: now,
+                message: format!(
+                    "the log's head {} is below the published seq {}: the database was replaced                      or restored under the running server",
+                    head.0, published.0
+                ),
+            });
+        }
+        if let Some(fault) = self.fault() {
+            if !fault.error.is_transient() || now - fault.since > stall_after {
+                return Err(Unhealthy {
+                    reason: if fault.error.message.contains("replaced")
+                        || fault.error.message.contains("epoch changed")
+                    {
+                        "database_replaced"
+                    } else {
+                        "store_error"
+                    },
+                    published: fault.published,
+                    since: fault.since,
+                    message: format!(
+                        "the feed cannot advance past seq {} ({} store error): {}",
+                        fault.published.0,
+                        fault.error.kind.as_str(),
+                        fault.error.message
+                    ),
+                });
+            }
+        }
+        let mut behind = self.behind.lock().unwrap_or_else(PoisonError::into_inner);
+        if head <= published {
+            *behind = None;
+            return Ok(());
+        }
+        let since = match *behind {
+            Some((seq, since)) if seq == published => since,
+            _ => {
+                *behind = Some((published, now));
+                now
+            }
+        };
+        if now - since > stall_after {
+            return Err(Unhealthy {
+                reason: "stuck",
+                published,
+                since,
+                message: format!(
+                    "the tailer is stuck at seq {} while the log's head is {}",
+                    published.0, head.0
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn failed(&self, error: StoreError, published: Seq) {
@@ -178,7 +273,18 @@ impl<S: Store, F: LiveFeed> Tailer<S, F> {
                             ));
                         }
                     }
-                    feed.publish(encoder.encode(row));
+                    let event = encoder.encode(row);
+                    if !event.degraded.is_empty() || row.project_id.is_empty() {
+                        // Each row passes the tailer once: logged once, counted once.
+                        metrics.degraded_row();
+                        tracing::warn!(
+                            seq = row.seq.0,
+                            degraded = %event.degraded,
+                            no_project = row.project_id.is_empty(),
+                            "tailer: published a row in its degraded form"
+                        );
+                    }
+                    feed.publish(event);
                     published = row.seq;
                 }
                 metrics.published(published.0, count);
@@ -265,4 +371,84 @@ fn wall_clock_millis() -> Option<u64> {
         .duration_since(UNIX_EPOCH)
         .ok()
         .and_then(|elapsed| u64::try_from(elapsed.as_millis()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALL: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_feed_behind_but_moving_or_caught_up_is_healthy() {
+        let health = TailerHealth::default();
+        assert_eq!(health.assess(Seq(5), Seq(5), STALL), Ok(()));
+        assert_eq!(health.assess(Seq(9), Seq(5), STALL), Ok(()));
+        tokio::time::advance(STALL).await;
+        // It moved: the stall clock starts again.
+        assert_eq!(health.assess(Seq(9), Seq(6), STALL), Ok(()));
+        tokio::time::advance(STALL).await;
+        assert_eq!(health.assess(Seq(9), Seq(9), STALL), Ok(()));
+        tokio::time::advance(STALL * 3).await;
+        assert_eq!(
+            health.assess(Seq(9), Seq(9), STALL),
+            Ok(()),
+            "nothing to do"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_feed_behind_at_the_same_seq_too_long_is_stuck() {
+        let health = TailerHealth::default();
+        assert_eq!(health.assess(Seq(9), Seq(5), STALL), Ok(()));
+        tokio::time::advance(STALL + Duration::from_millis(1)).await;
+        let stuck = health.assess(Seq(12), Seq(5), STALL).unwrap_err();
+        assert_eq!(stuck.reason, "stuck");
+        assert_eq!(stuck.published, Seq(5));
+        assert_eq!(
+            stuck.message,
+            "the tailer is stuck at seq 5 while the log's head is 12"
+        );
+        assert_eq!(
+            Instant::now() - stuck.since,
+            STALL + Duration::from_millis(1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_below_what_was_published_means_another_database() {
+        let health = TailerHealth::default();
+        let replaced = health.assess(Seq(3), Seq(7), STALL).unwrap_err();
+        assert_eq!(replaced.reason, "database_replaced");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_reads_are_unhealthy_at_once_if_fatal_and_after_the_stall_if_transient() {
+        let health = TailerHealth::default();
+        health.failed(StoreError::transient("database is locked"), Seq(4));
+        assert_eq!(health.assess(Seq(4), Seq(4), STALL), Ok(()));
+        tokio::time::advance(STALL + Duration::from_millis(1)).await;
+        health.failed(StoreError::transient("database is locked"), Seq(4));
+        let failing = health.assess(Seq(4), Seq(4), STALL).unwrap_err();
+        assert_eq!(failing.reason, "store_error");
+        assert!(
+            failing.message.contains("database is locked"),
+            "{failing:?}"
+        );
+        health.recovered();
+        assert_eq!(health.assess(Seq(4), Seq(4), STALL), Ok(()));
+        health.failed(StoreError::fatal("no such column: payload"), Seq(4));
+        assert_eq!(
+            health.assess(Seq(4), Seq(4), STALL).unwrap_err().reason,
+            "store_error"
+        );
+        health.failed(
+            StoreError::fatal("the database file x.db was replaced by another file"),
+            Seq(4),
+        );
+        assert_eq!(
+            health.assess(Seq(4), Seq(4), STALL).unwrap_err().reason,
+            "database_replaced"
+        );
+    }
 }

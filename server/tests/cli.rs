@@ -4,7 +4,8 @@
 //! line works as printed, and `--retain-rows N` keeps the table near N rows while another
 //! process writes.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -35,20 +36,8 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn changefeed");
-        let lines = |reader: Box<dyn std::io::Read + Send>| {
-            let (sender, receiver) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(reader).lines() {
-                    let Ok(line) = line else { break };
-                    if sender.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            receiver
-        };
-        let stdout = lines(Box::new(child.stdout.take().unwrap()));
-        let stderr = lines(Box::new(child.stderr.take().unwrap()));
+        let stdout = support::lines(child.stdout.take().unwrap());
+        let stderr = support::lines(child.stderr.take().unwrap());
         Running {
             child,
             stdout,

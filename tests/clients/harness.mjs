@@ -1,6 +1,7 @@
 // Shared pieces of the real-client tests: run the real server binary on a real SQLite file,
 // write through the sqlite3 CLI (another process, as the daemon would), and wait on conditions.
 import { spawn, execFileSync } from "node:child_process";
+import { request as httpsRequest } from "node:https";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -31,22 +32,48 @@ export async function waitFor(what, check, timeoutMs = 15000) {
   }
 }
 
+/** A self-signed certificate for localhost and 127.0.0.1 (the `openssl` CLI), as PEM files. */
+export function selfSignedCertificate(dir) {
+  const cert = join(dir, "cert.pem");
+  const key = join(dir, "key.pem");
+  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+    "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], { stdio: "ignore" });
+  return { cert, key };
+}
+
+/** `GET url` over HTTPS accepting any certificate; resolves to the status code, rejects on error. */
+function insecureStatus(url) {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(url, { rejectUnauthorized: false }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.once("error", reject);
+    req.end();
+  });
+}
+
 export class Server {
-  constructor() {
+  /** `tls: true` serves HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with a self-signed certificate. */
+  constructor({ tls = false } = {}) {
     this.dir = mkdtempSync(join(tmpdir(), "changefeed-clients-"));
     this.db = join(this.dir, "feed.db");
     this.child = null;
+    this.tls = tls ? selfSignedCertificate(this.dir) : null;
   }
 
   async start(port) {
     this.port = port ?? this.port ?? (await freePort());
+    const tlsArgs = this.tls ? ["--tls-cert", this.tls.cert, "--tls-key", this.tls.key] : [];
     this.child = spawn(BIN, ["serve", "--database", `sqlite://${this.db}`,
-      "--listen", `127.0.0.1:${this.port}`, "--retry-ms", "200", "--heartbeat", "1"],
+      "--listen", `127.0.0.1:${this.port}`, "--retry-ms", "200", "--heartbeat", "1", ...tlsArgs],
       { stdio: ["ignore", "inherit", "inherit"] });
     const exited = new Promise((resolve) => this.child.once("exit", resolve));
     this.exited = exited;
     await waitFor("the server to answer /healthz", async () => {
       try {
+        if (this.tls) return (await insecureStatus(`${this.url}/healthz`)) === 200;
         const res = await fetch(`${this.url}/healthz`);
         return res.ok;
       } catch (_) {
@@ -56,7 +83,7 @@ export class Server {
   }
 
   get url() {
-    return `http://127.0.0.1:${this.port}`;
+    return `${this.tls ? "https" : "http"}://127.0.0.1:${this.port}`;
   }
 
   async stop() {

@@ -54,7 +54,7 @@ pub struct TestServer {
     pub db_path: PathBuf,
     trigger: ShutdownTrigger,
     task: Option<JoinHandle<std::io::Result<()>>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -67,9 +67,38 @@ impl TestServer {
     pub async fn start_with(config: ServerConfig) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let db_path = dir.path().join("changefeed.db");
+        TestServer::start_on(dir, db_path, config).await
+    }
+
+    /// A server with `config` over the database at `db_path` (created if missing) in `dir`,
+    /// which the server keeps until it is dropped.
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        db_path: PathBuf,
+        config: ServerConfig,
+    ) -> TestServer {
         let store = SqliteStore::open(&sqlite_url(&db_path))
             .await
             .expect("open the store");
+        TestServer::start_with_store(store, config, db_path, Some(dir)).await
+    }
+
+    /// A server attached (`serve --attach`) to the existing database at `db_path`, with its
+    /// bookkeeping in `meta_file` (database opened read-only) when given.
+    pub async fn attach(db_path: &Path, meta_file: Option<&Path>) -> TestServer {
+        let store = SqliteStore::attach(&sqlite_url(db_path), meta_file)
+            .await
+            .expect("attach the store");
+        TestServer::start_with_store(store, ServerConfig::default(), db_path.to_path_buf(), None)
+            .await
+    }
+
+    async fn start_with_store(
+        store: SqliteStore,
+        config: ServerConfig,
+        db_path: PathBuf,
+        dir: Option<tempfile::TempDir>,
+    ) -> TestServer {
         let (trigger, signal) = shutdown::channel();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -295,12 +324,24 @@ async fn send(
 
 /// A plain request with an empty body, read to the end.
 pub async fn request(addr: SocketAddr, method: &str, path_and_query: &str) -> HttpResponse {
-    let request = Request::builder()
+    request_with_headers(addr, method, path_and_query, &[]).await
+}
+
+/// [`request`] with extra headers, in order (a name given twice is sent twice).
+pub async fn request_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut builder = Request::builder()
         .method(method)
         .uri(path_and_query)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .expect("request");
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Empty::<Bytes>::new()).expect("request");
     let (response, driver) = send(addr, request).await;
     let (parts, body) = response.into_parts();
     let body = within("response body", body.collect())
@@ -363,10 +404,23 @@ impl SseStream {
         path_and_query: &str,
         last_event_id: Option<&[u8]>,
     ) -> SseStream {
+        SseStream::connect_with_headers(addr, path_and_query, last_event_id, &[]).await
+    }
+
+    /// [`SseStream::connect`] with extra headers, in order (`Authorization`, `Cookie`).
+    pub async fn connect_with_headers(
+        addr: SocketAddr,
+        path_and_query: &str,
+        last_event_id: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> SseStream {
         let mut builder = Request::builder()
             .uri(path_and_query)
             .header("host", addr.to_string())
             .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         if let Some(id) = last_event_id {
             builder = builder.header(
                 "last-event-id",

@@ -9,7 +9,15 @@ use changefeed_tests::{project_sql, session_sql, TestServer};
 use openmetrics_parser::openmetrics::parse_openmetrics;
 use openmetrics_parser::{MetricNumber, OpenMetricsType, OpenMetricsValue};
 
-/// Family name → (type, the single sample's value).
+/// The families with a label (auth and limit outcomes); every other family is one unlabelled
+/// sample.
+const LABELLED: [&str; 3] = [
+    "changefeed_auth_rejections",
+    "changefeed_limit_rejections",
+    "changefeed_auth_stream_ends",
+];
+
+/// Family name → (type, the single sample's value, or the first for a labelled family).
 async fn scrape(server: &TestServer) -> BTreeMap<String, (OpenMetricsType, OpenMetricsValue)> {
     let response = server.get("/metrics").await;
     assert_eq!(response.status, 200);
@@ -26,7 +34,15 @@ async fn scrape(server: &TestServer) -> BTreeMap<String, (OpenMetricsType, OpenM
         .into_iter()
         .map(|(name, family)| {
             let samples: Vec<_> = family.iter_samples().map(|s| s.value.clone()).collect();
-            assert_eq!(samples.len(), 1, "{name}: one unlabelled sample expected");
+            if LABELLED.contains(&name.as_str()) {
+                // One sample per label value, every value present from the start.
+                assert!(
+                    samples.len() >= 2,
+                    "{name}: a sample per label value expected"
+                );
+            } else {
+                assert_eq!(samples.len(), 1, "{name}: one unlabelled sample expected");
+            }
             (name, (family.family_type, samples[0].clone()))
         })
         .collect()
@@ -56,7 +72,11 @@ async fn metrics_are_valid_openmetrics_with_every_series_named_and_typed() {
         ("changefeed_lag_fallbacks", OpenMetricsType::Counter),
         ("changefeed_resets", OpenMetricsType::Counter),
         ("changefeed_events_published", OpenMetricsType::Counter),
+        ("changefeed_degraded_rows", OpenMetricsType::Counter),
         ("changefeed_store_errors", OpenMetricsType::Counter),
+        ("changefeed_auth_rejections", OpenMetricsType::Counter),
+        ("changefeed_limit_rejections", OpenMetricsType::Counter),
+        ("changefeed_auth_stream_ends", OpenMetricsType::Counter),
         (
             "changefeed_tail_latency_seconds",
             OpenMetricsType::Histogram,

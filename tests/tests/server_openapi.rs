@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 
 use changefeed_core::sse::SseEvent;
 use changefeed_core::wire::ErrorCode;
-use changefeed_tests::{data_json, project_sql, request, session_sql, HttpResponse, TestServer};
+use changefeed_tests::{
+    data_json, project_sql, request, session_sql, within, HttpResponse, TestServer,
+};
 use serde_json::{json, Value};
 
 /// The served document.
@@ -177,6 +179,46 @@ async fn documented_parameters_are_exactly_the_accepted_ones() {
     }
 }
 
+/// `GET path` with one extra header, over a raw HTTP/1.1 connection (hyper's client would
+/// refuse nothing here, but a raw request keeps the header exactly as sent).
+async fn get_with_header(
+    addr: std::net::SocketAddr,
+    path: &str,
+    name: &str,
+    value: &str,
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{name}: {value}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    within("the response", stream.read_to_end(&mut raw))
+        .await
+        .expect("read");
+    let text = String::from_utf8(raw).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .expect("status");
+    let mut headers = hyper::header::HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(": ").expect("a header line");
+        headers.insert(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    HttpResponse {
+        status: status.parse::<u16>().unwrap().try_into().unwrap(),
+        headers,
+        body: body.to_owned(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_is_documented_and_every_documented_code_is_real() {
     let server = TestServer::start().await;
@@ -189,6 +231,13 @@ async fn every_error_is_documented_and_every_documented_code_is_real() {
         ("/api/v1/events?types=a,,b", 400, "invalid_types"),
         ("/api/v1/events?project=", 400, "invalid_project"),
         ("/api/v1/events?project=nope", 404, "unknown_project"),
+        ("/api/v1/events?session=", 400, "invalid_session"),
+        ("/api/v1/events?last=0", 400, "invalid_last"),
+        (
+            "/api/v1/events?after=1&last=1",
+            400,
+            "conflicting_parameters",
+        ),
     ];
     let mut seen = BTreeSet::new();
     for (path_and_query, status, code) in cases {
@@ -225,6 +274,81 @@ async fn every_error_is_documented_and_every_documented_code_is_real() {
         let code = ErrorCode::parse(code).expect("a core error code");
         assert_eq!(code.status(), status, "{path_and_query}");
     }
+    // The connection layer's answers, on every route (checked before routing).
+    let long = format!("/healthz?{}", "a".repeat(10_000));
+    let too_long = server.get(&long).await;
+    assert_eq!(too_long.status, 414);
+    assert_eq!(
+        check(&spec, "/healthz", &too_long).as_deref(),
+        Some("uri_too_long")
+    );
+    seen.insert(too_long.error_code());
+    let too_large = get_with_header(server.addr, "/metrics", "x-big", &"b".repeat(40_000)).await;
+    assert_eq!(too_large.status, 431);
+    assert_eq!(
+        check(&spec, "/metrics", &too_large).as_deref(),
+        Some("headers_too_large")
+    );
+    seen.insert(too_large.error_code());
+    let limited = TestServer::start_with(changefeed::ServerConfig {
+        connection: changefeed::conn::ConnectionConfig {
+            max_streams: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let _held = limited.stream("/api/v1/events").await;
+    let overloaded = limited.get("/api/v1/events").await;
+    assert_eq!(overloaded.status, 503);
+    assert!(overloaded.headers.contains_key("retry-after"));
+    assert_eq!(
+        check(&spec, "/api/v1/events", &overloaded).as_deref(),
+        Some("overloaded")
+    );
+    seen.insert(overloaded.error_code());
+    // The auth codes, from a server with a tokens file and a per-token limit of one stream.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "tok-p1 p1\n").expect("tokens file");
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let auth = changefeed::auth::Auth::new(&changefeed::auth::AuthSettings {
+        tokens_file: Some(tokens),
+        max_streams_per_token: Some(1),
+        ..Default::default()
+    })
+    .expect("auth");
+    let authed = TestServer::start_with(changefeed::ServerConfig {
+        auth,
+        ..Default::default()
+    })
+    .await;
+    authed.write(&project_sql("p1")).await;
+    let bearer = [("authorization", "Bearer tok-p1")];
+    let open = changefeed_tests::SseStream::connect_with_headers(
+        authed.addr,
+        "/api/v1/events",
+        None,
+        &bearer,
+    )
+    .await;
+    assert_eq!(open.status, 200);
+    for (headers, path_and_query, status, code) in [
+        (&[][..], "/api/v1/events", 401, "unauthorized"),
+        (&bearer[..], "/api/v1/events?project=p2", 403, "forbidden"),
+        (&bearer[..], "/api/v1/events", 429, "too_many_streams"),
+    ] {
+        let response =
+            changefeed_tests::request_with_headers(authed.addr, "GET", path_and_query, headers)
+                .await;
+        assert_eq!(response.status, status, "{path_and_query}");
+        let got = check(&spec, "/api/v1/events", &response);
+        assert_eq!(got.as_deref(), Some(code), "{path_and_query}");
+        assert_eq!(ErrorCode::parse(code).map(ErrorCode::status), Some(status));
+        seen.insert(code.to_owned());
+    }
+    drop(open);
     // `unavailable` needs a failing store; every other documented code was just produced.
     let mut expected = seen.clone();
     expected.insert("unavailable".to_owned());

@@ -65,6 +65,7 @@ fn filter(projects: Option<&[&str]>, types: Option<&[&str]>) -> Filter {
     Filter {
         projects: projects.map(|p| p.iter().map(|s| s.to_string()).collect()),
         types: types.map(|t| t.iter().map(|s| TypePattern::parse(s).unwrap()).collect()),
+        sessions: None,
     }
 }
 

@@ -152,7 +152,7 @@ async fn migrations_are_idempotent_and_keep_the_epoch() {
 }
 
 #[tokio::test]
-async fn opens_a_database_whose_change_log_another_program_created() {
+async fn attaches_a_database_whose_change_log_another_program_created() {
     let db = temp_db();
     // The upstream daemon's shape: same columns, SQLite's own timestamp format.
     sqlite3(
@@ -164,7 +164,12 @@ async fn opens_a_database_whose_change_log_another_program_created() {
              ('p', 'a', '{}'), ('p', 'b', '{}'), ('p', 'c', '{}');
          DELETE FROM change_log WHERE seq = 3;",
     );
-    let store = open(&db).await;
+    let refused = SqliteStore::open(&db.url).await.unwrap_err();
+    assert!(
+        refused.message.contains("was not created by changefeed"),
+        "{refused}"
+    );
+    let store = SqliteStore::attach(&db.url, None).await.expect("attach");
     let bounds = store.bounds().await.unwrap();
     assert_eq!(
         bounds.head,

@@ -17,6 +17,7 @@ use std::time::Duration;
 use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, Seq, TypePattern};
 
 use super::{LogBounds, Retention, Rows, Store};
+use changefeed_core::LocateRequest;
 
 /// A row to append, as a writer's trigger would write it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,10 +93,18 @@ pub trait Harness: Send {
 #[macro_export]
 macro_rules! store_conformance_tests {
     (optional $make:expr) => {
-        $crate::store_conformance_tests!(@optional $make;
+        $crate::store_conformance_tests!(@checks optional $make);
+    };
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@checks required $make);
+    };
+    // The one list of checks, for both forms.
+    (@checks $how:ident $make:expr) => {
+        $crate::store_conformance_tests!(@ $how $make;
             head_is_a_watermark_that_deletes_do_not_lower,
             rows_keep_their_fields_and_come_in_seq_order,
             windows_apply_the_filter_and_the_range,
+            locate_counts_exactly_matching_rows_from_the_end,
             rows_after_skips_holes_and_honours_the_limit,
             missing_projects_names_each_unknown_id_once,
             a_watch_taken_before_a_commit_wakes,
@@ -115,21 +124,7 @@ macro_rules! store_conformance_tests {
             }
         )*
     };
-    ($make:expr) => {
-        $crate::store_conformance_tests!(@tests $make;
-            head_is_a_watermark_that_deletes_do_not_lower,
-            rows_keep_their_fields_and_come_in_seq_order,
-            windows_apply_the_filter_and_the_range,
-            rows_after_skips_holes_and_honours_the_limit,
-            missing_projects_names_each_unknown_id_once,
-            a_watch_taken_before_a_commit_wakes,
-            the_published_mark_only_rises,
-            a_restart_keeps_the_epoch_unless_commits_were_lost,
-            prune_by_count_deletes_batches_up_to_the_published_mark,
-            prune_by_age_stops_at_the_first_recent_row,
-        );
-    };
-    (@tests $make:expr; $($check:ident),* $(,)?) => {
+    (@required $make:expr; $($check:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
@@ -153,6 +148,7 @@ fn filter(projects: Option<&[&str]>, types: Option<&[&str]>) -> Filter {
     Filter {
         projects: projects.map(|p| p.iter().map(|s| s.to_string()).collect()),
         types: types.map(|t| t.iter().map(|s| TypePattern::parse(s).unwrap()).collect()),
+        ..Filter::all()
     }
 }
 
@@ -335,6 +331,51 @@ pub async fn windows_apply_the_filter_and_the_range<H: Harness>(mut harness: H) 
         assert_eq!(seqs(&window), *expected, "{filter:?} ({after}, {upto}]");
         let at = window.bounds();
         assert_eq!((at.epoch, at.head, at.floor), (epoch, Seq(8), Seq(0)));
+    }
+}
+
+/// `last=`'s locate: the `count`-th newest row at or below `upto` the filter matches exactly
+/// (deleted rows are holes), or none when fewer match.
+pub async fn locate_counts_exactly_matching_rows_from_the_end<H: Harness>(mut harness: H) {
+    for (project, kind) in [
+        ("a", "pr_created"),
+        ("b", "pr_updated"),
+        ("a", "pr_updated"),
+        ("a", "session_created"),
+        ("b", "pr_updated"),
+        ("a", "pr_updated"),
+    ] {
+        harness.append(NewRow::new(project, kind)).await;
+    }
+    harness.delete(Seq(3)).await;
+    let sessions = Filter {
+        sessions: Some(["s1".to_string()].into()),
+        ..Filter::all()
+    };
+    let cases: &[(Filter, u32, u64, Option<u64>)] = &[
+        (Filter::all(), 1, 6, Some(6)),
+        (Filter::all(), 2, 6, Some(5)),
+        (Filter::all(), 5, 6, Some(1)),
+        (Filter::all(), 6, 6, None),
+        (Filter::all(), 1, 4, Some(4)),
+        (filter(Some(&["a"]), None), 2, 6, Some(4)),
+        (filter(Some(&["a"]), Some(&["pr_*"])), 2, 6, Some(1)),
+        (filter(Some(&["a"]), Some(&["pr_*"])), 3, 6, None),
+        (filter(Some(&["b"]), None), 1, 4, Some(2)),
+        (sessions, 1, 6, None),
+    ];
+    for (filter, count, upto, expected) in cases {
+        let request = LocateRequest {
+            count: *count,
+            upto: Seq(*upto),
+        };
+        let located = harness
+            .store()
+            .locate(filter, request)
+            .await
+            .expect("locate");
+        assert_eq!(located.nth, expected.map(Seq), "{filter:?} {request:?}");
+        assert_eq!(located.floor, Seq(0));
     }
 }
 

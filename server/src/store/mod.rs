@@ -40,7 +40,7 @@
 
 use std::future::Future;
 
-use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, Seq};
+use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, LocateRequest, Located, Seq};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -253,6 +253,49 @@ pub trait Store: Clone + Send + Sync + 'static {
         filter: &Filter,
         range: FetchRequest,
     ) -> impl Future<Output = Result<Rows, StoreError>> + Send;
+
+    /// `last=`: the seq of the `request.count`-th newest row at or below `request.upto` that
+    /// `filter` matches exactly ([`Filter::matches_row`]), or `None` when fewer match, with the
+    /// floor (`PROTOCOL.md`, "Store contract for the core's requests"). The default walks
+    /// replay windows backwards from `upto`; a store may answer with one indexed query.
+    fn locate(
+        &self,
+        filter: &Filter,
+        request: LocateRequest,
+    ) -> impl Future<Output = Result<Located, StoreError>> + Send {
+        async move {
+            const WINDOW: u64 = 4096;
+            let mut remaining = request.count as usize;
+            let mut upto = request.upto;
+            loop {
+                let after = Seq(upto.0.saturating_sub(WINDOW));
+                let (rows, bounds) = self
+                    .window(filter, FetchRequest { after, upto })
+                    .await?
+                    .into_parts();
+                let matching: Vec<Seq> = rows
+                    .iter()
+                    .filter(|row| row.seq > after && row.seq <= upto && filter.matches_row(row))
+                    .map(|row| row.seq)
+                    .collect();
+                if matching.len() >= remaining {
+                    let nth = matching[matching.len() - remaining];
+                    return Ok(Located {
+                        nth: Some(nth),
+                        floor: bounds.floor,
+                    });
+                }
+                remaining -= matching.len();
+                if after <= bounds.floor {
+                    return Ok(Located {
+                        nth: None,
+                        floor: bounds.floor,
+                    });
+                }
+                upto = after;
+            }
+        }
+    }
 
     /// The tailer's read: up to `limit` rows with seq above `after`, every project and kind, in
     /// seq order, with the bounds of the same snapshot.

@@ -730,6 +730,7 @@ mod tests {
         Filter {
             projects: projects.map(|p| p.iter().map(|s| s.to_string()).collect()),
             types: types.map(|t| t.iter().map(|s| TypePattern::parse(s).unwrap()).collect()),
+            sessions: None,
         }
     }
 

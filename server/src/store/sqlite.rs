@@ -6,7 +6,17 @@
 //!   `IF NOT EXISTS`, and keeps our own bookkeeping in `changefeed_meta` (`epoch`, `published`,
 //!   `floor`), so it can run against a database whose tables another program owns.
 //! - **Reads** (`bounds`, `window`, `rows_after`, `missing_projects`) use a pool of read-only
-//!   (`query_only`) connections, one short transaction per call. Payload text is never parsed.
+//!   (`query_only`) connections, one short transaction per call. Payload text is never parsed
+//!   here; the encoder checks it only when the table has no `CHECK (json_valid(payload))`.
+//! - **Rows of any storage class** (a `change_log` another program created may hold anything;
+//!   [`schema`] checks only columns and keys) are read leniently and never fail to decode:
+//!   `created_at` of any class goes to the core's timestamp codec as text (INTEGER and REAL
+//!   unix times in decimal, a BLOB as UTF-8); a payload that is not TEXT is checked by the
+//!   encoder like an unvouched one (NULL is the JSON `null`); a `project_id`, `session_id` or
+//!   `event_type` that is not TEXT reads as no project (`""`, which no `project=` names), no
+//!   session, and the empty kind (a degraded `type`): the replay query's `typeof(...) = 'text'`
+//!   makes replay select exactly the rows live filtering does. What the encoder still cannot
+//!   place gets the degraded form of `PROTOCOL.md` ("Degraded rows").
 //! - **Writes** of our own (`mark_published`, `prune`, the demo writer and tests through
 //!   [`SqliteStore::begin_write`]) go through one connection (`synchronous=FULL`) with
 //!   `BEGIN IMMEDIATE`, so they queue in-process instead of fighting over the file lock.
@@ -24,7 +34,11 @@
 //! transaction (a writer with `synchronous=NORMAL` can lose committed rows, whose seqs will then
 //! be allocated again).
 
+mod identity;
+mod meta_file;
 mod monitor;
+pub mod ownership;
+pub mod schema;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -37,7 +51,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection, Row, Sqlite, Transaction};
+use sqlx::{Connection, Decode, Row, Sqlite, Transaction, TypeInfo, ValueRef};
 use tokio::sync::watch;
 
 use super::{
@@ -47,6 +61,14 @@ use super::{
 
 /// The embedded migrations (`server/migrations/sqlite/`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The one table an attached database gets: `changefeed_meta`, exactly as the first migration
+/// makes it (`CREATE TABLE IF NOT EXISTS`, `INSERT OR IGNORE`: an existing epoch is kept).
+const META_TABLE_SQL: &str = include_str!("../../migrations/sqlite/0001_changefeed_meta.sql");
+
+/// The head alone, for bookkeeping kept outside the database (see [`BOUNDS_SQL`]).
+const HEAD_SQL: &str =
+    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0)";
 
 /// The columns of an [`EventRow`], in [`row_from`]'s order.
 const ROW_COLUMNS: &str = "seq, project_id, session_id, event_type, payload, created_at";
@@ -89,17 +111,55 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     read: SqlitePool,
+    /// Whether the table's `CHECK (json_valid(payload))` vouches for TEXT payloads.
+    payload_check: PayloadCheck,
     write: SqlitePool,
     path: PathBuf,
+    bookkeeping: Bookkeeping,
     changes: watch::Sender<u64>,
+    identity: Arc<identity::Identity>,
     _monitor: monitor::ChangeMonitor,
+}
+
+/// Where changefeed keeps its own bookkeeping (epoch, published mark, floor).
+#[derive(Debug)]
+enum Bookkeeping {
+    /// The `changefeed_meta` table of the database itself.
+    Table,
+    /// A sidecar file (read-only attach): its content, and a lock that keeps replacements in
+    /// order.
+    File {
+        path: PathBuf,
+        state: std::sync::Mutex<meta_file::MetaState>,
+        writes: tokio::sync::Mutex<()>,
+    },
+}
+
+/// How [`SqliteStore`] treats the database: whose it is, where the bookkeeping goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqliteMode {
+    /// changefeed's own database: created if missing, migrated, WAL. Refused when it was not
+    /// created by changefeed ([`ownership`]).
+    Owned,
+    /// Another program's database, served as it is: its `change_log` must pass
+    /// [`schema::check_change_log`]; nothing is created but `changefeed_meta`; no migrations,
+    /// no triggers, no journal-mode change.
+    Attach,
+    /// [`SqliteMode::Attach`] with the database opened read-only (`mode=ro`) and the bookkeeping
+    /// in this sidecar file, replaced atomically.
+    AttachReadOnly {
+        /// The sidecar file (created if missing).
+        meta_file: PathBuf,
+    },
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` (`sqlite://path` or `sqlite:path`) with
     /// the default options: WAL, `foreign_keys=ON`, a 5 s busy timeout, four read connections and
     /// one write connection (`synchronous=FULL`). Runs the embedded migrations, then applies the
-    /// start-up epoch rule (see the module docs). Must be called within a tokio runtime.
+    /// start-up epoch rule (see the module docs). Refuses, changing nothing, a database that
+    /// changefeed did not create ([`ownership`]; serve those with [`SqliteStore::attach`]).
+    /// Must be called within a tokio runtime.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
         SqliteStore::open_with(url, SqliteStoreOptions::default()).await
     }
@@ -107,6 +167,27 @@ impl SqliteStore {
     /// [`SqliteStore::open`] with explicit options.
     pub async fn open_with(
         url: &str,
+        options: SqliteStoreOptions,
+    ) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_in_mode(url, &SqliteMode::Owned, options).await
+    }
+
+    /// Serves the `change_log` of an existing database another program owns, as it is (see
+    /// [`SqliteMode::Attach`]; with `meta_file`, [`SqliteMode::AttachReadOnly`]).
+    pub async fn attach(url: &str, meta_file: Option<&Path>) -> Result<SqliteStore, StoreError> {
+        let mode = match meta_file {
+            None => SqliteMode::Attach,
+            Some(path) => SqliteMode::AttachReadOnly {
+                meta_file: path.to_path_buf(),
+            },
+        };
+        SqliteStore::open_in_mode(url, &mode, SqliteStoreOptions::default()).await
+    }
+
+    /// Opens the database at `url` in `mode`.
+    pub async fn open_in_mode(
+        url: &str,
+        mode: &SqliteMode,
         options: SqliteStoreOptions,
     ) -> Result<SqliteStore, StoreError> {
         let base = SqliteConnectOptions::from_str(url)
@@ -120,24 +201,78 @@ impl SqliteStore {
                  databases and file: URIs are not supported"
             )));
         }
+        let read_only = matches!(mode, SqliteMode::AttachReadOnly { .. });
+        let base = base.read_only(read_only);
 
-        let write_options = base
-            .clone()
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full);
+        let write_options = match mode {
+            SqliteMode::Owned => {
+                // A change_log that cannot be served is named as such first (read-only).
+                schema::check_file(&path)
+                    .await?
+                    .map_err(|error| StoreError::from(error).context(path.display()))?;
+                // Before anything is created or a journal mode set: is it ours to migrate?
+                if let Err(foreign) = check_owned_file(&path).await? {
+                    return Err(StoreError::fatal(foreign.to_string()));
+                }
+                base.clone()
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+            }
+            SqliteMode::Attach | SqliteMode::AttachReadOnly { .. } => {
+                if ownership::no_database_at(&path) {
+                    return Err(StoreError::fatal(format!(
+                        "there is no database at {} (--attach serves an existing database)",
+                        path.display()
+                    )));
+                }
+                // No journal mode: the owner's stays. synchronous is per connection.
+                base.clone().synchronous(SqliteSynchronous::Full)
+            }
+        };
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .connect_with(write_options)
             .await?;
-        MIGRATOR
-            .run(&write)
-            .await
-            .map_err(|error| StoreError::fatal(format!("migrating {}: {error}", path.display())))?;
-        apply_epoch_rule(&write).await?;
+        let bookkeeping = match mode {
+            SqliteMode::Owned => {
+                // A change_log someone else created must be servable before anything touches
+                // it (the migrations would fail on it with a less helpful message, or serve it
+                // wrongly).
+                let exists = schema::change_log_exists(&mut *write.acquire().await?).await?;
+                if exists {
+                    check_attached(&write, &path).await?;
+                }
+                MIGRATOR.run(&write).await.map_err(|error| {
+                    StoreError::fatal(format!("migrating {}: {error}", path.display()))
+                })?;
+                apply_epoch_rule(&write).await?;
+                Bookkeeping::Table
+            }
+            SqliteMode::Attach => {
+                check_attached(&write, &path).await?;
+                ensure_meta_table(&write, &path).await?;
+                apply_epoch_rule(&write).await?;
+                Bookkeeping::Table
+            }
+            SqliteMode::AttachReadOnly { meta_file } => {
+                check_attached(&write, &path).await?;
+                let state = open_meta_file(&write, &path, meta_file).await?;
+                Bookkeeping::File {
+                    path: meta_file.clone(),
+                    state: std::sync::Mutex::new(state),
+                    writes: tokio::sync::Mutex::new(()),
+                }
+            }
+        };
+        let payload_check = if schema::payload_is_checked(&mut *write.acquire().await?).await? {
+            PayloadCheck::Valid
+        } else {
+            PayloadCheck::Unchecked
+        };
 
-        // The database is in WAL mode now (a persistent setting); readers only read.
+        // Readers only read (an owned database is in WAL mode now, a persistent setting).
         let read_options = base.clone().pragma("query_only", "ON");
         let read = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
@@ -145,6 +280,20 @@ impl SqliteStore {
             .await?;
         let monitor_connection = SqliteConnection::connect_with(&read_options).await?;
 
+        // With the bookkeeping in a sidecar file, the database holds no epoch to re-read.
+        let opened_epoch = match &bookkeeping {
+            Bookkeeping::Table => {
+                Some(bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&read).await?)?.epoch)
+            }
+            Bookkeeping::File { .. } => None,
+        };
+        let identity = identity::start(
+            &path,
+            opened_epoch,
+            read_options.clone(),
+            options.poll_interval,
+        )
+        .map_err(|error| StoreError::fatal(format!("cannot stat {}: {error}", path.display())))?;
         let (changes, _) = watch::channel(0u64);
         let monitor = monitor::start(
             &path,
@@ -156,9 +305,12 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 read,
+                payload_check,
                 write,
                 path,
+                bookkeeping,
                 changes,
+                identity,
                 _monitor: monitor,
             }),
         })
@@ -199,16 +351,63 @@ impl SqliteStore {
         bump(&self.inner.changes);
     }
 
+    /// Why the file being served is not the database that was opened any more (deleted,
+    /// replaced, another database copied over it), once the identity watch noticed; from then
+    /// on every read fails with a fatal error saying so.
+    pub fn replaced(&self) -> Option<String> {
+        self.inner.identity.replaced()
+    }
+
+    /// Resolves once [`SqliteStore::replaced`] has an answer.
+    pub async fn wait_replaced(&self) {
+        self.inner.identity.wait_replaced().await;
+    }
+
+    /// Fails when the database was found replaced (nothing of either file is served then).
+    fn check_identity(&self) -> Result<(), StoreError> {
+        match self.inner.identity.replaced() {
+            None => Ok(()),
+            // `/healthz` reports "database_replaced" for errors saying "replaced".
+            Some(why) => Err(StoreError::fatal(format!(
+                "the database was replaced under the running server ({why}); restart the server \
+                 to serve the new database"
+            ))),
+        }
+    }
+
     /// The published mark: the highest seq recorded by [`Store::mark_published`].
     pub async fn published(&self) -> Result<Seq, StoreError> {
+        if let Bookkeeping::File { state, .. } = &self.inner.bookkeeping {
+            return Ok(lock(state).published());
+        }
         let mut connection = self.inner.read.acquire().await?;
         read_mark(&mut connection, "published").await
     }
 
-    /// Closes both pools, waiting for connections in use to come back (clean shutdown; the last
-    /// connection to close checkpoints the WAL).
+    /// Closes both pools, waiting for connections in use to come back (clean shutdown). After
+    /// the readers are gone, the WAL is checkpointed into the database file and truncated
+    /// (`PRAGMA wal_checkpoint(TRUNCATE)`), so a stopped server leaves an empty `-wal`; another
+    /// process still reading the database keeps its frames (the checkpoint then stops short and
+    /// says so in the log, nothing is lost).
     pub async fn close(&self) {
         self.inner.read.close().await;
+        if self.replaced().is_some() {
+            // Checkpointing would write the old database's pages into whatever file is there.
+            self.inner.write.close().await;
+            return;
+        }
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.inner.write)
+            .await
+        {
+            Ok((0, _, _)) => tracing::debug!("WAL checkpointed and truncated"),
+            Ok((_, log, checkpointed)) => tracing::info!(
+                wal_frames = log,
+                checkpointed,
+                "another connection is using the database; the WAL was not truncated"
+            ),
+            Err(error) => tracing::warn!(%error, "checkpointing the WAL at shutdown failed"),
+        }
         self.inner.write.close().await;
     }
 }
@@ -251,13 +450,45 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
+impl Inner {
+    /// Epoch, head and floor in one snapshot of `connection`.
+    async fn bounds_in(&self, connection: &mut SqliteConnection) -> Result<LogBounds, StoreError> {
+        match &self.bookkeeping {
+            Bookkeeping::Table => {
+                bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(connection).await?)
+            }
+            Bookkeeping::File { path, state, .. } => {
+                let head: i64 = sqlx::query_scalar(HEAD_SQL).fetch_one(connection).await?;
+                let head = seq_from("head", head)?;
+                let state = lock(state).clone();
+                Ok(LogBounds {
+                    epoch: state.epoch(path)?,
+                    head,
+                    floor: state.floor().min(head),
+                })
+            }
+        }
+    }
+}
+
+/// The sidecar bookkeeping, also after a panic elsewhere (plain data, always consistent).
+fn lock(
+    state: &std::sync::Mutex<meta_file::MetaState>,
+) -> std::sync::MutexGuard<'_, meta_file::MetaState> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Store for SqliteStore {
     async fn bounds(&self) -> Result<LogBounds, StoreError> {
-        let row = sqlx::query(BOUNDS_SQL).fetch_one(&self.inner.read).await?;
-        bounds_from(&row)
+        self.check_identity()?;
+        let mut connection = self.inner.read.acquire().await?;
+        self.inner.bounds_in(&mut connection).await
     }
 
     async fn window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
+        self.check_identity()?;
         let mut transaction = self.inner.read.begin().await?;
         let rows = match WindowQuery::new(filter, range) {
             None => Vec::new(),
@@ -269,15 +500,18 @@ impl Store for SqliteStore {
                     statement = statement.bind(value.as_str());
                 }
                 let rows = statement.fetch_all(&mut *transaction).await?;
-                rows.iter().map(row_from).collect::<Result<Vec<_>, _>>()?
+                rows.iter()
+                    .map(|row| row_from(row, self.inner.payload_check))
+                    .collect::<Result<Vec<_>, _>>()?
             }
         };
-        let bounds = bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&mut *transaction).await?)?;
+        let bounds = self.inner.bounds_in(&mut transaction).await?;
         transaction.commit().await?;
         Ok(Rows::new(rows, bounds))
     }
 
     async fn rows_after(&self, after: Seq, limit: usize) -> Result<Rows, StoreError> {
+        self.check_identity()?;
         let sql =
             format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?");
         let mut transaction = self.inner.read.begin().await?;
@@ -286,8 +520,11 @@ impl Store for SqliteStore {
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *transaction)
             .await?;
-        let rows = rows.iter().map(row_from).collect::<Result<Vec<_>, _>>()?;
-        let bounds = bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(&mut *transaction).await?)?;
+        let rows = rows
+            .iter()
+            .map(|row| row_from(row, self.inner.payload_check))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bounds = self.inner.bounds_in(&mut transaction).await?;
         transaction.commit().await?;
         Ok(Rows::new(rows, bounds))
     }
@@ -321,6 +558,28 @@ impl Store for SqliteStore {
     }
 
     async fn mark_published(&self, seq: Seq) -> Result<(), StoreError> {
+        if let Bookkeeping::File {
+            path,
+            state,
+            writes,
+        } = &self.inner.bookkeeping
+        {
+            // One replacement at a time, in order; the in-memory copy follows the file.
+            let _turn = writes.lock().await;
+            let mut next = lock(state).clone();
+            if seq.0 <= next.published {
+                return Ok(());
+            }
+            next.published = seq.0;
+            let (file, written) = (path.clone(), next.clone());
+            tokio::task::spawn_blocking(move || meta_file::write(&file, &written))
+                .await
+                .map_err(|error| {
+                    StoreError::fatal(format!("meta file writer failed: {error}"))
+                })??;
+            *lock(state) = next;
+            return Ok(());
+        }
         let mut transaction = begin_immediate(&self.inner.write).await?;
         sqlx::query(
             "UPDATE changefeed_meta SET value = CAST(?1 AS TEXT) \
@@ -336,6 +595,11 @@ impl Store for SqliteStore {
     async fn prune(&self, retention: Retention, batch: usize) -> Result<u64, StoreError> {
         if batch == 0 || retention.keeps_everything() {
             return Ok(0);
+        }
+        if matches!(self.inner.bookkeeping, Bookkeeping::File { .. }) {
+            return Err(StoreError::fatal(
+                "the database is attached read-only (--meta-file): retention is its owner's",
+            ));
         }
         // The newest row beyond the newest `rows` is the (rows+1)-th newest. Finding it steps
         // over `rows` index entries, so it is read on a read connection, outside the write lock:
@@ -440,6 +704,120 @@ async fn apply_epoch_rule(write: &SqlitePool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The ownership check of [`ownership`] for a database file, before default `serve` opens it
+/// for writing. `Ok(Err(..))` names what makes the database another program's.
+pub async fn check_owned(url: &str) -> Result<Result<(), ownership::ForeignDatabase>, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|error| StoreError::fatal(format!("invalid SQLite URL {url:?}: {error}")))?;
+    check_owned_file(options.get_filename()).await
+}
+
+async fn check_owned_file(
+    path: &Path,
+) -> Result<Result<(), ownership::ForeignDatabase>, StoreError> {
+    ownership::check_owned(path, &MIGRATOR)
+        .await
+        .map_err(|error| StoreError::from(error).context(path.display()))
+}
+
+/// An attached database's `change_log` must be servable as it is.
+async fn check_attached(write: &SqlitePool, path: &Path) -> Result<(), StoreError> {
+    let mut connection = write.acquire().await?;
+    schema::check_change_log(&mut connection)
+        .await?
+        .map_err(|error| StoreError::from(error).context(path.display()))
+}
+
+/// Creates `changefeed_meta` in an attached database, unless it is there with our columns.
+async fn ensure_meta_table(write: &SqlitePool, path: &Path) -> Result<(), StoreError> {
+    let mut transaction = begin_immediate(write).await?;
+    let columns: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pragma_table_info('changefeed_meta')")
+            .fetch_all(&mut *transaction)
+            .await?;
+    if !columns.is_empty() && columns != ["key", "value"] {
+        return Err(StoreError::fatal(format!(
+            "{}: table changefeed_meta has columns ({}), not changefeed's (key, value); \
+             it belongs to someone else",
+            path.display(),
+            columns.join(", ")
+        )));
+    }
+    // Executor::execute, not raw_sql: raw_sql's future is not provably Send (open must be).
+    sqlx::Executor::execute(&mut *transaction, META_TABLE_SQL).await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// Reads (or creates) the sidecar bookkeeping of a read-only attach and applies
+/// [`epoch_at_start`] to it; bookkeeping written for another database file gets a new epoch.
+async fn open_meta_file(
+    read: &SqlitePool,
+    database: &Path,
+    meta: &Path,
+) -> Result<meta_file::MetaState, StoreError> {
+    let head: i64 = sqlx::query_scalar(HEAD_SQL).fetch_one(read).await?;
+    let head = seq_from("head", head)?;
+    let database_name = database.display().to_string();
+    let existing = meta_file::read(meta)?;
+    let state = match existing.clone() {
+        None => meta_file::MetaState {
+            epoch: fresh_epoch(read).await?,
+            published: 0,
+            floor: 0,
+            database: database_name.clone(),
+        },
+        Some(state) if state.database != database_name => {
+            tracing::warn!(
+                meta_file = %meta.display(),
+                recorded = %state.database,
+                database = %database_name,
+                "the meta file was written for another database; starting a new epoch"
+            );
+            meta_file::MetaState {
+                epoch: fresh_epoch(read).await?,
+                published: head.0,
+                floor: 0,
+                database: database_name.clone(),
+            }
+        }
+        Some(state) => match epoch_at_start(head, state.floor(), state.published()) {
+            EpochDecision::Keep => state,
+            EpochDecision::Rotate { published, floor } => {
+                let epoch = fresh_epoch(read).await?;
+                tracing::warn!(
+                    head = head.0,
+                    published = state.published,
+                    old_epoch = %state.epoch,
+                    new_epoch = %epoch,
+                    "the log is behind the published mark (committed rows were lost); rotated the epoch"
+                );
+                meta_file::MetaState {
+                    epoch,
+                    published: published.0,
+                    floor: floor.0,
+                    database: database_name.clone(),
+                }
+            }
+        },
+    };
+    state.epoch(meta)?;
+    if existing.as_ref() != Some(&state) {
+        let (meta, written) = (meta.to_path_buf(), state.clone());
+        tokio::task::spawn_blocking(move || meta_file::write(&meta, &written))
+            .await
+            .map_err(|error| StoreError::fatal(format!("meta file writer failed: {error}")))??;
+    }
+    Ok(state)
+}
+
+/// A new random epoch, from SQLite (works on a read-only connection).
+async fn fresh_epoch(read: &SqlitePool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT lower(hex(randomblob(8)))")
+        .fetch_one(read)
+        .await
+}
+
 async fn begin_immediate(write: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
     Ok(write.begin_with("BEGIN IMMEDIATE").await?)
 }
@@ -463,8 +841,9 @@ impl WindowQuery {
                 return None;
             }
             // With the project set as an IN list, SQLite reads (project_id, seq) index ranges.
+            // Only TEXT ids are ids (see row_from); the check reads the index entry.
             sql.push_str(&format!(
-                " AND project_id IN ({})",
+                " AND project_id IN ({}) AND typeof(project_id) = 'text'",
                 placeholders(projects.len())
             ));
             binds.extend(projects.iter().cloned());
@@ -482,7 +861,10 @@ impl WindowQuery {
                     _ => "event_type GLOB ?",
                 })
                 .collect();
-            sql.push_str(&format!(" AND ({})", clauses.join(" OR ")));
+            sql.push_str(&format!(
+                " AND typeof(event_type) = 'text' AND ({})",
+                clauses.join(" OR ")
+            ));
             binds.extend(patterns.iter().map(|pattern| match pattern {
                 TypePattern::Exact(kind) => kind.clone(),
                 other => other.glob(),
@@ -532,23 +914,92 @@ fn bounds_from(row: &SqliteRow) -> Result<LogBounds, StoreError> {
     })
 }
 
-fn row_from(row: &SqliteRow) -> Result<EventRow, StoreError> {
+/// A row of any storage classes as an [`EventRow`] (never fails on a value: see
+/// [`column_text`] for how each class reads, and the module docs for what each column becomes
+/// when it is not TEXT).
+fn row_from(row: &SqliteRow, payload_check: PayloadCheck) -> Result<EventRow, StoreError> {
     let seq = seq_from("seq", row.try_get(0)?)?;
-    // A column that does not decode is this row's bad data.
     let at_seq = |error: sqlx::Error| StoreError {
         seq: Some(seq),
         ..StoreError::from(error)
     };
+    let column = |index| column_text(row, index).map_err(at_seq);
+    // Ids and kinds that are not TEXT are compared by no filter (the replay query requires
+    // `typeof(...) = 'text'` too), so replay and live agree: no project, no session, no kind.
+    let (project_class, project_id) = column(1)?;
+    let (session_class, session_id) = column(2)?;
+    let (kind_class, kind) = column(3)?;
+    let (payload_class, payload) = column(4)?;
+    let (_, created_at) = column(5)?;
+    let text = StorageClass::Text;
     Ok(EventRow {
         seq,
-        project_id: row.try_get(1).map_err(at_seq)?,
-        session_id: row.try_get(2).map_err(at_seq)?,
-        kind: row.try_get(3).map_err(at_seq)?,
-        payload: row.try_get(4).map_err(at_seq)?,
-        // The schema's `CHECK (json_valid(payload))` vouches for it.
-        payload_check: PayloadCheck::Valid,
-        created_at: row.try_get(5).map_err(at_seq)?,
+        project_id: if project_class == text {
+            project_id
+        } else {
+            String::new()
+        },
+        session_id: (session_class == text).then_some(session_id),
+        kind: if kind_class == text {
+            kind
+        } else {
+            String::new()
+        },
+        payload: if payload_class == StorageClass::Null {
+            "null".to_owned()
+        } else {
+            payload
+        },
+        payload_check: if payload_class == text {
+            payload_check
+        } else {
+            PayloadCheck::Unchecked
+        },
+        created_at,
     })
+}
+
+/// SQLite's storage classes (what `typeof()` answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StorageClass {
+    Null,
+    Integer,
+    Real,
+    Text,
+    Blob,
+}
+
+/// A column's storage class and its value as text: INTEGER in decimal, REAL in decimal without
+/// an exponent (so the timestamp codec reads unix times stored as REAL), TEXT and BLOB as
+/// UTF-8 (invalid sequences replaced by U+FFFD), NULL as the empty string.
+fn column_text(row: &SqliteRow, index: usize) -> Result<(StorageClass, String), sqlx::Error> {
+    let value = row.try_get_raw(index)?;
+    if value.is_null() {
+        return Ok((StorageClass::Null, String::new()));
+    }
+    let decode_error = |source| sqlx::Error::ColumnDecode {
+        index: index.to_string(),
+        source,
+    };
+    let class = match value.type_info().name() {
+        "INTEGER" => StorageClass::Integer,
+        "REAL" => StorageClass::Real,
+        "TEXT" => StorageClass::Text,
+        _ => StorageClass::Blob,
+    };
+    let text = match class {
+        StorageClass::Integer => <i64 as Decode<Sqlite>>::decode(value)
+            .map_err(decode_error)?
+            .to_string(),
+        StorageClass::Real => <f64 as Decode<Sqlite>>::decode(value)
+            .map_err(decode_error)?
+            .to_string(),
+        _ => {
+            String::from_utf8_lossy(<&[u8] as Decode<Sqlite>>::decode(value).map_err(decode_error)?)
+                .into_owned()
+        }
+    };
+    Ok((class, text))
 }
 
 fn is_in_memory(url: &str, path: &Path) -> bool {
@@ -558,6 +1009,20 @@ fn is_in_memory(url: &str, path: &Path) -> bool {
         || name.is_empty()
         || name == ":memory:"
         || name.starts_with("file:")
+}
+
+/// Compile-time check: opening a store is a `Send` future in every mode (callers spawn it, and a
+/// closure or `raw_sql` held across an `.await` silently breaks that for every caller).
+#[cfg(test)]
+#[allow(dead_code)]
+fn open_futures_are_send(url: &str, mode: &SqliteMode, path: &Path) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(SqliteStore::open_in_mode(
+        url,
+        mode,
+        SqliteStoreOptions::default(),
+    ));
+    is_send(SqliteStore::attach(url, Some(path)));
 }
 
 #[cfg(test)]
@@ -586,8 +1051,8 @@ mod tests {
         assert_eq!(
             query.sql,
             "SELECT seq, project_id, session_id, event_type, payload, created_at FROM change_log \
-             WHERE seq > ? AND seq <= ? AND project_id IN (?, ?) \
-             AND (event_type GLOB ? OR event_type = ?) ORDER BY seq"
+             WHERE seq > ? AND seq <= ? AND project_id IN (?, ?) AND typeof(project_id) = 'text' \
+             AND typeof(event_type) = 'text' AND (event_type GLOB ? OR event_type = ?) ORDER BY seq"
         );
         assert_eq!(query.binds, ["a", "b", "pr_*", "session_created"]);
     }
@@ -607,11 +1072,11 @@ mod tests {
         assert!(WindowQuery::new(&Filter::all(), range(5, 5)).is_none());
         let no_project = Filter {
             projects: Some(BTreeSet::new()),
-            types: None,
+            ..Filter::all()
         };
         let no_type = Filter {
-            projects: None,
             types: Some(Vec::new()),
+            ..Filter::all()
         };
         assert!(WindowQuery::new(&no_project, range(0, 5)).is_none());
         assert!(WindowQuery::new(&no_type, range(0, 5)).is_none());
