@@ -584,6 +584,10 @@ async fn the_planted_concurrent_sequencer_commits_a_batch_below_the_tail() {
         }
     );
     sqlx::raw_sql("COMMIT").execute(&mut b).await.unwrap();
+    // The planted design raises head after its commit, in a statement of its own (as its
+    // backend does); the store never reads past head.
+    db.execute("UPDATE changefeed_sequencer SET head = GREATEST(head, 4)")
+        .await;
     let tail_first = store
         .rows_after(Seq::ZERO, 100)
         .await
@@ -592,6 +596,8 @@ async fn the_planted_concurrent_sequencer_commits_a_batch_below_the_tail() {
         .0;
     let cursor = tail_first.last().unwrap().seq;
     sqlx::raw_sql("COMMIT").execute(&mut a).await.unwrap();
+    db.execute("UPDATE changefeed_sequencer SET head = GREATEST(head, 3)")
+        .await;
     let tail_next = store.rows_after(cursor, 100).await.unwrap().into_parts().0;
     let seen = tail_first.len() + tail_next.len();
     assert_eq!(seen, 1, "the tail read {seen} of 4 committed rows");
@@ -614,4 +620,102 @@ async fn neither_the_horizon_filter_nor_one_statement_is_what_prevents_loss() {
     );
     assert!(no_horizon.is_clean(), "seed {seed}: {no_horizon:?}");
     assert!(separate.is_clean(), "seed {seed}: {separate:?}");
+}
+
+/// The change_log id a writer's uncommitted trigger row got (read inside its own transaction).
+async fn own_log_id(connection: &mut PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT max(id) FROM change_log WHERE xid = pg_current_xact_id()")
+        .fetch_one(connection)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_lower_id_committing_after_a_higher_one_is_read_once_after_it() {
+    // Two real concurrent writer transactions, ordered by hand: `early` writes first (lower
+    // change_log id) but commits after `late`; a third rolls back. The watermark (head) never
+    // covers a row whose writer has not committed, so a tail that moved past `late` still reads
+    // `early` when it commits, once, under the next seq; the rolled-back row never appears.
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = store(&db, None, Duration::from_millis(1)).await;
+    let sequencer = manual(&store, AssignMode::Visible);
+    store
+        .execute_write("INSERT INTO projects (id, name) VALUES ('p', 'P')")
+        .await
+        .unwrap();
+    drain(&sequencer, &db).await;
+    let start = store.bounds().await.unwrap().head;
+
+    let mut early = db.connect().await;
+    sqlx::raw_sql("BEGIN; INSERT INTO sessions (id, project_id) VALUES ('s-early', 'p')")
+        .execute(&mut early)
+        .await
+        .unwrap();
+    let early_id = own_log_id(&mut early).await;
+    let mut late = db.connect().await;
+    sqlx::raw_sql("BEGIN; INSERT INTO sessions (id, project_id) VALUES ('s-late', 'p')")
+        .execute(&mut late)
+        .await
+        .unwrap();
+    let late_id = own_log_id(&mut late).await;
+    assert!(early_id < late_id, "ids {early_id} < {late_id}");
+    let mut aborted = db.connect().await;
+    sqlx::raw_sql("BEGIN; INSERT INTO sessions (id, project_id) VALUES ('s-aborted', 'p')")
+        .execute(&mut aborted)
+        .await
+        .unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut late).await.unwrap();
+
+    // Only the committed row gets a seq; the two open ones are held back.
+    assert_eq!(
+        sequencer.tick().await.unwrap(),
+        Tick::Assigned {
+            rows: 1,
+            head: Seq(start.0 + 1)
+        }
+    );
+    assert_eq!(sequencer.tick().await.unwrap(), Tick::Idle);
+    let first = store.rows_after(start, 100).await.unwrap();
+    assert_eq!(first.bounds().head, Seq(start.0 + 1));
+    let sessions = |rows: &changefeed::store::Rows| -> Vec<(u64, Option<String>)> {
+        rows.rows()
+            .iter()
+            .map(|row| (row.seq.0, row.session_id.clone()))
+            .collect()
+    };
+    assert_eq!(
+        sessions(&first),
+        [(start.0 + 1, Some("s-late".to_owned()))]
+    );
+    let cursor = first.rows().last().unwrap().seq;
+
+    sqlx::raw_sql("ROLLBACK").execute(&mut aborted).await.unwrap();
+    assert_eq!(sequencer.tick().await.unwrap(), Tick::Idle);
+    assert!(store.rows_after(cursor, 100).await.unwrap().rows().is_empty());
+
+    sqlx::raw_sql("COMMIT").execute(&mut early).await.unwrap();
+    assert_eq!(
+        sequencer.tick().await.unwrap(),
+        Tick::Assigned {
+            rows: 1,
+            head: Seq(start.0 + 2)
+        }
+    );
+    let next = store.rows_after(cursor, 100).await.unwrap();
+    assert_eq!(
+        sessions(&next),
+        [(start.0 + 2, Some("s-early".to_owned()))]
+    );
+    // The whole log, read again: each committed row once, in seq order, no hole.
+    let all = store.rows_after(start, 100).await.unwrap();
+    assert_eq!(
+        sessions(&all),
+        [
+            (start.0 + 1, Some("s-late".to_owned())),
+            (start.0 + 2, Some("s-early".to_owned()))
+        ]
+    );
+    store.close().await;
 }
