@@ -685,15 +685,20 @@ async fn a_lower_id_committing_after_a_higher_one_is_read_once_after_it() {
             .map(|row| (row.seq.0, row.session_id.clone()))
             .collect()
     };
-    assert_eq!(
-        sessions(&first),
-        [(start.0 + 1, Some("s-late".to_owned()))]
-    );
+    assert_eq!(sessions(&first), [(start.0 + 1, Some("s-late".to_owned()))]);
     let cursor = first.rows().last().unwrap().seq;
 
-    sqlx::raw_sql("ROLLBACK").execute(&mut aborted).await.unwrap();
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut aborted)
+        .await
+        .unwrap();
     assert_eq!(sequencer.tick().await.unwrap(), Tick::Idle);
-    assert!(store.rows_after(cursor, 100).await.unwrap().rows().is_empty());
+    assert!(store
+        .rows_after(cursor, 100)
+        .await
+        .unwrap()
+        .rows()
+        .is_empty());
 
     sqlx::raw_sql("COMMIT").execute(&mut early).await.unwrap();
     assert_eq!(
@@ -704,10 +709,7 @@ async fn a_lower_id_committing_after_a_higher_one_is_read_once_after_it() {
         }
     );
     let next = store.rows_after(cursor, 100).await.unwrap();
-    assert_eq!(
-        sessions(&next),
-        [(start.0 + 2, Some("s-early".to_owned()))]
-    );
+    assert_eq!(sessions(&next), [(start.0 + 2, Some("s-early".to_owned()))]);
     // The whole log, read again: each committed row once, in seq order, no hole.
     let all = store.rows_after(start, 100).await.unwrap();
     assert_eq!(
