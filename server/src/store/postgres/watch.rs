@@ -29,8 +29,9 @@ pub(crate) struct WatchConfig {
     pub initial_head: u64,
 }
 
-/// Head, the oldest pending row's age, the pending rows, the horizon's age and pid, all in one
-/// statement.
+/// Head, the oldest pending row's age, the pending rows, the horizon's age and pid (the oldest
+/// transaction holding an xid in this database: other databases cannot delay its rows), all in
+/// one statement.
 const POLL_SQL: &str = "SELECT \
      (SELECT head FROM changefeed_sequencer) AS head, \
      (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint) AS now_ms, \
@@ -42,6 +43,7 @@ const POLL_SQL: &str = "SELECT \
      LEFT JOIN LATERAL ( \
          SELECT pid, xact_start FROM pg_stat_activity \
          WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+           AND datname = current_database() \
          ORDER BY age(backend_xid) DESC LIMIT 1 \
      ) AS h ON true";
 
