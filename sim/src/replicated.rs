@@ -147,13 +147,14 @@ impl ReplicatedLog {
         Seq(self.state().head)
     }
 
-    /// Committed rows still waiting for a seq.
+    /// Committed rows still without a visible seq: pending, or taken by a batch that has not
+    /// committed (as `seq IS NULL` counts them on Postgres; a batch killed before its commit
+    /// gives them back).
     pub fn waiting(&self) -> usize {
-        self.state()
-            .pending
-            .values()
-            .filter(|row| row.committed)
-            .count()
+        let state = self.state();
+        let pending = state.pending.values().filter(|row| row.committed).count();
+        let in_batches: usize = state.batches.values().map(|batch| batch.rows.len()).sum();
+        pending + in_batches
     }
 
     /// How many batches have committed (the NOTIFYs sent).
