@@ -3,7 +3,7 @@
 # profile, starts its own Nchan peer (nginx on a loopback port) when installed, runs the
 # scenarios and writes target/bench/results.md and target/bench/latency.svg.
 #
-#   scripts/bench.sh [latency|fanout|replay|idle|parser ...] [--quick]
+#   scripts/bench.sh [latency|fanout|replay|idle|parser|postgres ...] [--quick]
 #   target/fast/changefeed-bench --help     # every flag of the harness itself
 #
 # --quick scales every scenario down (latency at 20 / 100 subscribers, fan-out at 100 / 1,000
@@ -12,6 +12,7 @@
 # 1,000 / 10,000, a 1,000,000-row log, 10,000 idle streams (several minutes).
 #
 # Environment: BENCH_PROFILE=release (instead of `fast`), BENCH_NCHAN=0 (skip the Nchan peer),
+# BENCH_POSTGRES=0 (no Postgres cluster for the postgres scenario),
 # BENCH_NCHAN_PUBLISHERS=N (concurrent publishers in the Nchan fan-out, default 1),
 # BENCH_SERVER_ARGS="--flag value" (extra `changefeed serve` flags), BENCH_STRICT=1 (exit 1 when a
 # measurement could not be taken), BENCH_PERF=1 (`perf record -g` each changefeed server into
@@ -31,8 +32,10 @@ rm -rf "$work"
 mkdir -p "$work"
 
 nginx_conf=""
+pg_dir=""
 cleanup() {
   local status=$?
+  if [ -n "$pg_dir" ]; then scripts/postgres.sh stop "$pg_dir" || true; fi
   if [ -n "$nginx_conf" ] && [ -f "$work/nchan/nginx.pid" ]; then
     nginx -c "$nginx_conf" -p "$work/nchan" -s stop 2>/dev/null || true
     sleep 0.2
@@ -90,11 +93,22 @@ else
   echo "Nchan peer skipped (nginx with the nchan module not installed, or BENCH_NCHAN=0)"
 fi
 
+# The Postgres peer rows: a throwaway cluster with Postgres's durable defaults (fsync on).
+pg_args=()
+if [ "${BENCH_POSTGRES:-1}" != 0 ] && pg_env=$(POSTGRES_DURABLE=1 scripts/postgres.sh start 2>"$work/postgres.log"); then
+  pg_dir=$(printf '%s\n' "$pg_env" | sed -n 's/^export PGTMP=//p')
+  pg_url=$(printf '%s\n' "$pg_env" | sed -n 's/^export DATABASE_URL=//p')
+  pg_args=(--postgres "$pg_url")
+  echo "Postgres for the postgres scenario: $pg_url (fsync on)"
+else
+  echo "Postgres scenario without a cluster (BENCH_POSTGRES=0, or: $(cat "$work/postgres.log" 2>/dev/null))"
+fi
+
 args=()
 for arg in "$@"; do args+=("$arg"); done
 started=$SECONDS
 "$bench_bin" "${args[@]}" --server-bin "target/$profile/changefeed" \
-  "${nchan_args[@]}" --out "$out" --work "$work" &
+  "${nchan_args[@]}" "${pg_args[@]}" --out "$out" --work "$work" &
 bench_pid=$!
 wait "$bench_pid"
 bench_pid=""

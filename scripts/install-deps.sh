@@ -28,6 +28,9 @@ command -v curl >/dev/null || missing+=(curl)                 # the CLI test run
 command -v chromium >/dev/null || missing+=(chromium)
 [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || missing+=(nginx-light libnginx-mod-nchan)
 command -v perf >/dev/null || missing+=(linux-perf)
+# Postgres: server binaries for scripts/postgres.sh's throwaway clusters, psql/pg_dump for tests.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v pg_dump >/dev/null || missing+=(postgresql-client)
 # The real-client tests need Node >= 22.12; without one, scripts/node.sh installs Node from PyPI
 # into a virtualenv, which needs python3 with venv.
 if ! scripts/node.sh --check >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
@@ -39,6 +42,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The nginx package may start a system nginx on port 80; the benchmark runs its own.
   as_root systemctl stop nginx >/dev/null 2>&1 || as_root nginx -s stop >/dev/null 2>&1 || true
+  # Likewise the postgresql package's system cluster: the tests start throwaway ones.
+  as_root systemctl stop postgresql >/dev/null 2>&1 || true
 fi
 scripts/node.sh >/dev/null
 

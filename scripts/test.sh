@@ -47,6 +47,14 @@ if [ -n "$forbidden" ]; then
 fi
 echo "ok: $(cargo tree -p changefeed-client -e normal --prefix none | awk '{print $1}' | sort -u | wc -l) crates, none of the server's"
 
+step "throwaway Postgres for the Postgres tests (stopped on exit, also on failure)"
+eval "$(scripts/postgres.sh start)"
+trap 'scripts/postgres.sh stop "$PGTMP"' EXIT
+# The tests read their own variable: DATABASE_URL would also become `changefeed serve`'s default.
+export CHANGEFEED_TEST_POSTGRES=$DATABASE_URL
+unset DATABASE_URL
+echo "Postgres at $CHANGEFEED_TEST_POSTGRES"
+
 step "tests (nextest, shared 'fast' profile)"
 cargo nextest run --workspace --cargo-profile fast --profile ci
 

@@ -2,15 +2,16 @@
 //! peer (Nchan, the `eventsource-stream` parser) in one run, on one machine.
 //!
 //! ```text
-//! changefeed-bench [latency|fanout|replay|idle|parser|all|soak ...] [--quick] --server-bin PATH
-//!                  [--nchan ADDR --nchan-pid FILE [--nchan-h2 ADDR]] [--out DIR] [--work DIR]
+//! changefeed-bench [latency|fanout|replay|idle|parser|postgres|all|soak ...] [--quick]
+//!                  --server-bin PATH [--nchan ADDR --nchan-pid FILE [--nchan-h2 ADDR]]
+//!                  [--postgres URL] [--out DIR] [--work DIR]
 //! ```
 //!
 //! Starts a fresh `changefeed serve` (on a fresh SQLite file) per measurement, drives it with
 //! the load generator in [`loadgen`], optionally measures the same load against Nchan (started
 //! by the script), and prints one markdown table (also written to `OUT/results.md`) plus an SVG
 //! latency chart (`OUT/latency.svg`). One file per scenario (`latency`, `fanout`, `replay`,
-//! `idle`, `parser`); [`report::Compare`] makes each side-by-side row. No performance
+//! `idle`, `parser`, `postgres`); [`report::Compare`] makes each side-by-side row. No performance
 //! assertions: a scenario that fails is reported as such and the others still run
 //! (`BENCH_STRICT=1` makes such a run exit 1).
 
@@ -20,6 +21,7 @@ mod idle;
 mod latency;
 mod loadgen;
 mod parser;
+mod postgres;
 mod procs;
 mod replay;
 mod report;
@@ -52,6 +54,9 @@ enum Scenario {
     Idle,
     /// SSE parser throughput.
     Parser,
+    /// Postgres: writer throughput against plain BIGSERIAL and a counter row, commit → client
+    /// latency over replicas, replay beside SQLite.
+    Postgres,
     /// Every scenario above.
     All,
     /// The soak: long-running streams and writes, failing on growth beyond its bounds (not
@@ -59,12 +64,13 @@ enum Scenario {
     Soak,
 }
 
-const EVERY: [Scenario; 5] = [
+const EVERY: [Scenario; 6] = [
     Scenario::Latency,
     Scenario::Fanout,
     Scenario::Replay,
     Scenario::Idle,
     Scenario::Parser,
+    Scenario::Postgres,
 ];
 
 /// Side-by-side benchmarks of changefeed (see scripts/bench.sh, which builds and starts the
@@ -133,6 +139,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 16)]
     soak_max_task_growth: u64,
 
+    /// Admin URL of a disposable Postgres cluster for the `postgres` scenario (each
+    /// measurement creates a database of its own there).
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+
     /// Passed by `cargo bench` to harness-less benches; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -147,6 +158,8 @@ struct Config {
     out: PathBuf,
     work: PathBuf,
     groups: usize,
+    /// Admin URL of a disposable Postgres cluster for the `postgres` scenario.
+    postgres: Option<String>,
 }
 
 impl Config {
@@ -231,6 +244,7 @@ fn main() {
         out: args.out,
         work,
         groups: 4,
+        postgres: args.postgres,
     };
 
     let soak_options = soak::SoakOptions {
@@ -263,6 +277,7 @@ fn main() {
                 Scenario::Soak => {
                     soak_failed |= !soak::run(&config, &soak_options, &mut report).await;
                 }
+                Scenario::Postgres => postgres::run(&config, &mut report).await,
                 Scenario::All => unreachable!("expanded above"),
             }
         }

@@ -199,7 +199,7 @@ pub async fn start_with<S: Store, F: LiveFeed>(
     wrap: impl FnOnce(Broadcaster) -> F,
 ) -> Result<App<S, F>, StoreError> {
     let bounds = store.bounds().await?;
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::with_collector(store.metrics_collector()));
     metrics.published(bounds.head.0, 0);
     let feed = Arc::new(wrap(Broadcaster::new(
         bounds.head,

@@ -21,12 +21,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::app::{self, ServerConfig};
 use crate::auth::{self, Auth, AuthSettings, JwtSettings};
 use crate::broadcast::DEFAULT_CAPACITY;
-use crate::demo::{self, DemoConfig};
+use crate::demo::{self, DemoConfig, DemoTarget};
 use crate::shutdown;
+use crate::store::postgres::{redact_url, PostgresStore, PostgresStoreOptions, SequencerConfig};
 use crate::store::sqlite::{self, schema, SqliteStore};
-use crate::store::{Retention, StoreError};
+use crate::store::{Retention, Store, StoreError};
 
-/// Streams a SQLite change_log to HTTP clients as Server-Sent Events, with exact resume.
+/// Streams a SQLite or Postgres change_log to HTTP clients as Server-Sent Events, with exact
+/// resume.
 #[derive(Debug, Parser)]
 #[command(
     name = "changefeed",
@@ -262,7 +264,8 @@ pub struct ContractServiceArgs {
 /// Flags of `changefeed serve` (and `demo`).
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The database to serve: `sqlite://PATH` (created if missing). Postgres is not supported yet.
+    /// The database to serve: `sqlite://PATH` (created if missing) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` (several replicas may serve one Postgres database).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -307,6 +310,16 @@ pub struct ServeArgs {
     /// database instead.
     #[arg(long, default_value_t = DEFAULT_CAPACITY, value_name = "N", value_parser = parse_capacity)]
     pub broadcast_capacity: usize,
+
+    /// Postgres: how often this replica's sequencer looks for committed rows to give seqs (the
+    /// feed's latency floor; replicas take turns, so more replicas tick more often).
+    #[arg(long, default_value_t = 5, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub sequencer_tick_ms: u64,
+
+    /// Postgres: run no sequencer in this replica (it only serves; another replica, or another
+    /// process, must run one, or no new row ever reaches clients).
+    #[arg(long)]
+    pub no_sequencer: bool,
 
     // Connections (see `conn`): timeouts, limits, TLS.
     /// Seconds a connection has to deliver a complete request head (from opening, or from the
@@ -661,6 +674,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     })
 }
 
+/// The kinds of database `--database` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// `sqlite://PATH` or `sqlite:PATH`.
+    Sqlite,
+    /// `postgres://...` or `postgresql://...`.
+    Postgres,
+}
+
 async fn run_tail(args: TailArgs) -> Result<(), CliError> {
     let options = args.options();
     let summary = tail::run_tail(options.clone())
@@ -727,15 +749,14 @@ async fn open_store(args: &ServeArgs, demo: bool) -> Result<SqliteStore, CliErro
 }
 
 /// Checks that `url` names a database this build can serve.
-pub fn check_database_url(url: &str) -> Result<(), CliError> {
+pub fn check_database_url(url: &str) -> Result<DatabaseKind, CliError> {
     let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or("");
     match scheme.to_ascii_lowercase().as_str() {
-        "sqlite" => Ok(()),
-        "postgres" | "postgresql" => Err(CliError::usage(
-            "postgres databases are not supported yet (use a sqlite:// URL)",
-        )),
+        "sqlite" => Ok(DatabaseKind::Sqlite),
+        "postgres" | "postgresql" => Ok(DatabaseKind::Postgres),
         _ => Err(CliError::usage(format!(
-            "unsupported database URL {url:?} (expected sqlite://PATH)"
+            "unsupported database URL {} (expected sqlite://PATH or postgres://USER@HOST/DB)",
+            redact_url(url)
         ))),
     }
 }
@@ -757,13 +778,88 @@ async fn check_change_log_schema(url: &str) -> Result<(), CliError> {
 }
 
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
-    check_database_url(&args.database)?;
+    let kind = check_database_url(&args.database)?;
     let auth = args.auth.auth()?;
     let config = args.server_config();
     if let Some(files) = &config.connection.tls {
         crate::conn::tls_acceptor(files).map_err(CliError::usage)?;
     }
-    let store = open_store(&args, demo.is_some()).await?;
+    match kind {
+        DatabaseKind::Sqlite => {
+            let store = open_store(&args, demo.is_some()).await?;
+            let shown = args.database.clone();
+            serve_store(store, &args, shown, auth, config, demo).await
+        }
+        DatabaseKind::Postgres => {
+            if args.attach || args.meta_file.is_some() {
+                return Err(CliError::usage(
+                    "--attach and --meta-file are for SQLite databases; on Postgres changefeed \
+                     keeps its own schema (migrations/postgres)",
+                ));
+            }
+            let options = PostgresStoreOptions {
+                sequencer: (!args.no_sequencer).then(|| SequencerConfig {
+                    tick: Duration::from_millis(args.sequencer_tick_ms),
+                    ..SequencerConfig::default()
+                }),
+                ..PostgresStoreOptions::default()
+            };
+            // The store's errors name the URL, without its password.
+            let store = PostgresStore::open_with(&args.database, options)
+                .await
+                .map_err(|error| CliError::runtime(format!("cannot open database: {error}")))?;
+            let shown = store.url().to_owned();
+            serve_store(store, &args, shown, auth, config, demo).await
+        }
+    }
+}
+
+/// What `serve` needs of a store beyond [`Store`]: the demo writes into it, and a SQLite file
+/// can be replaced under the server (a Postgres database cannot: its defaults say so).
+trait ServedStore: Store + Into<DemoTarget> {
+    /// Resolves when the database was replaced under the server; never by default.
+    fn wait_replaced(&self) -> impl std::future::Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// Why the database stopped being served, if it was replaced.
+    fn replaced(&self) -> Option<String> {
+        None
+    }
+
+    /// Closes the store's connections.
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl ServedStore for SqliteStore {
+    fn wait_replaced(&self) -> impl std::future::Future<Output = ()> + Send {
+        SqliteStore::wait_replaced(self)
+    }
+
+    fn replaced(&self) -> Option<String> {
+        SqliteStore::replaced(self)
+    }
+
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send {
+        SqliteStore::close(self)
+    }
+}
+
+impl ServedStore for PostgresStore {
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send {
+        PostgresStore::close(self)
+    }
+}
+
+/// Serves `store` (and runs the demo writer into it) until a shutdown signal.
+async fn serve_store<S: ServedStore>(
+    store: S,
+    args: &ServeArgs,
+    shown_url: String,
+    auth: Auth,
+    config: ServerConfig,
+    demo: Option<DemoConfig>,
+) -> Result<(), CliError> {
     let addr = args
         .listen
         .resolve()
@@ -787,13 +883,11 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
     let tokens_watch = tokio::spawn(auth::watch_tokens_file(auth, signal.clone()));
     let server = app::start(store.clone(), config, signal.clone())
         .await
-        .map_err(|error| {
-            CliError::runtime(format!("cannot read database {}: {error}", args.database))
-        })?;
+        .map_err(|error| CliError::runtime(format!("cannot read database {shown_url}: {error}")))?;
     tracing::info!(
         listen = %local,
         tls = args.tls_cert.is_some(),
-        database = %args.database,
+        database = %shown_url,
         attach = args.attach,
         epoch = %server.state().epoch(),
         head = server.state().feed().published().0,
@@ -845,8 +939,7 @@ async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError
     result.map_err(|error| CliError::runtime(format!("server failed: {error}")))?;
     match store.replaced() {
         Some(why) => Err(CliError::runtime(format!(
-            "stopped serving {}: {why}; start the server again to serve the new database",
-            args.database
+            "stopped serving {shown_url}: {why}; start the server again to serve the new database"
         ))),
         None => Ok(()),
     }
@@ -907,9 +1000,21 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(check_database_url("postgres://h/db").unwrap_err().code, 2);
-        assert_eq!(check_database_url("mysql://h/db").unwrap_err().code, 2);
-        assert!(check_database_url("sqlite://changefeed.db").is_ok());
+        assert_eq!(
+            check_database_url("postgres://h/db").unwrap(),
+            DatabaseKind::Postgres
+        );
+        assert_eq!(
+            check_database_url("postgresql://u:p@h/db").unwrap(),
+            DatabaseKind::Postgres
+        );
+        let mysql = check_database_url("mysql://u:secret@h/db").unwrap_err();
+        assert_eq!(mysql.code, 2);
+        assert!(!mysql.message.contains("secret"), "{}", mysql.message);
+        assert_eq!(
+            check_database_url("sqlite://changefeed.db").unwrap(),
+            DatabaseKind::Sqlite
+        );
         assert!(check_database_url("sqlite:changefeed.db").is_ok());
     }
 

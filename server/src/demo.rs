@@ -1,7 +1,9 @@
 //! `changefeed demo`: realistic activity written through the domain tables only (projects,
 //! sessions, pull requests, checks, review threads), so the triggers produce every one of the
-//! eight kinds exactly as the real daemon's writes would. All writes go through the store's
-//! single write connection ([`SqliteStore::begin_write`]), one short transaction per step.
+//! eight kinds exactly as the real daemon's writes would. One short transaction per step: on
+//! SQLite through the store's single write connection ([`SqliteStore::begin_write`]), on
+//! Postgres through the store's pool ([`PostgresStore::pool`]); the SQL is the same on both
+//! (`?` placeholders become `$n` for Postgres, `{now}` the dialect's current timestamp).
 //!
 //! The writer keeps a small model of what exists (live sessions, open pull requests with their
 //! checks and review threads) and picks a plausible next step at random: sessions start, work,
@@ -11,11 +13,145 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::SqliteConnection;
-
 use crate::shutdown::ShutdownSignal;
-use crate::store::sqlite::SqliteStore;
+use crate::store::postgres::PostgresStore;
+use crate::store::sqlite::{SqliteStore, WriteTx};
 use crate::store::StoreError;
+
+/// Where the demo writes.
+#[derive(Debug, Clone)]
+pub enum DemoTarget {
+    /// A SQLite store (its single write connection).
+    Sqlite(SqliteStore),
+    /// A Postgres store (its pool).
+    Postgres(PostgresStore),
+}
+
+impl From<SqliteStore> for DemoTarget {
+    fn from(store: SqliteStore) -> Self {
+        DemoTarget::Sqlite(store)
+    }
+}
+
+impl From<PostgresStore> for DemoTarget {
+    fn from(store: PostgresStore) -> Self {
+        DemoTarget::Postgres(store)
+    }
+}
+
+/// A bind value of the demo's statements.
+#[derive(Debug, Clone)]
+enum Arg {
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+}
+
+impl From<&str> for Arg {
+    fn from(text: &str) -> Self {
+        Arg::Text(text.to_owned())
+    }
+}
+
+impl From<&String> for Arg {
+    fn from(text: &String) -> Self {
+        Arg::Text(text.clone())
+    }
+}
+
+impl From<String> for Arg {
+    fn from(text: String) -> Self {
+        Arg::Text(text)
+    }
+}
+
+impl From<Option<String>> for Arg {
+    fn from(text: Option<String>) -> Self {
+        Arg::OptText(text)
+    }
+}
+
+impl From<i64> for Arg {
+    fn from(value: i64) -> Self {
+        Arg::Int(value)
+    }
+}
+
+/// One demo transaction on either store.
+enum DemoTx {
+    Sqlite(WriteTx),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl DemoTarget {
+    async fn begin(&self) -> Result<DemoTx, StoreError> {
+        Ok(match self {
+            DemoTarget::Sqlite(store) => DemoTx::Sqlite(store.begin_write().await?),
+            DemoTarget::Postgres(store) => DemoTx::Postgres(store.pool().begin().await?),
+        })
+    }
+}
+
+impl DemoTx {
+    /// Runs one statement written with `?` placeholders and `{now}`; returns rows affected.
+    async fn execute(&mut self, sql: &str, args: Vec<Arg>) -> Result<u64, StoreError> {
+        match self {
+            DemoTx::Sqlite(tx) => {
+                let sql = sql.replace("{now}", "strftime('%Y-%m-%dT%H:%M:%fZ','now')");
+                let mut query = sqlx::query(&sql);
+                for arg in args {
+                    query = match arg {
+                        Arg::Text(text) => query.bind(text),
+                        Arg::OptText(text) => query.bind(text),
+                        Arg::Int(value) => query.bind(value),
+                    };
+                }
+                Ok(query.execute(&mut **tx).await?.rows_affected())
+            }
+            DemoTx::Postgres(tx) => {
+                let sql = numbered_placeholders(&sql.replace("{now}", "changefeed_now()"));
+                let mut query = sqlx::query(&sql);
+                for arg in args {
+                    query = match arg {
+                        Arg::Text(text) => query.bind(text),
+                        Arg::OptText(text) => query.bind(text),
+                        Arg::Int(value) => query.bind(value),
+                    };
+                }
+                Ok(query.execute(&mut **tx).await?.rows_affected())
+            }
+        }
+    }
+
+    async fn count(&mut self, sql: &str) -> Result<i64, StoreError> {
+        Ok(match self {
+            DemoTx::Sqlite(tx) => sqlx::query_scalar(sql).fetch_one(&mut **tx).await?,
+            DemoTx::Postgres(tx) => sqlx::query_scalar(sql).fetch_one(&mut **tx).await?,
+        })
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            DemoTx::Sqlite(tx) => tx.commit().await,
+            DemoTx::Postgres(tx) => Ok(tx.commit().await?),
+        }
+    }
+}
+
+/// `?` placeholders as Postgres's `$1`, `$2`, ... (the demo's SQL has no `?` in literals).
+fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut next = 1;
+    for c in sql.chars() {
+        if c == '?' {
+            out.push_str(&format!("${next}"));
+            next += 1;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// What the demo writes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,10 +231,11 @@ pub fn clock_seed() -> u64 {
 /// Writes demo activity into `store` until `shutdown`. Returns the number of steps written.
 /// A failed step is logged and skipped; failing to create the projects is an error.
 pub async fn run(
-    store: SqliteStore,
+    store: impl Into<DemoTarget>,
     config: DemoConfig,
     mut shutdown: ShutdownSignal,
 ) -> Result<u64, StoreError> {
+    let store = store.into();
     let mut demo = Demo {
         rng: fastrand::Rng::with_seed(config.seed),
         tag: String::new(),
@@ -113,17 +250,15 @@ pub async fn run(
     };
     demo.tag = format!("{:04x}", demo.rng.u16(..));
     {
-        let mut tx = store.begin_write().await?;
+        let mut tx = store.begin().await?;
         for (index, id) in demo.projects.iter().enumerate() {
-            sqlx::query("INSERT OR IGNORE INTO projects (id, name) VALUES (?, ?)")
-                .bind(id)
-                .bind(format!("Demo project {}", index + 1))
-                .execute(&mut *tx)
-                .await?;
-        }
-        let prs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pull_requests")
-            .fetch_one(&mut *tx)
+            tx.execute(
+                "INSERT INTO projects (id, name) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                vec![id.into(), format!("Demo project {}", index + 1).into()],
+            )
             .await?;
+        }
+        let prs = tx.count("SELECT COUNT(*) FROM pull_requests").await?;
         demo.next_pr = u64::try_from(prs).unwrap_or(0) + 1;
         tx.commit().await?;
     }
@@ -151,8 +286,8 @@ pub async fn run(
 }
 
 /// One transaction of plausible activity; returns what it did.
-async fn step(store: &SqliteStore, demo: &mut Demo) -> Result<&'static str, StoreError> {
-    let mut tx = store.begin_write().await?;
+async fn step(store: &DemoTarget, demo: &mut Demo) -> Result<&'static str, StoreError> {
+    let mut tx = store.begin().await?;
     let project = demo.below(demo.projects.len());
     let what = choose(demo, project, &mut tx).await?;
     tx.commit().await?;
@@ -162,7 +297,7 @@ async fn step(store: &SqliteStore, demo: &mut Demo) -> Result<&'static str, Stor
 async fn choose(
     demo: &mut Demo,
     project: usize,
-    db: &mut SqliteConnection,
+    db: &mut DemoTx,
 ) -> Result<&'static str, StoreError> {
     let sessions: Vec<usize> = (0..demo.sessions.len())
         .filter(|&i| demo.sessions[i].project == project)
@@ -175,12 +310,7 @@ async fn choose(
     if sessions.is_empty() || (roll < 10 && sessions.len() < MAX_SESSIONS_PER_PROJECT) {
         let id = format!("sess-{}-{}", demo.tag, demo.next_session);
         demo.next_session += 1;
-        sqlx::query("INSERT INTO sessions (id, project_id, activity, display_name) VALUES (?, ?, 'working', ?)")
-            .bind(&id)
-            .bind(&demo.projects[project])
-            .bind(format!("Session {}", demo.next_session - 1))
-            .execute(&mut *db)
-            .await?;
+        db.execute("INSERT INTO sessions (id, project_id, activity, display_name) VALUES (?, ?, 'working', ?)", vec![Arg::from(&id), Arg::from(&demo.projects[project]), Arg::from(format!("Session {}", demo.next_session - 1))]).await?;
         demo.sessions.push(Session { id, project });
         return Ok("session_created");
     }
@@ -194,12 +324,15 @@ async fn choose(
         demo.next_pr += 1;
         let session_id = demo.sessions[session].id.clone();
         let commit = demo.commit_sha();
-        sqlx::query("INSERT INTO pull_requests (url, project_id, session_id) VALUES (?, ?, ?)")
-            .bind(&url)
-            .bind(&demo.projects[project])
-            .bind(&session_id)
-            .execute(&mut *db)
-            .await?;
+        db.execute(
+            "INSERT INTO pull_requests (url, project_id, session_id) VALUES (?, ?, ?)",
+            vec![
+                Arg::from(&url),
+                Arg::from(&demo.projects[project]),
+                Arg::from(&session_id),
+            ],
+        )
+        .await?;
         demo.prs.push(PullRequest {
             url,
             project,
@@ -217,10 +350,7 @@ async fn choose(
         // Session activity, sometimes its end.
         let id = demo.sessions[session].id.clone();
         if demo.chance(10) && sessions.len() > 1 {
-            sqlx::query("UPDATE sessions SET is_terminated = 1, activity = 'idle', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?")
-                .bind(&id)
-                .execute(&mut *db)
-                .await?;
+            db.execute("UPDATE sessions SET is_terminated = 1, activity = 'idle', updated_at = {now} WHERE id = ?", vec![Arg::from(&id)]).await?;
             demo.sessions.remove(session);
             for pr in &mut demo.prs {
                 if pr.session.as_deref() == Some(id.as_str()) {
@@ -233,12 +363,7 @@ async fn choose(
         let preview = demo
             .chance(30)
             .then(|| format!("https://preview.example.com/{id}"));
-        sqlx::query("UPDATE sessions SET activity = ?, preview_url = COALESCE(?, preview_url), updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?")
-            .bind(activity)
-            .bind(preview)
-            .bind(&id)
-            .execute(&mut *db)
-            .await?;
+        db.execute("UPDATE sessions SET activity = ?, preview_url = COALESCE(?, preview_url), updated_at = {now} WHERE id = ?", vec![Arg::from(activity), Arg::from(preview), Arg::from(&id)]).await?;
         return Ok("session_updated");
     }
 
@@ -257,33 +382,26 @@ async fn choose(
                 "failure"
             };
             let name = demo.prs[pr].checks[index].0;
-            sqlx::query(
+            db.execute(
                 "UPDATE pr_checks SET status = ? WHERE pr_url = ? AND name = ? AND commit_sha = ?",
+                vec![
+                    Arg::from(status),
+                    Arg::from(&url),
+                    Arg::from(name),
+                    Arg::from(&commit),
+                ],
             )
-            .bind(status)
-            .bind(&url)
-            .bind(name)
-            .bind(&commit)
-            .execute(&mut *db)
             .await?;
             demo.prs[pr].checks[index].1 = status;
         } else if demo.prs[pr].checks.len() < CHECKS.len() {
             let name = CHECKS[demo.prs[pr].checks.len()];
-            sqlx::query("INSERT INTO pr_checks (pr_url, name, commit_sha, status) VALUES (?, ?, ?, 'pending')")
-                .bind(&url)
-                .bind(name)
-                .bind(&commit)
-                .execute(&mut *db)
-                .await?;
+            db.execute("INSERT INTO pr_checks (pr_url, name, commit_sha, status) VALUES (?, ?, ?, 'pending')", vec![Arg::from(&url), Arg::from(name), Arg::from(&commit)]).await?;
             demo.prs[pr].checks.push((name, "pending"));
         } else {
             // Every check ran: a new commit restarts CI.
             demo.prs[pr].commit = demo.commit_sha();
             demo.prs[pr].checks.clear();
-            sqlx::query("UPDATE pull_requests SET ci_state = 'pending', mergeability = 'unknown', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE url = ?")
-                .bind(&url)
-                .execute(&mut *db)
-                .await?;
+            db.execute("UPDATE pull_requests SET ci_state = 'pending', mergeability = 'unknown', updated_at = {now} WHERE url = ?", vec![Arg::from(&url)]).await?;
             return Ok("pr_updated (new commit)");
         }
         let checks = &demo.prs[pr].checks;
@@ -294,11 +412,11 @@ async fn choose(
         } else {
             "running"
         };
-        sqlx::query("UPDATE pull_requests SET ci_state = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE url = ?")
-            .bind(ci)
-            .bind(&url)
-            .execute(&mut *db)
-            .await?;
+        db.execute(
+            "UPDATE pull_requests SET ci_state = ?, updated_at = {now} WHERE url = ?",
+            vec![Arg::from(ci), Arg::from(&url)],
+        )
+        .await?;
         return Ok("pr_check_recorded");
     }
 
@@ -311,12 +429,10 @@ async fn choose(
             .position(|(_, resolved)| !resolved);
         if let Some(index) = open.filter(|_| demo.chance(50)) {
             let thread = demo.prs[pr].threads[index].0.clone();
-            sqlx::query(
+            db.execute(
                 "UPDATE pr_review_threads SET resolved = 1 WHERE pr_url = ? AND thread_id = ?",
+                vec![Arg::from(&url), Arg::from(&thread)],
             )
-            .bind(&url)
-            .bind(&thread)
-            .execute(&mut *db)
             .await?;
             demo.prs[pr].threads[index].1 = true;
             return Ok("pr_review_thread_resolved");
@@ -326,14 +442,7 @@ async fn choose(
         let path = PATHS[demo.below(PATHS.len())];
         let line = 1 + demo.below(400) as i64;
         let is_bot = demo.chance(30);
-        sqlx::query("INSERT INTO pr_review_threads (pr_url, thread_id, path, line, is_bot) VALUES (?, ?, ?, ?, ?)")
-            .bind(&url)
-            .bind(&thread)
-            .bind(path)
-            .bind(line)
-            .bind(is_bot)
-            .execute(&mut *db)
-            .await?;
+        db.execute("INSERT INTO pr_review_threads (pr_url, thread_id, path, line, is_bot) VALUES (?, ?, ?, ?, ?)", vec![Arg::from(&url), Arg::from(&thread), Arg::from(path), Arg::from(line), Arg::from(i64::from(is_bot))]).await?;
         demo.prs[pr].threads.push((thread, false));
         return Ok("pr_review_thread_added");
     }
@@ -347,11 +456,11 @@ async fn choose(
             .map(|&i| demo.sessions[i].id.clone())
             .find(|id| Some(id) != current.as_ref());
         if let Some(other) = other {
-            sqlx::query("UPDATE pull_requests SET session_id = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE url = ?")
-                .bind(&other)
-                .bind(&url)
-                .execute(&mut *db)
-                .await?;
+            db.execute(
+                "UPDATE pull_requests SET session_id = ?, updated_at = {now} WHERE url = ?",
+                vec![Arg::from(&other), Arg::from(&url)],
+            )
+            .await?;
             demo.prs[pr].session = Some(other);
             return Ok("pr_session_changed");
         }
@@ -365,20 +474,16 @@ async fn choose(
         } else {
             "changes_requested"
         };
-        sqlx::query("UPDATE pull_requests SET review_decision = ?, mergeability = 'mergeable', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE url = ?")
-            .bind(decision)
-            .bind(&url)
-            .execute(&mut *db)
-            .await?;
+        db.execute("UPDATE pull_requests SET review_decision = ?, mergeability = 'mergeable', updated_at = {now} WHERE url = ?", vec![Arg::from(decision), Arg::from(&url)]).await?;
         demo.prs[pr].approved = decision == "approved";
         return Ok("pr_updated (review)");
     }
     let state = if demo.chance(85) { "merged" } else { "closed" };
-    sqlx::query("UPDATE pull_requests SET state = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE url = ?")
-        .bind(state)
-        .bind(&url)
-        .execute(&mut *db)
-        .await?;
+    db.execute(
+        "UPDATE pull_requests SET state = ?, updated_at = {now} WHERE url = ?",
+        vec![Arg::from(state), Arg::from(&url)],
+    )
+    .await?;
     demo.prs.remove(pr);
     Ok("pr_updated (closed)")
 }

@@ -18,7 +18,10 @@
 //! `changefeed_tail_latency_seconds` (histogram); auth and limits:
 //! `changefeed_auth_rejections_total{code="unauthorized"|"forbidden"}`,
 //! `changefeed_limit_rejections_total{limit="per_token"|"global"}` (429s) and
-//! `changefeed_auth_stream_ends_total{reason="revoked"|"expired"}`.
+//! `changefeed_auth_stream_ends_total{reason="revoked"|"expired"}`. A store may add series of
+//! its own ([`crate::store::Store::metrics_collector`]: a Postgres replica's sequencer and change
+//! watch, `server/src/store/postgres/metrics.rs`), collected at each scrape into the same
+//! registry.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -109,6 +112,16 @@ impl AuthMetrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::with_collector(None)
+    }
+}
+
+impl Metrics {
+    /// The server's metrics plus, when given, a store's own series (collected at each scrape:
+    /// [`crate::store::Store::metrics_collector`]).
+    pub fn with_collector(
+        collector: Option<Box<dyn prometheus_client::collector::Collector>>,
+    ) -> Metrics {
         let metrics = Metrics {
             registry: Registry::default(),
             subscribers: Gauge::default(),
@@ -195,6 +208,9 @@ impl Default for Metrics {
             metrics.latency.clone(),
         );
         metrics.auth.register(&mut registry);
+        if let Some(collector) = collector {
+            registry.register_collector(collector);
+        }
         Metrics {
             registry,
             ..metrics

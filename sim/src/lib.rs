@@ -23,6 +23,7 @@ pub mod hosts;
 pub mod memory;
 pub mod net;
 pub mod plan;
+pub mod replicated;
 pub mod run;
 pub mod seams;
 pub mod seeds;

@@ -6,6 +6,8 @@
 //! Every wait is bounded by [`FAIL_AFTER`], which is a failure bound only: helpers return as
 //! soon as what they wait for is observed, never after a fixed sleep.
 
+pub mod pg;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;

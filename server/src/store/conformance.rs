@@ -86,10 +86,21 @@ pub trait Harness: Send {
 
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh harness from
 /// `$make` (an `async fn() -> impl Harness`, or a closure returning such a future).
+///
+/// `store_conformance_tests!(optional $make)` takes a `$make` that returns
+/// `Option<impl Harness>` instead: `None` (say, no database server configured; the harness says
+/// why, and fails where it must not be missing) ends the check without running it.
 #[macro_export]
 macro_rules! store_conformance_tests {
+    (optional $make:expr) => {
+        $crate::store_conformance_tests!(@checks optional $make);
+    };
     ($make:expr) => {
-        $crate::store_conformance_tests!(@tests $make;
+        $crate::store_conformance_tests!(@checks required $make);
+    };
+    // The one list of checks, for both forms.
+    (@checks $how:ident $make:expr) => {
+        $crate::store_conformance_tests!(@ $how $make;
             head_is_a_watermark_that_deletes_do_not_lower,
             rows_keep_their_fields_and_come_in_seq_order,
             windows_apply_the_filter_and_the_range,
@@ -103,7 +114,17 @@ macro_rules! store_conformance_tests {
             prune_by_age_stops_at_the_first_recent_row,
         );
     };
-    (@tests $make:expr; $($check:ident),* $(,)?) => {
+    (@optional $make:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                if let Some(harness) = ($make)().await {
+                    $crate::store::conformance::$check(harness).await;
+                }
+            }
+        )*
+    };
+    (@required $make:expr; $($check:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {

@@ -44,6 +44,7 @@ use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, LocateRequest, Loca
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 /// What kind of failure a [`StoreError`] is, which decides what the caller does about it.
@@ -237,8 +238,9 @@ impl Rows {
     }
 }
 
-/// A change log. Implementations: SQLite ([`sqlite::SqliteStore`]) and the simulation's
-/// in-memory log; every one passes [`conformance`].
+/// A change log. Implementations: SQLite ([`sqlite::SqliteStore`]), Postgres
+/// ([`postgres::PostgresStore`]) and the simulation's in-memory log; every one passes
+/// [`conformance`].
 pub trait Store: Clone + Send + Sync + 'static {
     /// Epoch, head (the watermark) and floor, read in one snapshot.
     fn bounds(&self) -> impl Future<Output = Result<LogBounds, StoreError>> + Send;
@@ -328,6 +330,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         retention: Retention,
         batch: usize,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The store's own `/metrics` series (a Postgres replica's sequencer and change watch),
+    /// collected at every scrape into the server's registry; `None` when it has none.
+    fn metrics_collector(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
+        None
+    }
 }
 
 /// What a store does at start-up about its epoch, given the head, floor and published mark it

@@ -1,7 +1,7 @@
 //! The SQLite store: a database file in WAL mode, read through a small pool and written through
 //! exactly one connection.
 //!
-//! - **Schema.** `migrations/` (embedded at compile time, no database needed to build) creates
+//! - **Schema.** `migrations/sqlite/` (embedded at compile time, no database needed to build) creates
 //!   the domain tables, `change_log` and its triggers (one per change kind) with
 //!   `IF NOT EXISTS`, and keeps our own bookkeeping in `changefeed_meta` (`epoch`, `published`,
 //!   `floor`), so it can run against a database whose tables another program owns.
@@ -63,12 +63,12 @@ use super::{
     Retention, Rows, Store, StoreError,
 };
 
-/// The embedded migrations (`server/migrations/`).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The embedded migrations (`server/migrations/sqlite/`).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// The one table an attached database gets: `changefeed_meta`, exactly as the first migration
 /// makes it (`CREATE TABLE IF NOT EXISTS`, `INSERT OR IGNORE`: an existing epoch is kept).
-const META_TABLE_SQL: &str = include_str!("../../migrations/0001_changefeed_meta.sql");
+const META_TABLE_SQL: &str = include_str!("../../migrations/sqlite/0001_changefeed_meta.sql");
 
 /// The head alone, for bookkeeping kept outside the database (see [`BOUNDS_SQL`]).
 const HEAD_SQL: &str =
