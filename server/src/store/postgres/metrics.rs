@@ -120,7 +120,7 @@ impl Collector for StatsCollector {
         gauge(
             &mut encoder,
             "changefeed_pending_rows",
-            "Rows still waiting for a seq (committed, or in open transactions), as last polled",
+            "Committed rows still waiting for a seq, as last polled (rows of open transactions are invisible until they commit; the horizon gauges name such a transaction)",
             sampled(&stats.pending_rows),
         )?;
         gauge(
