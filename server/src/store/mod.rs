@@ -45,6 +45,7 @@ use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, LocateRequest, Loca
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod sqlite;
+pub mod walking;
 
 /// What kind of failure a [`StoreError`] is, which decides what the caller does about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
