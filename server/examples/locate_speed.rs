@@ -23,12 +23,13 @@ async fn main() {
     let path = dir.path().join("locate.db");
     let url = format!("sqlite://{}", path.display());
     let store = SqliteStore::open(&url).await.expect("open");
-    // 10 projects, 1000 sessions, 4 kinds, spread evenly: written by the sqlite3 CLI.
+    // 10 projects, 1000 sessions, 4 kinds, spread evenly and independently: written by the
+    // sqlite3 CLI.
     let sql = format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
          INSERT INTO change_log (project_id, session_id, event_type, payload) \
-         SELECT 'p' || (i % 10), 's' || (i % 1000), \
-         CASE i % 4 WHEN 0 THEN 'pr_updated' WHEN 1 THEN 'pr_created' \
+         SELECT 'p' || (i % 10), 's' || ((i / 10) % 1000), \
+         CASE (i / 3) % 4 WHEN 0 THEN 'pr_updated' WHEN 1 THEN 'pr_created' \
          WHEN 2 THEN 'session_updated' ELSE 'pr_check_recorded' END, '{{\"i\":' || i || '}}' FROM n;"
     );
     let started = Instant::now();
@@ -47,6 +48,7 @@ async fn main() {
         ("project=p3&types=pr_updated", "project=p3&types=pr_updated", 1_000),
         ("session=s7", "session=s7", 1_000),
         ("project=p3&session=s7", "project=p3&session=s7", 100),
+        ("project=p1&project=p2", "project=p1&project=p2", 1_000),
         ("project=p1&project=p2&types=pr_*", "project=p1&project=p2&types=pr_*", 1_000),
     ];
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

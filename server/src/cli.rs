@@ -175,7 +175,7 @@ pub struct TailArgs {
     pub types: Option<String>,
     /// Start after this cursor (`<epoch>:<seq>`, or `<seq>`; `0` is the beginning; a sealed
     /// id from a server with auth on) instead of at the head.
-    #[arg(long, value_name = "CURSOR", value_parser = parse_cursor)]
+    #[arg(long, value_name = "CURSOR", value_parser = parse_cursor, allow_hyphen_values = true)]
     pub after: Option<String>,
     /// Start with the newest N matching events (1 to 10000), then follow (or, with --once,
     /// exit). The cursor file wins over it; it excludes --after.

@@ -1,7 +1,10 @@
-//! `last=`'s locate for SQLite in one indexed query: the log read backwards from `upto` with
-//! the filter pushed down (projects through the `(project_id, seq)` index, kinds, sessions),
-//! only the four columns a match needs, stopping at the `count`-th row the core's filter
-//! matches. The pushed-down clauses only narrow what is read; the core's
+//! `last=`'s locate for SQLite as indexed backwards scans: the log read backwards from `upto`
+//! with the filter pushed down (kinds, sessions; a project through the `(project_id, seq)`
+//! index), only the four columns a match needs, stopping at the `count`-th row the core's
+//! filter matches. One scan for one project or none (then by `seq`, the rowid); for several
+//! projects one scan per project, merged: the `count`-th newest match overall is among each
+//! project's `count` newest, and each scan stays an index range read instead of a sort of every
+//! row of those projects. The pushed-down clauses only narrow what is read; the core's
 //! [`Filter::matches_event`] decides, on the values decoded as replay decodes them (see
 //! `row_from`), so the count is of exactly the rows a replay would send.
 
@@ -30,9 +33,13 @@ impl LocateQuery {
             if projects.is_empty() {
                 return None;
             }
+            let test = if projects.len() == 1 {
+                "= ?".to_owned()
+            } else {
+                format!("IN ({})", placeholders(projects.len()))
+            };
             sql.push_str(&format!(
-                " AND project_id IN ({}) AND typeof(project_id) = 'text'",
-                placeholders(projects.len())
+                " AND project_id {test} AND typeof(project_id) = 'text'"
             ));
             binds.extend(projects.iter().cloned());
         }
@@ -89,17 +96,47 @@ pub(super) async fn locate_in(
     if request.count == 0 || upto <= bounds.floor {
         return Ok(located(None));
     }
+    let count = request.count as usize;
+    let nth = match &filter.projects {
+        Some(projects) if projects.len() > 1 => {
+            let mut newest = Vec::new();
+            for project in projects {
+                let one = Filter {
+                    projects: Some([project.clone()].into()),
+                    ..filter.clone()
+                };
+                newest.extend(scan(connection, bounds.floor, upto, &one, count).await?);
+            }
+            newest.sort_unstable_by(|a, b| b.cmp(a));
+            newest.get(count - 1).copied()
+        }
+        _ => scan(connection, bounds.floor, upto, filter, count)
+            .await?
+            .get(count - 1)
+            .copied(),
+    };
+    Ok(located(nth))
+}
+
+/// The seqs of the newest `count` rows in `(floor, upto]` the filter matches, newest first.
+async fn scan(
+    connection: &mut SqliteConnection,
+    floor: Seq,
+    upto: Seq,
+    filter: &Filter,
+    count: usize,
+) -> Result<Vec<Seq>, StoreError> {
     let Some(query) = LocateQuery::new(filter) else {
-        return Ok(located(None));
+        return Ok(Vec::new());
     };
     let mut statement = sqlx::query(&query.sql)
-        .bind(to_sql(bounds.floor))
+        .bind(to_sql(floor))
         .bind(to_sql(upto));
     for value in &query.binds {
         statement = statement.bind(value.as_str());
     }
     let mut rows = statement.fetch(&mut *connection);
-    let mut remaining = request.count;
+    let mut found = Vec::new();
     while let Some(row) = rows.try_next().await? {
         let seq = seq_from("seq", sqlx::Row::try_get(&row, 0)?)?;
         let text = |index| -> Result<Option<String>, StoreError> {
@@ -113,13 +150,13 @@ pub(super) async fn locate_in(
         let session = text(2)?;
         let kind = text(3)?.unwrap_or_default();
         if filter.matches_event(&project, session.as_deref(), &kind) {
-            remaining -= 1;
-            if remaining == 0 {
-                return Ok(located(Some(seq)));
+            found.push(seq);
+            if found.len() == count {
+                break;
             }
         }
     }
-    Ok(located(None::<Seq>))
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -200,7 +237,7 @@ mod tests {
     #[test]
     fn the_locate_query_pushes_the_filter_down() {
         let filter = changefeed_core::EventsQuery::parse(Some(
-            "project=a&project=b&session=s1&types=pr_*,session_created",
+            "project=a&session=s1&session=s2&types=pr_*,session_created",
         ))
         .unwrap()
         .filter;
@@ -208,11 +245,11 @@ mod tests {
         assert_eq!(
             query.sql,
             "SELECT seq, project_id, session_id, event_type FROM change_log WHERE seq > ? AND \
-             seq <= ? AND project_id IN (?, ?) AND typeof(project_id) = 'text' AND session_id \
-             IN (?) AND typeof(session_id) = 'text' AND typeof(event_type) = 'text' AND \
+             seq <= ? AND project_id = ? AND typeof(project_id) = 'text' AND session_id \
+             IN (?, ?) AND typeof(session_id) = 'text' AND typeof(event_type) = 'text' AND \
              (event_type GLOB ? OR event_type = ?) ORDER BY seq DESC"
         );
-        assert_eq!(query.binds, ["a", "b", "s1", "pr_*", "session_created"]);
+        assert_eq!(query.binds, ["a", "s1", "s2", "pr_*", "session_created"]);
         let all = LocateQuery::new(&changefeed_core::Filter::all()).unwrap();
         assert!(!all.sql.contains(" AND project_id"), "{}", all.sql);
     }
