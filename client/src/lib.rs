@@ -327,20 +327,28 @@ mod tests {
         let mut config = ClientConfig::new("http://127.0.0.1:7467/api/v1/events?project=p1")
             .unwrap()
             .with_bearer_token("s3cret-bearer");
-        config
-            .headers
-            .push(("cookie".to_owned(), "changefeed_token=s3cret-cookie".to_owned()));
-        config
-            .headers
-            .push(("PROXY-Authorization".to_owned(), "Basic s3cret-proxy".to_owned()));
+        config.headers.push((
+            "cookie".to_owned(),
+            "changefeed_token=s3cret-cookie".to_owned(),
+        ));
+        config.headers.push((
+            "PROXY-Authorization".to_owned(),
+            "Basic s3cret-proxy".to_owned(),
+        ));
         config
             .headers
             .push(("X-Request-Source".to_owned(), "phone".to_owned()));
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert_eq!(shown.matches("<redacted>").count(), 3, "{shown}");
-        assert!(shown.contains("(\"Authorization\", \"<redacted>\")"), "{shown}");
-        assert!(shown.contains("(\"X-Request-Source\", \"phone\")"), "{shown}");
+        assert!(
+            shown.contains("(\"Authorization\", \"<redacted>\")"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("(\"X-Request-Source\", \"phone\")"),
+            "{shown}"
+        );
         assert!(shown.contains("project=p1"), "{shown}");
         assert!(format!("{config:#?}").contains("read_timeout"));
     }

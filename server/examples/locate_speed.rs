@@ -17,7 +17,10 @@ use changefeed_core::{EventsQuery, LocateRequest};
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let rows: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let rows: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("locate.db");
@@ -45,11 +48,19 @@ async fn main() {
         ("every project", "", 100),
         ("every project", "", 10_000),
         ("project=p3", "project=p3", 1_000),
-        ("project=p3&types=pr_updated", "project=p3&types=pr_updated", 1_000),
+        (
+            "project=p3&types=pr_updated",
+            "project=p3&types=pr_updated",
+            1_000,
+        ),
         ("session=s7", "session=s7", 1_000),
         ("project=p3&session=s7", "project=p3&session=s7", 100),
         ("project=p1&project=p2", "project=p1&project=p2", 1_000),
-        ("project=p1&project=p2&types=pr_*", "project=p1&project=p2&types=pr_*", 1_000),
+        (
+            "project=p1&project=p2&types=pr_*",
+            "project=p1&project=p2&types=pr_*",
+            1_000,
+        ),
     ];
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("| filter | last | indexed (ms) | default walk (ms) | speed-up |");
@@ -64,7 +75,10 @@ async fn main() {
             let a = store.locate(&filter, request).await.expect("locate");
             ours.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            let b = walking.locate(&filter, request).await.expect("default locate");
+            let b = walking
+                .locate(&filter, request)
+                .await
+                .expect("default locate");
             default.push(t.elapsed().as_secs_f64() * 1e3);
             assert_eq!(a, b, "{name} last={count}: the two locates disagree");
         }
@@ -81,7 +95,11 @@ async fn main() {
     println!();
     println!(
         "{rows} rows, median of {runs} runs; load average {}",
-        loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        loadavg
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     store.close().await;
 }

@@ -317,7 +317,7 @@ pub fn parse_id_key(bytes: &[u8]) -> Result<IdKey, String> {
         let mut key = [0u8; 32];
         for (byte, pair) in key.iter_mut().zip(text.chunks(2)) {
             let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-            *byte = digit(pair[0]) << 4 | digit(pair[1]);
+            *byte = (digit(pair[0]) << 4) | digit(pair[1]);
         }
         return Ok(IdKey::from_bytes(key));
     }
@@ -1049,8 +1049,17 @@ mod tests {
         let expected = IdKey::from_bytes(raw.clone().try_into().unwrap());
         assert_eq!(parse_id_key(&raw), Ok(expected.clone()));
         let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        for text in [hex.clone(), format!("{hex}\n"), format!("{hex}\r\n"), hex.to_uppercase()] {
-            assert_eq!(parse_id_key(text.as_bytes()), Ok(expected.clone()), "{text:?}");
+        for text in [
+            hex.clone(),
+            format!("{hex}\n"),
+            format!("{hex}\r\n"),
+            hex.to_uppercase(),
+        ] {
+            assert_eq!(
+                parse_id_key(text.as_bytes()),
+                Ok(expected.clone()),
+                "{text:?}"
+            );
         }
         for bad in [
             &raw[..31],
@@ -1062,7 +1071,10 @@ mod tests {
         ] {
             let error = parse_id_key(bad).unwrap_err();
             assert!(error.contains("32-byte key"), "{error}");
-            assert!(error.contains(&format!("found {} bytes", bad.len())), "{error}");
+            assert!(
+                error.contains(&format!("found {} bytes", bad.len())),
+                "{error}"
+            );
         }
     }
 

@@ -1117,7 +1117,8 @@ mod tests {
             panic!("tail expected");
         };
         assert_eq!(bare.options(), TailOptions::default());
-        let sealed = IdKey::from_bytes([1; 32]).seal(changefeed_core::Epoch(1), changefeed_core::Seq(2), 3);
+        let sealed =
+            IdKey::from_bytes([1; 32]).seal(changefeed_core::Epoch(1), changefeed_core::Seq(2), 3);
         for (flags, last, after) in [
             (vec!["--last", "10000"], Some(10_000), None),
             (vec!["--last", "1", "--session", "s1"], Some(1), None),

@@ -453,7 +453,11 @@ fn the_real_binary_seals_ids_with_the_key_file_and_hides_the_head() {
         "--max-stream-secs",
         "1",
     ]);
-    let (status, text) = raw_get(addr, "/api/v1/events?after=0", &["Authorization: Bearer tok-all"]);
+    let (status, text) = raw_get(
+        addr,
+        "/api/v1/events?after=0",
+        &["Authorization: Bearer tok-all"],
+    );
     assert!(status.contains(" 200 "), "{status}");
     let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
     assert!(!head.contains("changefeed-head:"), "{head}");
@@ -468,7 +472,10 @@ fn the_real_binary_seals_ids_with_the_key_file_and_hides_the_head() {
         .expect("a first frame with an id");
     assert_eq!(id.to_ascii_lowercase(), cursor);
     let opened = changefeed_core::IdKey::from_bytes(key).open(id);
-    assert!(matches!(opened, Some((_, changefeed_core::Seq(0), _))), "{id}: {opened:?}");
+    assert!(
+        matches!(opened, Some((_, changefeed_core::Seq(0), _))),
+        "{id}: {opened:?}"
+    );
     let log = server.stop();
     assert!(!log.contains("without --id-key"), "{log}");
 }

@@ -433,14 +433,21 @@ mod tests {
         assert_eq!(SimIds::Sealed([4; 32]).read(&id), None);
         assert_eq!(ids.read("00000000000000e1:42"), None);
         assert_eq!(SimIds::Plain.make(epoch, 7), "00000000000000e1:7");
-        assert_eq!(SimIds::Plain.read("00000000000000e1:7"), Some((Some(epoch), 7)));
+        assert_eq!(
+            SimIds::Plain.read("00000000000000e1:7"),
+            Some((Some(epoch), 7))
+        );
     }
 
     #[test]
     fn a_change_outside_the_grant_is_a_grant_leak() {
         let oracle: SharedOracle = Arc::default();
-        lock(&oracle).rows.insert(1, ("p1".into(), "pr_updated".into()));
-        lock(&oracle).rows.insert(2, ("p0".into(), "pr_updated".into()));
+        lock(&oracle)
+            .rows
+            .insert(1, ("p1".into(), "pr_updated".into()));
+        lock(&oracle)
+            .rows
+            .insert(2, ("p0".into(), "pr_updated".into()));
         let ids = SimIds::Sealed([9; 32]);
         let epoch = Epoch(5);
         let mut checker = Checker::with_grant(

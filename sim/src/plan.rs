@@ -344,7 +344,10 @@ impl Scenario {
     pub fn tokens_file(&self) -> String {
         let mut text = format!("{ROOT_TOKEN} *\n");
         for client in &self.clients {
-            let grant = client.grant.as_ref().map_or("*".to_owned(), |g| g.join(","));
+            let grant = client
+                .grant
+                .as_ref()
+                .map_or("*".to_owned(), |g| g.join(","));
             text.push_str(&format!("{} {grant}\n", client.token()));
         }
         text

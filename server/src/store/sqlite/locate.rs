@@ -162,9 +162,9 @@ async fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sqlite::SqliteStore;
     use crate::store::walking::WalkingLocate;
     use crate::store::Store;
-    use crate::store::sqlite::SqliteStore;
 
     /// A log of odd rows: ids and kinds of several storage classes, sessions NULL, empty or
     /// set, deleted rows; every filter and count answered by the SQL locate and by the default
@@ -181,7 +181,12 @@ mod tests {
         let store = SqliteStore::open(&url).await.unwrap();
         let projects = ["a", "b", "c"];
         let sessions = ["'s1'", "'s2'", "NULL", "''", "7", "X'7331'"];
-        let kinds = ["pr_created", "pr_updated", "session_created", "project_created"];
+        let kinds = [
+            "pr_created",
+            "pr_updated",
+            "session_created",
+            "project_created",
+        ];
         let mut sql = String::from("BEGIN;");
         for _ in 0..400 {
             let project = match rng.u8(..10) {
@@ -197,7 +202,10 @@ mod tests {
             ));
         }
         sql.push_str("DELETE FROM change_log WHERE seq % 17 = 0; COMMIT;");
-        sqlx::raw_sql(&sql).execute(&store.inner.write).await.unwrap();
+        sqlx::raw_sql(&sql)
+            .execute(&store.inner.write)
+            .await
+            .unwrap();
         let walking = WalkingLocate(store.clone());
         for case in 0..300 {
             let mut query = Vec::new();
