@@ -36,6 +36,10 @@ pub struct World {
     pub writers: usize,
     /// The log's epoch at the start.
     pub epoch: Epoch,
+    /// Auth on: every client presents its token.
+    pub auth: bool,
+    /// How the server spells ids (the sim's own reading and writing of them).
+    pub ids: SimIds,
     /// The server's heartbeat (clients time out reads after three).
     pub heartbeat: Duration,
     /// By when a client that stayed must have caught up.
