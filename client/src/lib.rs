@@ -111,8 +111,9 @@ pub const DEFAULT_PARSER_LIMITS: ParserLimits = ParserLimits {
 /// [`ClientConfig::with_token_from_env`]).
 pub const TOKEN_ENV: &str = "CHANGEFEED_TOKEN";
 
-/// How a [`Client`] or [`EventSource`] connects.
-#[derive(Debug, Clone)]
+/// How a [`Client`] or [`EventSource`] connects. Its `Debug` never prints credentials: the
+/// values of `Authorization`, `Proxy-Authorization` and `Cookie` headers show as `<redacted>`.
+#[derive(Clone)]
 pub struct ClientConfig {
     /// The event stream URL (`http://host:port/api/v1/events?...`).
     pub url: String,
@@ -138,6 +139,41 @@ pub struct ClientConfig {
     /// The longest line and the largest event the parser accepts (default
     /// [`DEFAULT_PARSER_LIMITS`]); more is a terminal [`ClientError::Parse`].
     pub parser_limits: ParserLimits,
+}
+
+/// Headers whose values are credentials, never printed.
+fn is_credential_header(name: &str) -> bool {
+    ["authorization", "proxy-authorization", "cookie"]
+        .iter()
+        .any(|secret| name.eq_ignore_ascii_case(secret))
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let shown = if is_credential_header(name) {
+                    "<redacted>"
+                } else {
+                    value.as_str()
+                };
+                (name.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("ClientConfig")
+            .field("url", &self.url)
+            .field("headers", &headers)
+            .field("last_event_id", &self.last_event_id)
+            .field("read_timeout", &self.read_timeout)
+            .field("reconnect", &self.reconnect)
+            .field("max_redirects", &self.max_redirects)
+            .field("method", &self.method)
+            .field("body", &self.body)
+            .field("parser_limits", &self.parser_limits)
+            .finish()
+    }
 }
 
 impl ClientConfig {
@@ -280,4 +316,40 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_credentials_and_keeps_everything_else() {
+        let mut config = ClientConfig::new("http://127.0.0.1:7467/api/v1/events?project=p1")
+            .unwrap()
+            .with_bearer_token("s3cret-bearer");
+        config.headers.push((
+            "cookie".to_owned(),
+            "changefeed_token=s3cret-cookie".to_owned(),
+        ));
+        config.headers.push((
+            "PROXY-Authorization".to_owned(),
+            "Basic s3cret-proxy".to_owned(),
+        ));
+        config
+            .headers
+            .push(("X-Request-Source".to_owned(), "phone".to_owned()));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_eq!(shown.matches("<redacted>").count(), 3, "{shown}");
+        assert!(
+            shown.contains("(\"Authorization\", \"<redacted>\")"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("(\"X-Request-Source\", \"phone\")"),
+            "{shown}"
+        );
+        assert!(shown.contains("project=p1"), "{shown}");
+        assert!(format!("{config:#?}").contains("read_timeout"));
+    }
 }

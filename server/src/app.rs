@@ -11,10 +11,11 @@
 //! after it; the tailer and janitor run until the shutdown signal, and [`App::stopped`] returns
 //! only after the tailer has persisted the published mark.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use changefeed_core::{Epoch, SubscriptionConfig};
+use changefeed_core::{Access, Epoch, Grant, IdKey, Ids, SubscriptionConfig};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -50,6 +51,14 @@ pub struct ServerConfig {
     /// Tokens, JWT keys and stream limits (off by default: anyone who can connect reads
     /// every project).
     pub auth: Auth,
+    /// The key ids are sealed with while auth is on (`--id-key`; every replica of one log needs
+    /// the same). With auth on and no key, a random key for this process: ids then survive
+    /// neither a restart nor a switch of replica (the client gets an `invalid_cursor` reset).
+    /// Unused with auth off (ids are plain cursors).
+    pub id_key: Option<IdKey>,
+    /// Where the id tweaks of this server's streams start (see [`AppState::access`]); `None`:
+    /// drawn from the OS at start-up. The simulation fixes it so a seed replays exactly.
+    pub id_salt: Option<u64>,
     /// Connection timeouts and limits, TLS ([`crate::conn`]).
     pub connection: ConnectionConfig,
 }
@@ -66,6 +75,8 @@ impl Default for ServerConfig {
             live_drain: 256,
             shutdown_grace: Duration::from_secs(5),
             auth: Auth::off(),
+            id_key: None,
+            id_salt: None,
             connection: ConnectionConfig::default(),
         }
     }
@@ -92,6 +103,10 @@ struct Shared<S, F> {
     feed: Arc<F>,
     epoch: Epoch,
     config: ServerConfig,
+    /// How ids are spelled: sealed exactly when auth is on.
+    ids: Ids,
+    /// The next stream's id salt.
+    next_salt: AtomicU64,
     metrics: Arc<Metrics>,
     tailer_health: Arc<TailerHealth>,
     base: Instant,
@@ -117,6 +132,28 @@ impl<S, F> AppState<S, F> {
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.shared.config
+    }
+
+    /// How this server spells ids: [`Ids::Sealed`] exactly when auth is on.
+    pub fn ids(&self) -> &Ids {
+        &self.shared.ids
+    }
+
+    /// What a stream may read and how it spells ids: with auth off everything with plain
+    /// cursors; with auth on `grant`, sealed ids, and a salt no other stream of this server
+    /// uses (streams are spaced 2^32 tweaks apart, more announcements than any stream makes).
+    pub fn access(&self, grant: Option<&Grant>) -> Access {
+        let grant = grant.cloned().unwrap_or(Grant::All);
+        match &self.shared.ids {
+            Ids::Sealed(key) => {
+                let salt = self.shared.next_salt.fetch_add(1 << 32, Ordering::Relaxed);
+                Access::tenant(grant, key.clone(), salt)
+            }
+            Ids::Plain => Access {
+                grant,
+                ..Access::open()
+            },
+        }
     }
 
     /// The counters.
@@ -199,6 +236,21 @@ pub async fn start_with<S: Store, F: LiveFeed>(
     wrap: impl FnOnce(Broadcaster) -> F,
 ) -> Result<App<S, F>, StoreError> {
     let bounds = store.bounds().await?;
+    let ids = if config.auth.enabled() {
+        Ids::Sealed(config.id_key.clone().unwrap_or_else(|| {
+            tracing::warn!(
+                "auth is on without --id-key: ids are sealed with a key of this process only, so \
+                 after a restart (or on another replica) clients resume with an invalid_cursor \
+                 reset; give every replica the same --id-key FILE"
+            );
+            IdKey::from_bytes(os_random())
+        }))
+    } else {
+        Ids::Plain
+    };
+    let first_salt = config
+        .id_salt
+        .unwrap_or_else(|| u64::from_be_bytes(os_random()));
     let metrics = Arc::new(Metrics::with_collector(store.metrics_collector()));
     metrics.published(bounds.head.0, 0);
     let feed = Arc::new(wrap(Broadcaster::new(
@@ -210,6 +262,7 @@ pub async fn start_with<S: Store, F: LiveFeed>(
         store: store.clone(),
         feed: feed.clone(),
         epoch: bounds.epoch,
+        ids: ids.clone(),
         metrics: metrics.clone(),
         health: tailer_health.clone(),
         config: config.tailer,
@@ -228,6 +281,8 @@ pub async fn start_with<S: Store, F: LiveFeed>(
             feed,
             epoch: bounds.epoch,
             config,
+            ids,
+            next_salt: AtomicU64::new(first_salt),
             metrics,
             tailer_health,
             base: Instant::now(),
@@ -239,4 +294,14 @@ pub async fn start_with<S: Store, F: LiveFeed>(
         tailer,
         janitor,
     })
+}
+
+/// Bytes from the operating system's random source (for ids' salts and a per-process key).
+fn os_random<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the operating system's random source works");
+    bytes
 }

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use changefeed_core::Grant;
+use changefeed_core::IdKey;
 use http::header::{AUTHORIZATION, COOKIE};
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -277,6 +278,54 @@ pub fn load_tokens_file(path: &Path) -> Result<HashMap<TokenKey, Grant>, String>
     let text =
         std::fs::read_to_string(path).map_err(|error| format!("tokens file {shown}: {error}"))?;
     parse_tokens(&text).map_err(|error| format!("tokens file {shown}: {error}"))
+}
+
+/// Reads an id key file (`--id-key`): exactly 32 bytes, either raw (`head -c 32 /dev/urandom`)
+/// or as 64 hex digits with an optional trailing newline (`openssl rand -hex 32`). Like the
+/// tokens file, it must not be accessible to group or others. Errors name the file and the
+/// problem, never the content.
+pub fn load_id_key(path: &Path) -> Result<IdKey, String> {
+    let shown = path.display();
+    let metadata =
+        std::fs::metadata(path).map_err(|error| format!("id key file {shown}: {error}"))?;
+    if !metadata.is_file() {
+        return Err(format!("id key file {shown} is not a regular file"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "id key file {shown} is accessible to group or others (mode {mode:03o}); \
+                 run chmod 600 on it"
+            ));
+        }
+    }
+    let bytes = std::fs::read(path).map_err(|error| format!("id key file {shown}: {error}"))?;
+    parse_id_key(&bytes).map_err(|problem| format!("id key file {shown}: {problem}"))
+}
+
+/// The key in an id key file's bytes (see [`load_id_key`]).
+pub fn parse_id_key(bytes: &[u8]) -> Result<IdKey, String> {
+    if let Ok(raw) = <[u8; 32]>::try_from(bytes) {
+        return Ok(IdKey::from_bytes(raw));
+    }
+    let text = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    if text.len() == 64 && text.iter().all(u8::is_ascii_hexdigit) {
+        let mut key = [0u8; 32];
+        for (byte, pair) in key.iter_mut().zip(text.chunks(2)) {
+            let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+            *byte = (digit(pair[0]) << 4) | digit(pair[1]);
+        }
+        return Ok(IdKey::from_bytes(key));
+    }
+    Err(format!(
+        "must hold a 32-byte key, raw or as 64 hex digits, found {} bytes that are neither \
+         (make one with: head -c 32 /dev/urandom > FILE; chmod 600 FILE)",
+        bytes.len()
+    ))
 }
 
 /// How JWTs are verified.
@@ -993,6 +1042,41 @@ async fn recv_hangup(hangup: &mut Hangup) {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn id_key_files_hold_32_bytes_raw_or_in_hex() {
+        let raw: Vec<u8> = (0u8..32).collect();
+        let expected = IdKey::from_bytes(raw.clone().try_into().unwrap());
+        assert_eq!(parse_id_key(&raw), Ok(expected.clone()));
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        for text in [
+            hex.clone(),
+            format!("{hex}\n"),
+            format!("{hex}\r\n"),
+            hex.to_uppercase(),
+        ] {
+            assert_eq!(
+                parse_id_key(text.as_bytes()),
+                Ok(expected.clone()),
+                "{text:?}"
+            );
+        }
+        for bad in [
+            &raw[..31],
+            &[0u8; 33][..],
+            b"",
+            &hex.as_bytes()[..63],
+            format!("{}g", &hex[..63]).as_bytes(),
+            format!("{hex}\n\n").as_bytes(),
+        ] {
+            let error = parse_id_key(bad).unwrap_err();
+            assert!(error.contains("32-byte key"), "{error}");
+            assert!(
+                error.contains(&format!("found {} bytes", bad.len())),
+                "{error}"
+            );
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use changefeed_client::tail::{self, TailError, TailFormat, TailOptions};
-use changefeed_core::Cursor;
+use changefeed_core::{Cursor, IdKey};
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -169,13 +169,25 @@ pub struct TailArgs {
     /// Only events of this project; repeat for several (default: all projects).
     #[arg(long = "project", value_name = "ID", value_parser = non_empty)]
     pub projects: Vec<String>,
+    /// Only events of this session; repeat for several (default: any session or none).
+    #[arg(long = "session", value_name = "ID", value_parser = non_empty)]
+    pub sessions: Vec<String>,
     /// Only these kinds: comma-separated, with `prefix*` patterns (default: all kinds).
     #[arg(long, value_name = "LIST", value_parser = non_empty)]
     pub types: Option<String>,
-    /// Start after this cursor (`<epoch>:<seq>`, or `<seq>`; `0` is the beginning) instead of
-    /// at the head.
-    #[arg(long, value_name = "CURSOR", value_parser = parse_cursor)]
+    /// Start after this cursor (`<epoch>:<seq>`, or `<seq>`; `0` is the beginning; a sealed
+    /// id from a server with auth on) instead of at the head.
+    #[arg(long, value_name = "CURSOR", value_parser = parse_cursor, allow_hyphen_values = true)]
     pub after: Option<String>,
+    /// Start with the newest N matching events (1 to 10000), then follow (or, with --once,
+    /// exit). The cursor file wins over it; it excludes --after.
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "after",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(changefeed_core::MAX_LAST))
+    )]
+    pub last: Option<u32>,
     /// Keep the position in this file: read at start (it wins over --after) and replaced
     /// atomically after each printed event, so the next run continues exactly after the last
     /// printed event.
@@ -214,8 +226,10 @@ impl TailArgs {
         TailOptions {
             url: self.url.clone(),
             projects: self.projects.clone(),
+            sessions: self.sessions.clone(),
             types: self.types.clone(),
             after: self.after.clone(),
+            last: self.last,
             cursor_file: self.cursor_file.clone(),
             format: self.format,
             once: self.once,
@@ -248,9 +262,13 @@ fn non_empty(text: &str) -> Result<String, String> {
 }
 
 fn parse_cursor(text: &str) -> Result<String, String> {
+    // A sealed id (auth on) is opaque here; the server checks it.
+    if changefeed_core::ids::is_wire_id(text) {
+        return Ok(text.to_owned());
+    }
     Cursor::parse(text)
         .map(|_| text.to_owned())
-        .map_err(|error| format!("{error} (expected <epoch>:<seq> or <seq>)"))
+        .map_err(|error| format!("{error} (expected <epoch>:<seq>, <seq> or a sealed id)"))
 }
 
 /// Flags of `changefeed contract-service`.
@@ -421,6 +439,13 @@ pub struct AuthArgs {
     /// only loopback clients, or a token granting every project, may read them).
     #[arg(long, help_heading = "Auth")]
     pub public_metrics: bool,
+
+    /// With auth on, seal ids with the 32-byte key in this file (raw, or 64 hex digits; make
+    /// one with `head -c 32 /dev/urandom > FILE; chmod 600 FILE`). Every replica of one log
+    /// needs the same file; without it ids are sealed with a key of this process only, so
+    /// clients resuming after a restart get an invalid_cursor reset.
+    #[arg(long, value_name = "FILE", help_heading = "Auth")]
+    pub id_key: Option<PathBuf>,
 }
 
 impl fmt::Debug for AuthArgs {
@@ -436,11 +461,27 @@ impl fmt::Debug for AuthArgs {
             .field("jwt_leeway", &self.jwt_leeway)
             .field("max_streams_per_token", &self.max_streams_per_token)
             .field("public_metrics", &self.public_metrics)
+            .field("id_key", &self.id_key)
             .finish()
     }
 }
 
 impl AuthArgs {
+    /// The `--id-key` (a usage error, exit 2, when the file cannot be used or auth is off).
+    pub fn id_key(&self) -> Result<Option<IdKey>, CliError> {
+        let Some(path) = &self.id_key else {
+            return Ok(None);
+        };
+        if self.tokens_file.is_none() && self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+        {
+            return Err(CliError::usage(
+                "--id-key seals ids for authenticated clients; it needs --tokens, --jwt-secret or \
+                 --jwt-public-key",
+            ));
+        }
+        auth::load_id_key(path).map(Some).map_err(CliError::usage)
+    }
+
     /// The auth state these flags describe: reads the tokens file and the key. A file others
     /// may read, a malformed file or key is a usage error (exit 2).
     pub fn auth(&self) -> Result<Auth, CliError> {
@@ -780,6 +821,7 @@ async fn check_change_log_schema(url: &str) -> Result<(), CliError> {
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
     let kind = check_database_url(&args.database)?;
     let auth = args.auth.auth()?;
+    let id_key = args.auth.id_key()?;
     let config = args.server_config();
     if let Some(files) = &config.connection.tls {
         crate::conn::tls_acceptor(files).map_err(CliError::usage)?;
@@ -880,6 +922,7 @@ async fn serve_store<S: ServedStore>(
     let (trigger, signal) = shutdown::channel();
     let mut config = config;
     config.auth = auth.clone();
+    config.id_key = id_key;
     let tokens_watch = tokio::spawn(auth::watch_tokens_file(auth, signal.clone()));
     let server = app::start(store.clone(), config, signal.clone())
         .await
@@ -1148,6 +1191,10 @@ mod tests {
             "ca.pem",
             "--token",
             "t0k.en",
+            "--session",
+            "s1",
+            "--session",
+            "s 2",
         ])
         .unwrap();
         let Command::Tail(args) = cli.command else {
@@ -1159,8 +1206,10 @@ mod tests {
             TailOptions {
                 url: "https://feed.example:8443".into(),
                 projects: vec!["p1".into(), "p 2".into()],
+                sessions: vec!["s1".into(), "s 2".into()],
                 types: Some("pr_*,session_created".into()),
                 after: Some("00000000000000ab:7".into()),
+                last: None,
                 cursor_file: Some("feed.cursor".into()),
                 format: TailFormat::Pretty,
                 once: true,
@@ -1173,12 +1222,33 @@ mod tests {
             panic!("tail expected");
         };
         assert_eq!(bare.options(), TailOptions::default());
+        let sealed =
+            IdKey::from_bytes([1; 32]).seal(changefeed_core::Epoch(1), changefeed_core::Seq(2), 3);
+        for (flags, last, after) in [
+            (vec!["--last", "10000"], Some(10_000), None),
+            (vec!["--last", "1", "--session", "s1"], Some(1), None),
+            (vec!["--after", sealed.as_str()], None, Some(sealed.clone())),
+        ] {
+            let cli = Cli::try_parse_from(["changefeed", "tail"].into_iter().chain(flags.clone()))
+                .unwrap_or_else(|error| panic!("{flags:?}: {error}"));
+            let Command::Tail(args) = cli.command else {
+                panic!("tail expected");
+            };
+            assert_eq!(args.options().last, last, "{flags:?}");
+            assert_eq!(args.options().after, after, "{flags:?}");
+        }
     }
 
     #[test]
     fn bad_tail_flags_are_usage_errors() {
         for args in [
             &["changefeed", "tail", "--after", "x"][..],
+            &["changefeed", "tail", "--last", "0"],
+            &["changefeed", "tail", "--last", "10001"],
+            &["changefeed", "tail", "--last", "-1"],
+            &["changefeed", "tail", "--last", "x"],
+            &["changefeed", "tail", "--last", "5", "--after", "0"],
+            &["changefeed", "tail", "--session", ""],
             &["changefeed", "tail", "--after", "012"],
             &["changefeed", "tail", "--project", ""],
             &["changefeed", "tail", "--types", ""],

@@ -423,8 +423,8 @@ async fn events<S: Store, F: LiveFeed>(
         Err(error) => return open_error(&error),
     };
     let gone = gone.map(|Extension(gone)| gone.watch());
-    let cursor = stream.start_cursor().to_string();
-    let head = stream.head_at_open().to_string();
+    let cursor = stream.start_id();
+    let head = stream.head_at_open().map(|head| head.to_string());
     let mut response = Response::new(body(stream, slot, gone));
     let response_headers = response.headers_mut();
     response_headers.insert(
@@ -436,7 +436,7 @@ async fn events<S: Store, F: LiveFeed>(
     if let Ok(value) = HeaderValue::from_str(&cursor) {
         response_headers.insert("changefeed-cursor", value);
     }
-    if let Ok(value) = HeaderValue::from_str(&head) {
+    if let Some(Ok(value)) = head.as_deref().map(HeaderValue::from_str) {
         response_headers.insert("changefeed-head", value);
     }
     response

@@ -31,8 +31,8 @@
 use bytes::{Bytes, BytesMut};
 use changefeed_core::subscription::SubscriptionStats;
 use changefeed_core::{
-    Access, Cursor, Epoch, ErrorCode, EventsQuery, FetchRequest, Filter, Ids, LogPosition, Output,
-    ReplayPage, RequestError, Subscription,
+    Cursor, Epoch, ErrorCode, EventsQuery, FetchRequest, Filter, LogPosition, Output, ReplayPage,
+    RequestError, Subscription,
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
@@ -107,7 +107,9 @@ pub async fn open_with_token<S: Store, F: LiveFeed>(
     last_event_id: Option<&[u8]>,
     presented: Presented,
 ) -> Result<EventStream<S, F>, OpenError> {
-    let query = EventsQuery::parse(query).map_err(OpenError::Request)?;
+    // With auth on ids are sealed: `after` and `Last-Event-ID` must be ids this key sealed.
+    let ids = state.ids();
+    let query = EventsQuery::parse_with(query, ids).map_err(OpenError::Request)?;
     let config_auth = &state.config().auth;
     let metrics = state.metrics();
     let principal = if config_auth.enabled() {
@@ -145,7 +147,7 @@ pub async fn open_with_token<S: Store, F: LiveFeed>(
             )));
         }
     }
-    let start = query.start_from_header(last_event_id);
+    let start = query.start_from_header_with(last_event_id, ids);
 
     // Subscribe first, learning P atomically with it; then read the bounds (head >= P).
     let (receiver, published) = state.feed().subscribe();
@@ -168,16 +170,9 @@ pub async fn open_with_token<S: Store, F: LiveFeed>(
     let stream_auth = principal
         .as_ref()
         .map(|principal| config_auth.watch_stream(principal, filter.projects.clone()));
-    // With auth on the core applies the grant again to every replayed and live row. Ids stay
-    // plain until the shell holds an id key shared by its replicas.
-    let access = match &principal {
-        Some(principal) => Access {
-            grant: principal.grant.clone(),
-            ids: Ids::Plain,
-            salt: 0,
-        },
-        None => Access::open(),
-    };
+    // With auth on the core applies the grant again to every replayed and live row, and
+    // seals every id.
+    let access = state.access(principal.as_ref().map(|principal| &principal.grant));
     let mut subscription = Subscription::with_access(
         start,
         filter.clone(),
@@ -215,7 +210,8 @@ pub async fn open_with_token<S: Store, F: LiveFeed>(
         subscription,
         filter,
         receiver,
-        head_at_open: Cursor::new(state.epoch(), published),
+        // Sealed ids hide the global head: no `Changefeed-Head`.
+        head_at_open: (!ids.is_sealed()).then(|| Cursor::new(state.epoch(), published)),
         state: state.clone(),
         fetch: None,
         live_budget: 0,
@@ -247,8 +243,8 @@ pub struct EventStream<S, F: LiveFeed> {
     /// The subscription counters already added to the metrics.
     reported: SubscriptionStats,
     /// The newest position published when the stream opened (`Changefeed-Head`): a replay
-    /// reaches at least this far before `changefeed.ready`.
-    head_at_open: Cursor,
+    /// reaches at least this far before `changefeed.ready`. `None` with sealed ids.
+    head_at_open: Option<Cursor>,
     /// The token's expiry and revocation, with auth on.
     auth: Option<StreamAuth>,
     /// The stream's slot under the concurrent-stream limits.
@@ -287,13 +283,23 @@ impl Chunk {
 }
 
 impl<S: Store, F: LiveFeed> EventStream<S, F> {
-    /// The effective starting cursor (the `Changefeed-Cursor` response header).
+    /// The effective starting cursor (for logs and tests; clients see [`Self::start_id`]).
     pub fn start_cursor(&self) -> Cursor {
         self.subscription.start_cursor()
     }
 
-    /// The newest position published when the stream opened (the `Changefeed-Head` header).
-    pub fn head_at_open(&self) -> Cursor {
+    /// The first frame's id (the `Changefeed-Cursor` response header): the effective starting
+    /// cursor, sealed with auth on.
+    pub fn start_id(&self) -> String {
+        match self.subscription.start_id() {
+            Some(id) => id.to_owned(),
+            None => self.subscription.start_cursor().to_string(),
+        }
+    }
+
+    /// The newest position published when the stream opened (the `Changefeed-Head` header),
+    /// or `None` with sealed ids (it would be the global head).
+    pub fn head_at_open(&self) -> Option<Cursor> {
         self.head_at_open
     }
 

@@ -28,7 +28,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use changefeed_core::{Epoch, EventEncoder, EventRow, Seq};
+use changefeed_core::{Epoch, EventEncoder, EventRow, Ids, Seq};
 use tokio::time::Instant;
 
 use crate::broadcast::LiveFeed;
@@ -200,6 +200,9 @@ pub struct Tailer<S, F> {
     pub feed: Arc<F>,
     /// The epoch frames are encoded with (the log's at start-up).
     pub epoch: Epoch,
+    /// How frames spell ids (the same [`Ids`] as the streams', or they treat the frames as
+    /// lost and replay them).
+    pub ids: Ids,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Where failures are reported.
@@ -216,11 +219,12 @@ impl<S: Store, F: LiveFeed> Tailer<S, F> {
             store,
             feed,
             epoch,
+            ids,
             metrics,
             health,
             config,
         } = self;
-        let encoder = EventEncoder::new(epoch);
+        let encoder = EventEncoder::with_ids(epoch, ids);
         let batch = config.batch.max(1);
         let mut changes = store.changes();
         let mut published = feed.published();

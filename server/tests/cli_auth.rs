@@ -374,3 +374,108 @@ fn tail_sends_the_token_from_the_flag_or_the_environment_and_sees_only_its_grant
     let log = server.stop();
     assert!(!log.contains("sekrit"), "a token reached the log:\n{log}");
 }
+
+#[test]
+fn an_unusable_id_key_file_refuses_to_start_with_exit_2_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path(), "tok p1\n", 0o600);
+    let key_file = |name: &str, bytes: &[u8], mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
+    let good = key_file("good.key", &[7; 32], 0o600);
+    let missing = dir.path().join("missing.key").display().to_string();
+    let directory = dir.path().display().to_string();
+    let short = key_file("short.key", &[7; 31], 0o600);
+    let open = key_file("open.key", &[7; 32], 0o644);
+    let cases: [(&[&str], String); 5] = [
+        (
+            &["--tokens", &tokens, "--id-key", &missing],
+            format!("changefeed: id key file {missing}: No such file or directory"),
+        ),
+        (
+            &["--tokens", &tokens, "--id-key", &directory],
+            format!("changefeed: id key file {directory} is not a regular file"),
+        ),
+        (
+            &["--tokens", &tokens, "--id-key", &short],
+            format!(
+                "changefeed: id key file {short}: must hold a 32-byte key, raw or as 64 hex \
+                 digits, found 31 bytes that are neither (make one with: head -c 32 \
+                 /dev/urandom > FILE; chmod 600 FILE)"
+            ),
+        ),
+        (
+            &["--tokens", &tokens, "--id-key", &open],
+            format!(
+                "changefeed: id key file {open} is accessible to group or others (mode 644); \
+                 run chmod 600 on it"
+            ),
+        ),
+        (
+            &["--id-key", &good],
+            "changefeed: --id-key seals ids for authenticated clients; it needs --tokens, \
+             --jwt-secret or --jwt-public-key"
+                .to_owned(),
+        ),
+    ];
+    for (args, expected) in cases {
+        let (code, stderr) = refused(dir.path(), args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {stderr}");
+        assert!(lines[0].starts_with(&expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn the_real_binary_seals_ids_with_the_key_file_and_hides_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path(), "tok-all *\n", 0o600);
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let key_path = dir.path().join("id.key");
+    std::fs::write(&key_path, format!("{hex}\n")).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let database = format!("sqlite://{}", dir.path().join("db").display());
+    let (server, addr) = Serving::start(&[
+        "serve",
+        "--database",
+        &database,
+        "--listen",
+        "127.0.0.1:0",
+        "--tokens",
+        &tokens,
+        "--id-key",
+        &key_path.display().to_string(),
+        "--max-stream-secs",
+        "1",
+    ]);
+    let (status, text) = raw_get(
+        addr,
+        "/api/v1/events?after=0",
+        &["Authorization: Bearer tok-all"],
+    );
+    assert!(status.contains(" 200 "), "{status}");
+    let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(!head.contains("changefeed-head:"), "{head}");
+    let cursor = head
+        .lines()
+        .find_map(|line| line.strip_prefix("changefeed-cursor: "))
+        .unwrap_or_else(|| panic!("no Changefeed-Cursor in {head}"));
+    // The header was lower-cased above; find the id in the body as sent.
+    let id = text
+        .lines()
+        .find_map(|line| line.strip_prefix("id: "))
+        .expect("a first frame with an id");
+    assert_eq!(id.to_ascii_lowercase(), cursor);
+    let opened = changefeed_core::IdKey::from_bytes(key).open(id);
+    assert!(
+        matches!(opened, Some((_, changefeed_core::Seq(0), _))),
+        "{id}: {opened:?}"
+    );
+    let log = server.stop();
+    assert!(!log.contains("without --id-key"), "{log}");
+}

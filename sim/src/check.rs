@@ -14,13 +14,67 @@
 //!
 //! Which rows a client wants is decided by [`Interest::wants`], the simulation's own matcher,
 //! written from the contract's filter rules (projects; kinds `kind`, `prefix*`, `*`), never the
-//! core's `Filter`, so a bug there cannot hide itself here.
+//! core's `Filter`, so a bug there cannot hide itself here. With auth on, a client's token
+//! grants it some projects: a change outside the grant is a `GRANT LEAK` (checked first, also
+//! against the sim's own list, never the core's `Grant`), and only granted rows count as lost.
+//! Ids are then sealed: [`SimIds`] opens them with the simulation's own implementation of the
+//! format in `PROTOCOL.md`, and the event JSON must carry no `seq`.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use aes_siv::siv::Aes128Siv;
+use aes_siv::KeyInit;
+use base64ct::{Base64UrlUnpadded, Encoding};
 use changefeed_core::{Cursor, Epoch};
+
+/// How the simulated server spells ids, as the simulation itself reads and writes them: plain
+/// cursors, or (auth on) sealed ids under a key — AES-SIV of `epoch ‖ seq ‖ tweak`, big-endian,
+/// associated data `changefeed sealed id v1`, unpadded base64url (`PROTOCOL.md`, "Sealed ids").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimIds {
+    /// `<epoch>:<seq>`.
+    Plain,
+    /// Sealed under this key.
+    Sealed([u8; 32]),
+}
+
+const SEALED_AD: &[u8] = b"changefeed sealed id v1";
+
+impl SimIds {
+    /// The id a server would write for `(epoch, seq)` in an event's own frame (tweak 0).
+    pub fn make(&self, epoch: Epoch, seq: u64) -> String {
+        match self {
+            SimIds::Plain => format!("{epoch}:{seq}"),
+            SimIds::Sealed(key) => {
+                let mut plain = Vec::with_capacity(24);
+                for word in [epoch.0, seq, 0] {
+                    plain.extend_from_slice(&word.to_be_bytes());
+                }
+                let sealed = Aes128Siv::new(key.into())
+                    .encrypt([SEALED_AD], &plain)
+                    .expect("AES-SIV seals 24 bytes");
+                Base64UrlUnpadded::encode_string(&sealed)
+            }
+        }
+    }
+
+    /// `(epoch, seq)` of an id the server wrote, or `None` when it is not one.
+    pub fn read(&self, id: &str) -> Option<(Option<Epoch>, u64)> {
+        match self {
+            SimIds::Plain => Cursor::parse(id).ok().map(|c| (c.epoch, c.seq.0)),
+            SimIds::Sealed(key) => {
+                let bytes = Base64UrlUnpadded::decode_vec(id).ok()?;
+                let plain = Aes128Siv::new(key.into())
+                    .decrypt([SEALED_AD], &bytes)
+                    .ok()?;
+                let word = |i: usize| u64::from_be_bytes(plain[i..i + 8].try_into().unwrap());
+                (plain.len() == 24).then(|| (Some(Epoch(word(0))), word(8)))
+            }
+        }
+    }
+}
 
 /// What a client asked for: `project=` values and `types=` patterns, as the simulation wrote
 /// them into its query string.
@@ -94,6 +148,9 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Checker {
     name: String,
     interest: Interest,
+    /// The projects the client's token grants (`None`: every project, or auth off).
+    grant: Option<Vec<String>>,
+    ids: SimIds,
     epoch: Epoch,
     oracle: SharedOracle,
     /// The position: `None` until a cursor-less client's first frame.
@@ -118,9 +175,25 @@ impl Checker {
         start: Option<u64>,
         oracle: SharedOracle,
     ) -> Checker {
+        Checker::with_grant(name, interest, None, SimIds::Plain, epoch, start, oracle)
+    }
+
+    /// [`Checker::new`] for a client whose token grants `grant` (`None`: every project), on a
+    /// server spelling ids as `ids`.
+    pub fn with_grant(
+        name: &str,
+        interest: Interest,
+        grant: Option<Vec<String>>,
+        ids: SimIds,
+        epoch: Epoch,
+        start: Option<u64>,
+        oracle: SharedOracle,
+    ) -> Checker {
         Checker {
             name: name.to_owned(),
             interest,
+            grant,
+            ids,
             epoch,
             oracle,
             position: start,
@@ -147,9 +220,16 @@ impl Checker {
         }
     }
 
+    /// Whether the client's token grants `project`.
+    fn granted(&self, project: &str) -> bool {
+        self.grant
+            .as_ref()
+            .is_none_or(|grant| grant.iter().any(|granted| granted == project))
+    }
+
     fn parse_id(&mut self, id: &str) -> Option<u64> {
-        match Cursor::parse(id) {
-            Ok(cursor) if cursor.epoch == Some(self.epoch) => Some(cursor.seq.0),
+        match self.ids.read(id) {
+            Some((Some(epoch), seq)) if epoch == self.epoch => Some(seq),
             _ => {
                 self.fail(format!("id {id:?} is not a cursor of epoch {}", self.epoch));
                 None
@@ -171,7 +251,9 @@ impl Checker {
         oracle
             .rows
             .range(after + 1..end)
-            .filter(|(_, (project, kind))| self.interest.wants(project, kind))
+            .filter(|(_, (project, kind))| {
+                self.granted(project) && self.interest.wants(project, kind)
+            })
             .map(|(seq, _)| *seq)
             .take(5)
             .collect()
@@ -215,7 +297,12 @@ impl Checker {
             ),
             Err(_) => (None, String::new(), String::new()),
         };
-        if seq != Some(q) || json_kind != kind {
+        // With sealed ids the event JSON has no `seq` (it is what the id hides).
+        let expected_seq = match self.ids {
+            SimIds::Plain => Some(q),
+            SimIds::Sealed(_) => None,
+        };
+        if seq != expected_seq || json_kind != kind {
             self.fail(format!(
                 "frame id {id} / event {kind} disagrees with data {data}"
             ));
@@ -225,6 +312,13 @@ impl Checker {
         if logged.as_ref() != Some(&(project.clone(), json_kind.clone())) {
             self.fail(format!(
                 "PHANTOM: seq {q} ({project}, {json_kind}) is not the logged row {logged:?}"
+            ));
+            return;
+        }
+        if !self.granted(&project) {
+            self.fail(format!(
+                "GRANT LEAK: seq {q} ({project}, {json_kind}) is outside the token's grant {:?}",
+                self.grant
             ));
             return;
         }
@@ -327,5 +421,66 @@ mod tests {
             "project=p0&project=p2&types=pr_*,session_created"
         );
         assert!(interest(None, Some(&["*"])).wants("p1", "anything"));
+    }
+
+    #[test]
+    fn sealed_ids_round_trip_and_foreign_ones_do_not_open() {
+        let epoch = Epoch(0xe1);
+        let ids = SimIds::Sealed([3; 32]);
+        let id = ids.make(epoch, 42);
+        assert_eq!(id.len(), 54);
+        assert_eq!(ids.read(&id), Some((Some(epoch), 42)));
+        assert_eq!(SimIds::Sealed([4; 32]).read(&id), None);
+        assert_eq!(ids.read("00000000000000e1:42"), None);
+        assert_eq!(SimIds::Plain.make(epoch, 7), "00000000000000e1:7");
+        assert_eq!(
+            SimIds::Plain.read("00000000000000e1:7"),
+            Some((Some(epoch), 7))
+        );
+    }
+
+    #[test]
+    fn a_change_outside_the_grant_is_a_grant_leak() {
+        let oracle: SharedOracle = Arc::default();
+        lock(&oracle)
+            .rows
+            .insert(1, ("p1".into(), "pr_updated".into()));
+        lock(&oracle)
+            .rows
+            .insert(2, ("p0".into(), "pr_updated".into()));
+        let ids = SimIds::Sealed([9; 32]);
+        let epoch = Epoch(5);
+        let mut checker = Checker::with_grant(
+            "c0",
+            interest(None, None),
+            Some(vec!["p0".into()]),
+            ids,
+            epoch,
+            Some(0),
+            oracle,
+        );
+        // Row 1 is outside the grant: moving past it is no loss.
+        checker.on_change(
+            &ids.make(epoch, 2),
+            "pr_updated",
+            r#"{"projectId":"p0","type":"pr_updated"}"#,
+        );
+        assert_eq!(checker.violation, None);
+        let mut leaky = Checker::with_grant(
+            "c1",
+            interest(None, None),
+            Some(vec!["p0".into()]),
+            ids,
+            epoch,
+            Some(0),
+            checker.oracle.clone(),
+        );
+        leaky.on_change(
+            &ids.make(epoch, 1),
+            "pr_updated",
+            r#"{"projectId":"p1","type":"pr_updated"}"#,
+        );
+        let violation = leaky.violation.unwrap();
+        assert!(violation.contains("GRANT LEAK"), "{violation}");
     }
 }

@@ -14,9 +14,9 @@ use changefeed::shutdown;
 use changefeed::store::{Retention, Store};
 use changefeed::ServerConfig;
 use changefeed_client::{Client, ClientConfig, ClientItem, EventSource, SseItem};
-use changefeed_core::{Epoch, Seq};
+use changefeed_core::Epoch;
 
-use crate::check::{lock, Checker, SharedOracle};
+use crate::check::{lock, Checker, SharedOracle, SimIds};
 use crate::memory::MemoryStore;
 use crate::net::{SimConnector, SimListener};
 use crate::plan::{ClientPlan, StartAt, WriterPlan, PORT, SERVER};
@@ -36,6 +36,10 @@ pub struct World {
     pub writers: usize,
     /// The log's epoch at the start.
     pub epoch: Epoch,
+    /// Auth on: every client presents its token.
+    pub auth: bool,
+    /// How the server spells ids (the sim's own reading and writing of them).
+    pub ids: SimIds,
     /// The server's heartbeat (clients time out reads after three).
     pub heartbeat: Duration,
     /// By when a client that stayed must have caught up.
@@ -59,20 +63,24 @@ pub async fn server(
     match bug {
         Bug::None => {
             let server = app::start(store, config, signal).await?;
-            serve(server, listener, probe, false).await?;
+            serve(server, listener, probe, None).await?;
         }
         Bug::DropFirstRow | Bug::StaleHead => {
             let store = FaultyStore { inner: store, bug };
             let server = app::start(store, config, signal).await?;
-            serve(server, listener, probe, false).await?;
+            serve(server, listener, probe, None).await?;
         }
         Bug::SubscribeLate => {
             let server = app::start_with(store, config, signal, LateFeed::new).await?;
-            serve(server, listener, probe, false).await?;
+            serve(server, listener, probe, None).await?;
         }
         Bug::DuplicateFrame => {
             let server = app::start(store, config, signal).await?;
-            serve(server, listener, probe, true).await?;
+            serve(server, listener, probe, Some(seams::duplicating)).await?;
+        }
+        Bug::GrantBypass => {
+            let server = app::start(store, config, signal).await?;
+            serve(server, listener, probe, Some(seams::bypassing_grants)).await?;
         }
     }
     drop(trigger);
@@ -83,7 +91,7 @@ async fn serve<S: Store, F: LiveFeed>(
     server: App<S, F>,
     listener: SimListener,
     probe: Arc<Mutex<Probe>>,
-    behind_duplicating_proxy: bool,
+    proxy: Option<fn(axum::Router) -> axum::Router>,
 ) -> std::io::Result<()> {
     let state = server.state().clone();
     let feed = state.feed().clone();
@@ -91,8 +99,8 @@ async fn serve<S: Store, F: LiveFeed>(
         Arc::new(move || feed.receiver_count()),
         state.metrics().clone(),
     );
-    let result = if behind_duplicating_proxy {
-        let router = seams::duplicating(http::router(state.clone()));
+    let result = if let Some(proxy) = proxy {
+        let router = proxy(http::router(state.clone()));
         let grace = state.config().shutdown_grace;
         http::serve_router(listener, router, state.shutdown_signal(), grace).await
     } else {
@@ -159,6 +167,8 @@ pub async fn client(
         writers_done,
         writers,
         epoch,
+        auth,
+        ids,
         heartbeat,
         catch_up_by,
     } = world;
@@ -170,6 +180,9 @@ pub async fn client(
         url.push_str(&query);
     }
     let mut config = ClientConfig::new(url)?;
+    if auth {
+        config = config.with_bearer_token(&plan.token());
+    }
     config.read_timeout = Some(heartbeat * 3);
     config.reconnect.jitter_seed = plan.jitter_seed;
     config.reconnect.initial_retry = Duration::from_millis(100);
@@ -189,8 +202,8 @@ pub async fn client(
     };
     record(&trace, format!("{name} starts after {start:?}"));
     lock(&checker).set_start(start);
-    config.last_event_id =
-        start.map(|seq| changefeed_core::Cursor::new(epoch, Seq(seq)).to_string());
+    // A stored id as the server would have written it (sealed with auth on).
+    config.last_event_id = start.map(|seq| ids.make(epoch, seq));
     let mut source = if plan.typed {
         AnyClient::Typed(Client::new(config, SimConnector))
     } else {

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use changefeed::tailer::TailerConfig;
 use changefeed::ServerConfig;
-use changefeed_core::{Epoch, SubscriptionConfig};
+use changefeed_core::{Epoch, IdKey, SubscriptionConfig};
 
-use crate::check::Interest;
+use crate::check::{Interest, SimIds};
 
 /// The port the server listens on.
 pub const PORT: u16 = 7467;
@@ -60,6 +60,11 @@ pub struct Scenario {
     pub prune_keep: Option<u64>,
     /// The clients.
     pub clients: Vec<ClientPlan>,
+    /// Auth on: every client presents its own token (see [`ClientPlan::grant`]), the server
+    /// reads the [`Scenario::tokens_file`] and seals ids with [`Scenario::ids`]' key.
+    pub auth: bool,
+    /// How the server spells ids (sealed exactly when auth is on).
+    pub ids: SimIds,
     /// When the network is made whole and the server brought up for good.
     pub quiet_at: Duration,
     /// By when every client that stayed must have caught up with the final head.
@@ -125,6 +130,19 @@ pub struct ClientPlan {
     pub typed: bool,
     /// A slow reader: pauses this long after each item.
     pub read_delay: Option<Duration>,
+    /// With auth on, the projects its token grants (`None`: `*`, every project). Its
+    /// `project=` values are within the grant (a 403 would be a configuration error).
+    pub grant: Option<Vec<String>>,
+}
+
+/// The token of the planted [`crate::seams::Bug::GrantBypass`]: it grants every project.
+pub const ROOT_TOKEN: &str = "tok-root";
+
+impl ClientPlan {
+    /// The client's bearer token with auth on.
+    pub fn token(&self) -> String {
+        format!("tok-{}", self.name)
+    }
 }
 
 /// A fault, applied between simulation steps.
@@ -170,7 +188,7 @@ impl Scenario {
         let latency = millis(rng.u64(0..=20));
         let tcp_capacity = pick(&mut rng, &[64, 128]);
         let epoch = Epoch(rng.u64(..) | 1);
-        let server = ServerConfig {
+        let mut server = ServerConfig {
             subscription: SubscriptionConfig {
                 heartbeat: millis(pick(&mut rng, &[200, 500, 1000])),
                 retry: millis(pick(&mut rng, &[0, 50, 250])),
@@ -219,7 +237,7 @@ impl Scenario {
         let quiet_at = write_until + millis(500);
         let catch_up_by = quiet_at + Duration::from_secs(90);
         let horizon = quiet_at.as_millis() as u64 + 1;
-        let clients: Vec<ClientPlan> = (0..rng.usize(2..=6))
+        let mut clients: Vec<ClientPlan> = (0..rng.usize(2..=6))
             .map(|c| {
                 let mut crng = rng.fork();
                 let interest = random_interest(&mut crng);
@@ -248,6 +266,7 @@ impl Scenario {
                     jitter_seed: crng.u64(..),
                     typed: chance(&mut crng, 50),
                     read_delay: chance(&mut crng, 25).then(|| millis(crng.u64(1..=30))),
+                    grant: None,
                 }
             })
             .collect();
@@ -272,6 +291,37 @@ impl Scenario {
         }
         faults.sort_by_key(|(at, _)| *at);
 
+        // Drawn last, from a fork, so the rest of a seed's plan is what it was without auth.
+        let mut arng = rng.fork();
+        let auth = chance(&mut arng, 40);
+        let mut ids = SimIds::Plain;
+        if auth {
+            let key: [u8; 32] = std::array::from_fn(|_| arng.u8(..));
+            ids = SimIds::Sealed(key);
+            server.id_key = Some(IdKey::from_bytes(key));
+            server.id_salt = Some(arng.u64(..));
+            for client in &mut clients {
+                if chance(&mut arng, 25) {
+                    continue;
+                }
+                let mut grant: Vec<String> = PROJECTS
+                    .iter()
+                    .filter(|_| chance(&mut arng, 40))
+                    .map(|project| project.to_string())
+                    .collect();
+                if grant.is_empty() {
+                    grant.push(pick(&mut arng, &PROJECTS).to_string());
+                }
+                if let Some(projects) = &mut client.interest.projects {
+                    projects.retain(|project| grant.contains(project));
+                    if projects.is_empty() {
+                        client.interest.projects = None;
+                    }
+                }
+                client.grant = Some(grant);
+            }
+        }
+
         Scenario {
             seed,
             tick,
@@ -282,10 +332,25 @@ impl Scenario {
             writers,
             prune_keep,
             clients,
+            auth,
+            ids,
             faults,
             quiet_at,
             catch_up_by,
         }
+    }
+
+    /// The tokens file of an auth-on run: each client's token and grant, and [`ROOT_TOKEN`].
+    pub fn tokens_file(&self) -> String {
+        let mut text = format!("{ROOT_TOKEN} *\n");
+        for client in &self.clients {
+            let grant = client
+                .grant
+                .as_ref()
+                .map_or("*".to_owned(), |g| g.join(","));
+            text.push_str(&format!("{} {grant}\n", client.token()));
+        }
+        text
     }
 
     /// How many rows the writers append in all.
@@ -359,6 +424,9 @@ impl fmt::Display for Scenario {
             self.server.coalesce_bytes,
             self.server.live_drain
         )?;
+        if self.auth {
+            writeln!(f, "auth: on, sealed ids, salt {:?}", self.server.id_salt)?;
+        }
         for writer in &self.writers {
             let rows: usize = writer.bursts.iter().map(|burst| burst.rows.len()).sum();
             let prunes = writer.bursts.iter().filter(|burst| burst.prune).count();
@@ -377,11 +445,16 @@ impl fmt::Display for Scenario {
         for client in &self.clients {
             writeln!(
                 f,
-                "{}: {} client, {}, start {:?} at {}ms, leaves {:?}, stalls {:?}, restarts {:?}, \
+                "{}: {} client, {}{}, start {:?} at {}ms, leaves {:?}, stalls {:?}, restarts {:?}, \
                  read delay {:?}",
                 client.name,
                 if client.typed { "typed" } else { "raw" },
                 client.interest,
+                match (self.auth, &client.grant) {
+                    (false, _) => String::new(),
+                    (true, None) => " (grant *)".to_owned(),
+                    (true, Some(grant)) => format!(" (grant {})", grant.join(",")),
+                },
                 client.start,
                 ms(client.start_delay),
                 client.leave_at.map(ms),

@@ -194,14 +194,22 @@ pub fn run(scenario: &Scenario, bug: Bug) -> Result<Outcome, Box<Failure>> {
         writers_done: Arc::new(AtomicUsize::new(0)),
         writers: scenario.writers.len(),
         epoch: scenario.epoch,
+        auth: scenario.auth,
+        ids: scenario.ids,
         heartbeat: scenario.server.subscription.heartbeat,
         catch_up_by: scenario.catch_up_by,
     };
 
     let probe: Arc<Mutex<Probe>> = Arc::default();
+    // Auth on: the server reads the clients' grants from a real tokens file, as `--tokens`.
+    let mut config = scenario.server.clone();
+    let tokens_dir = tempfile::tempdir().map_err(|error| fail(error.to_string(), &trace))?;
+    if scenario.auth {
+        config.auth = tokens_auth(tokens_dir.path(), &scenario.tokens_file())
+            .map_err(|error| fail(error, &trace))?;
+    }
     {
         let (store, probe, trace) = (store.clone(), probe.clone(), trace.clone());
-        let config = scenario.server.clone();
         sim.host(SERVER, move || {
             hosts::server(
                 store.clone(),
@@ -226,9 +234,11 @@ pub fn run(scenario: &Scenario, bug: Bug) -> Result<Outcome, Box<Failure>> {
     let clients_done = Arc::new(AtomicUsize::new(0));
     let mut checkers = Vec::new();
     for plan in &scenario.clients {
-        let checker = Arc::new(Mutex::new(Checker::new(
+        let checker = Arc::new(Mutex::new(Checker::with_grant(
             &plan.name,
             plan.interest.clone(),
+            plan.grant.clone(),
+            scenario.ids,
             scenario.epoch,
             None,
             oracle.clone(),
@@ -333,6 +343,19 @@ pub fn run(scenario: &Scenario, bug: Bug) -> Result<Outcome, Box<Failure>> {
         summary,
         appended,
         stats,
+    })
+}
+
+/// The server's auth from a private tokens file holding `text` in `dir`.
+fn tokens_auth(dir: &std::path::Path, text: &str) -> Result<changefeed::auth::Auth, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("tokens");
+    std::fs::write(&path, text).map_err(|error| error.to_string())?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|error| error.to_string())?;
+    changefeed::auth::Auth::new(&changefeed::auth::AuthSettings {
+        tokens_file: Some(path),
+        ..Default::default()
     })
 }
 

@@ -10,6 +10,9 @@
 //!   events published in between reach the subscriber neither live nor by replay.
 //! - The transport ([`duplicating`], a layer in front of the product's router, as a proxy
 //!   would sit): every few change frames one is sent twice.
+//! - Authentication ([`bypassing_grants`], a layer in front of the router): every request is
+//!   authenticated as a token granting every project, whatever token the client presented —
+//!   the grant check bypassed.
 
 use std::time::Duration;
 
@@ -26,6 +29,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 
 use crate::memory::MemoryStore;
+use crate::plan::ROOT_TOKEN;
 
 /// What to plant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +45,9 @@ pub enum Bug {
     SubscribeLate,
     /// A proxy in front of the server sends every [`DUPLICATE_EVERY`]th change frame twice.
     DuplicateFrame,
+    /// A layer in front of the server presents [`ROOT_TOKEN`] for every request (a confused
+    /// deputy): the client's own grant is never checked.
+    GrantBypass,
 }
 
 /// How late a [`LateFeed`] subscription takes effect.
@@ -209,6 +216,22 @@ async fn duplicate_frames(response: Response) -> Response {
         })
     });
     Response::from_parts(parts, Body::from_stream(body))
+}
+
+/// The router behind a layer that replaces every request's `Authorization` with
+/// [`ROOT_TOKEN`]'s, so each client reads with a grant of every project.
+pub fn bypassing_grants(router: Router) -> Router {
+    router.layer(axum::middleware::map_request(present_root_token))
+}
+
+async fn present_root_token(mut request: axum::extract::Request) -> axum::extract::Request {
+    if request.headers().contains_key(header::AUTHORIZATION) {
+        let root = format!("Bearer {ROOT_TOKEN}");
+        if let Ok(value) = header::HeaderValue::from_str(&root) {
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+    }
+    request
 }
 
 /// The frames of a chunk, each with its blank line.

@@ -1,7 +1,7 @@
 //! Proves the simulation has teeth: bugs planted at narrow seams around the real product — a
 //! store whose replay windows drop their first row, a store whose windows report a stale head, a
-//! live feed whose subscriptions take effect late, and a proxy that sends a change frame twice —
-//! are each caught within the CI seed budget, by the invariant each one breaks.
+//! live feed whose subscriptions take effect late, a proxy that sends a change frame twice, and
+//! a layer that authenticates every request with a token granting every project — are each caught within the CI seed budget, by the invariant each one breaks.
 
 use changefeed_sim::run::run_seed;
 use changefeed_sim::seams::Bug;
@@ -51,4 +51,9 @@ fn a_live_subscription_that_takes_effect_late_is_caught() {
 #[test]
 fn a_frame_sent_twice_is_caught() {
     assert_caught(Bug::DuplicateFrame, "DUPLICATE");
+}
+
+#[test]
+fn a_bypassed_grant_check_is_caught() {
+    assert_caught(Bug::GrantBypass, "GRANT LEAK");
 }

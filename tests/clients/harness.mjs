@@ -2,7 +2,7 @@
 // write through the sqlite3 CLI (another process, as the daemon would), and wait on conditions.
 import { spawn, execFileSync } from "node:child_process";
 import { request as httpsRequest } from "node:https";
-import { mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -55,19 +55,24 @@ function insecureStatus(url) {
 }
 
 export class Server {
-  /** `tls: true` serves HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with a self-signed certificate. */
-  constructor({ tls = false } = {}) {
+  /**
+   * `tls: true` serves HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with a self-signed certificate;
+   * `args` are more `serve` flags (`--tokens` …).
+   */
+  constructor({ tls = false, args = [] } = {}) {
     this.dir = mkdtempSync(join(tmpdir(), "changefeed-clients-"));
     this.db = join(this.dir, "feed.db");
     this.child = null;
     this.tls = tls ? selfSignedCertificate(this.dir) : null;
+    this.args = args;
   }
 
   async start(port) {
     this.port = port ?? this.port ?? (await freePort());
     const tlsArgs = this.tls ? ["--tls-cert", this.tls.cert, "--tls-key", this.tls.key] : [];
     this.child = spawn(BIN, ["serve", "--database", `sqlite://${this.db}`,
-      "--listen", `127.0.0.1:${this.port}`, "--retry-ms", "200", "--heartbeat", "1", ...tlsArgs],
+      "--listen", `127.0.0.1:${this.port}`, "--retry-ms", "200", "--heartbeat", "1", ...tlsArgs,
+      ...this.args],
       { stdio: ["ignore", "inherit", "inherit"] });
     const exited = new Promise((resolve) => this.child.once("exit", resolve));
     this.exited = exited;
@@ -95,6 +100,14 @@ export class Server {
 
   sql(statements) {
     return execFileSync("sqlite3", ["-cmd", ".timeout 5000", this.db, statements], { encoding: "utf8" });
+  }
+
+  /** A private (0600) file in the server's directory, e.g. a tokens or id key file. */
+  privateFile(name, content) {
+    const path = join(this.dir, name);
+    writeFileSync(path, content, { mode: 0o600 });
+    chmodSync(path, 0o600);
+    return path;
   }
 
   /** Seqs of the matching change_log rows, in order: what a client must receive. */

@@ -595,8 +595,32 @@ pub fn seq_of(event: &SseEvent) -> u64 {
     id_seq(&event.last_event_id)
 }
 
-/// The seq of a cursor string.
+/// The id key the tests seal with (`ServerConfig::id_key`), for [`id_seq`].
+pub const TEST_ID_KEY: [u8; 32] = [0x1d; 32];
+
+/// The tests' own reading of a sealed id (`PROTOCOL.md`, "Sealed ids": AES-SIV of `epoch ‖ seq ‖
+/// tweak`, big-endian, associated data `changefeed sealed id v1`, unpadded base64url), written
+/// from the protocol text rather than with the server's code: `(epoch, seq, tweak)`, or `None`
+/// when `key` did not seal it.
+pub fn unseal(key: &[u8; 32], id: &str) -> Option<(u64, u64, u64)> {
+    use aes_siv::siv::Aes128Siv;
+    use aes_siv::KeyInit;
+    use base64ct::Encoding;
+    let bytes = base64ct::Base64UrlUnpadded::decode_vec(id).ok()?;
+    let plain = Aes128Siv::new(key.into())
+        .decrypt([b"changefeed sealed id v1"], &bytes)
+        .ok()?;
+    let word = |i: usize| u64::from_be_bytes(plain[i..i + 8].try_into().unwrap());
+    (plain.len() == 24).then(|| (word(0), word(8), word(16)))
+}
+
+/// The seq of a cursor string, or of an id sealed with [`TEST_ID_KEY`].
 pub fn id_seq(id: &str) -> u64 {
+    if id.len() == 54 {
+        if let Some((_, seq, _)) = unseal(&TEST_ID_KEY, id) {
+            return seq;
+        }
+    }
     let seq = id.rsplit_once(':').map_or(id, |(_, seq)| seq);
     seq.parse()
         .unwrap_or_else(|_| panic!("id {id:?} has no seq"))

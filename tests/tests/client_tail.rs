@@ -5,7 +5,8 @@
 //! on stderr (with the reason and the new cursor) and counted for the exit code; off a terminal
 //! stderr carries no notes or progress line; `--once` gives up on a server it cannot reach
 //! (following retries forever); the server announces the head for the progress line
-//! (`Changefeed-Head`).
+//! (`Changefeed-Head`); `--last N` prints exactly the newest N matching events and
+//! `--session` only that session's.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -400,4 +401,71 @@ async fn tail_once_gives_up_on_an_unreachable_server_and_following_does_not() {
         .await
         .expect("tail task")
         .expect("follow mode ends cleanly");
+}
+
+#[tokio::test]
+async fn tail_last_prints_the_newest_matching_events_and_session_narrows_to_one_session() {
+    let server = TestServer::start().await;
+    server
+        .write(&format!("{}{}", project_sql("a"), project_sql("b")))
+        .await;
+    let sessions = add_sessions(&server, 0, 12).await;
+    // One more event of s1 (a session_updated), written last.
+    server
+        .write("UPDATE sessions SET display_name = 'renamed' WHERE id = 's1';")
+        .await;
+    let base = TailOptions {
+        url: format!("http://{}", server.addr),
+        projects: vec!["a".into()],
+        once: true,
+        ..TailOptions::default()
+    };
+    let (summary, printed, _) = run_once(
+        TailOptions {
+            last: Some(3),
+            ..base.clone()
+        },
+        Console::default(),
+    )
+    .await;
+    assert!(summary.caught_up);
+    // The newest three events of project a: two session_created, then s1's update.
+    let kinds: Vec<(String, String)> = printed
+        .iter()
+        .map(|line| {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                json["type"].as_str().unwrap().to_owned(),
+                json["payload"]["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let created = |id: &str| ("session_created".to_owned(), id.to_owned());
+    let newest = &sessions[sessions.len() - 2..];
+    assert_eq!(
+        kinds,
+        [
+            created(&newest[0]),
+            created(&newest[1]),
+            ("session_updated".to_owned(), "s1".to_owned())
+        ]
+    );
+    let (_, printed, _) = run_once(
+        TailOptions {
+            sessions: vec!["s1".into()],
+            last: Some(100),
+            ..base
+        },
+        Console::default(),
+    )
+    .await;
+    let of_s1: Vec<String> = printed
+        .iter()
+        .map(|line| {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(json["sessionId"], "s1", "{line}");
+            json["type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(of_s1, ["session_created", "session_updated"]);
 }

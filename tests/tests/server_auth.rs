@@ -15,9 +15,10 @@ use base64::Engine as _;
 use changefeed::auth::{self, Auth, AuthSettings, JwtSettings};
 use changefeed::shutdown::ShutdownSignal;
 use changefeed::{app, ServerConfig};
+use changefeed_core::IdKey;
 use changefeed_tests::{
-    data_json, log_rows, project_sql, request_with_headers, session_sql, within, HttpResponse,
-    SseStream, TestServer,
+    data_json, log_rows, project_sql, request_with_headers, seq_of, session_sql, within,
+    HttpResponse, SseStream, TestServer, TEST_ID_KEY,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -61,6 +62,7 @@ impl Fixture {
         }
         let auth = Auth::new(&settings).expect("auth settings");
         config.auth = auth.clone();
+        config.id_key = Some(IdKey::from_bytes(TEST_ID_KEY));
         let server = TestServer::start_with(config).await;
         for project in ["p1", "p2", "p3"] {
             server.write(&project_sql(project)).await;
@@ -134,7 +136,7 @@ async fn projects_through(stream: &mut SseStream, through: u64) -> Vec<(String, 
             continue;
         }
         let data = data_json(&event);
-        let seq = data["seq"].as_u64().unwrap();
+        let seq = seq_of(&event);
         seen.push((data["projectId"].as_str().unwrap().to_owned(), seq));
         if seq >= through {
             return seen;
@@ -667,7 +669,7 @@ async fn until_end(stream: &mut SseStream) -> Vec<u64> {
     let mut seqs = Vec::new();
     while let Some(event) = stream.next_event().await {
         if !event.event_type.starts_with("changefeed.") {
-            seqs.push(data_json(&event)["seq"].as_u64().unwrap());
+            seqs.push(seq_of(&event));
         }
     }
     seqs

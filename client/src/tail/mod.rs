@@ -60,10 +60,15 @@ pub struct TailOptions {
     pub url: String,
     /// Only events of these projects (empty: all projects).
     pub projects: Vec<String>,
+    /// Only events of these sessions (empty: any session or none).
+    pub sessions: Vec<String>,
     /// Only these kinds: comma-separated, with `prefix*` patterns.
     pub types: Option<String>,
     /// Start after this cursor instead of at the head (the cursor file wins over it).
     pub after: Option<String>,
+    /// Start so that the newest this many matching events are replayed, then follow (`last=`;
+    /// the cursor file wins over it; excludes `after`).
+    pub last: Option<u32>,
     /// Keep the position in this file: read at start, replaced after each printed event.
     pub cursor_file: Option<PathBuf>,
     /// How events are printed.
@@ -83,8 +88,10 @@ impl Default for TailOptions {
         TailOptions {
             url: DEFAULT_SERVER.to_owned(),
             projects: Vec::new(),
+            sessions: Vec::new(),
             types: None,
             after: None,
+            last: None,
             cursor_file: None,
             format: TailFormat::Json,
             once: false,
@@ -476,9 +483,16 @@ pub fn stream_url(options: &TailOptions) -> Result<String, TailError> {
     let pairs = options
         .projects
         .iter()
-        .map(|project| ("project", project))
-        .chain(options.types.iter().map(|types| ("types", types)))
-        .chain(options.after.iter().map(|after| ("after", after)));
+        .map(|project| ("project", project.clone()))
+        .chain(
+            options
+                .sessions
+                .iter()
+                .map(|session| ("session", session.clone())),
+        )
+        .chain(options.types.iter().map(|types| ("types", types.clone())))
+        .chain(options.after.iter().map(|after| ("after", after.clone())))
+        .chain(options.last.iter().map(|last| ("last", last.to_string())));
     let mut pairs = pairs.peekable();
     if pairs.peek().is_some() {
         url.query_pairs_mut().extend_pairs(pairs);
@@ -532,14 +546,17 @@ mod tests {
     fn filters_become_query_parameters() {
         let url = url_of(DEFAULT_SERVER, |options| {
             options.projects = vec!["p1".into(), "p 2".into()];
+            options.sessions = vec!["s&1".into(), "s2".into()];
             options.types = Some("pr_*,session_created".into());
             options.after = Some("00000000000000ab:7".into());
         })
         .unwrap();
         assert_eq!(
             url,
-            "http://127.0.0.1:7467/api/v1/events?project=p1&project=p+2&types=pr_*%2Csession_created&after=00000000000000ab%3A7"
+            "http://127.0.0.1:7467/api/v1/events?project=p1&project=p+2&session=s%261&session=s2&types=pr_*%2Csession_created&after=00000000000000ab%3A7"
         );
+        let url = url_of(DEFAULT_SERVER, |options| options.last = Some(25)).unwrap();
+        assert_eq!(url, "http://127.0.0.1:7467/api/v1/events?last=25");
     }
 
     #[test]

@@ -46,6 +46,7 @@ use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, LocateRequest, Loca
 pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
+pub mod walking;
 
 /// What kind of failure a [`StoreError`] is, which decides what the caller does about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

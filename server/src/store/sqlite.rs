@@ -38,6 +38,7 @@
 
 mod checkpoint;
 mod identity;
+mod locate;
 mod meta_file;
 mod monitor;
 pub mod ownership;
@@ -607,6 +608,21 @@ impl Store for SqliteStore {
         let bounds = self.inner.bounds_in(&mut transaction).await?;
         transaction.commit().await?;
         Ok(Rows::new(rows, bounds))
+    }
+
+    /// One backwards index scan instead of the default walk of replay windows (see
+    /// [`locate`]).
+    async fn locate(
+        &self,
+        filter: &Filter,
+        request: changefeed_core::LocateRequest,
+    ) -> Result<changefeed_core::Located, StoreError> {
+        self.check_identity()?;
+        let mut transaction = self.inner.read.begin().await?;
+        let bounds = self.inner.bounds_in(&mut transaction).await?;
+        let located = locate::locate_in(&mut transaction, &bounds, filter, request).await?;
+        transaction.commit().await?;
+        Ok(located)
     }
 
     async fn rows_after(&self, after: Seq, limit: usize) -> Result<Rows, StoreError> {
