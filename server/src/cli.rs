@@ -821,8 +821,8 @@ async fn check_change_log_schema(url: &str) -> Result<(), CliError> {
 async fn serve(args: ServeArgs, demo: Option<DemoConfig>) -> Result<(), CliError> {
     let kind = check_database_url(&args.database)?;
     let auth = args.auth.auth()?;
-    let id_key = args.auth.id_key()?;
-    let config = args.server_config();
+    let mut config = args.server_config();
+    config.id_key = args.auth.id_key()?;
     if let Some(files) = &config.connection.tls {
         crate::conn::tls_acceptor(files).map_err(CliError::usage)?;
     }
@@ -922,7 +922,6 @@ async fn serve_store<S: ServedStore>(
     let (trigger, signal) = shutdown::channel();
     let mut config = config;
     config.auth = auth.clone();
-    config.id_key = id_key;
     let tokens_watch = tokio::spawn(auth::watch_tokens_file(auth, signal.clone()));
     let server = app::start(store.clone(), config, signal.clone())
         .await

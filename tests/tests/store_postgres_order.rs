@@ -14,7 +14,7 @@ use changefeed::store::postgres::{
 };
 use changefeed::store::Store;
 use changefeed::tailer::{Tailer, TailerConfig};
-use changefeed_core::Seq;
+use changefeed_core::{Ids, Seq};
 use changefeed_tests::pg::TestDb;
 use sqlx::{Connection, PgConnection};
 
@@ -134,6 +134,7 @@ async fn concurrent_workload(mode: AssignMode, seed: u64) -> Verdict {
             store: reader.clone(),
             feed: feed.clone(),
             epoch: reader.bounds().await.unwrap().epoch,
+            ids: Ids::Plain,
             metrics: Arc::new(Metrics::default()),
             health: Arc::default(),
             config: TailerConfig {
