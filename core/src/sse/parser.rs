@@ -505,4 +505,42 @@ mod tests {
             "SSE event data exceeds the limit of 5 bytes"
         );
     }
+
+    #[test]
+    fn retry_is_digits_only_not_what_rust_parses_as_a_number() {
+        // `u64::from_str` accepts a leading `+`; the SSE grammar does not.
+        let mut parser = Parser::default();
+        parser
+            .feed(b"retry: +5\nretry: 7\nretry: \nretry: -1\n\n")
+            .unwrap();
+        assert_eq!(items(&mut parser), [Item::Retry(7)]);
+        assert_eq!(parser.retry(), Some(7));
+    }
+
+    #[test]
+    fn an_events_data_buffer_never_grows_past_its_limit() {
+        // Three 300-byte data lines under a 1,000-byte limit: plain doubling would take the
+        // buffer to 1,200 bytes of capacity; the bounded growth stops at the limit (+ 1 for the
+        // last line ending), so a stream near the limit cannot make the parser hold more.
+        let limits = ParserLimits {
+            max_line: 1000,
+            max_event_data: 1000,
+        };
+        let mut parser = Parser::with_limits("", limits);
+        let line = [b"data: ".as_slice(), &[b'x'; 300], b"\n"].concat();
+        for _ in 0..3 {
+            parser.feed(&line).unwrap();
+        }
+        assert_eq!(parser.data.len(), 903);
+        assert!(
+            parser.data.capacity() <= 1001,
+            "capacity {} is over the limit",
+            parser.data.capacity()
+        );
+        parser.feed(b"\n").unwrap();
+        let Some(Item::Event(event)) = parser.next_item() else {
+            panic!("one event");
+        };
+        assert_eq!(event.data.len(), 902);
+    }
 }
