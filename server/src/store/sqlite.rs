@@ -964,31 +964,39 @@ impl WindowQuery {
             ));
             binds.extend(projects.iter().cloned());
         }
-        if !filter.all_types() {
-            let patterns = filter.types.as_deref().unwrap_or_default();
-            if patterns.is_empty() {
-                return None;
-            }
-            let clauses: Vec<&str> = patterns
-                .iter()
-                .map(|pattern| match pattern {
-                    TypePattern::Exact(_) => "event_type = ?",
-                    // GLOB, never LIKE: `_` is a LIKE wildcard (`pr_%` matches project_created).
-                    _ => "event_type GLOB ?",
-                })
-                .collect();
-            sql.push_str(&format!(
-                " AND typeof(event_type) = 'text' AND ({})",
-                clauses.join(" OR ")
-            ));
-            binds.extend(patterns.iter().map(|pattern| match pattern {
-                TypePattern::Exact(kind) => kind.clone(),
-                other => other.glob(),
-            }));
-        }
+        push_kind_filter(filter, &mut sql, &mut binds)?;
         sql.push_str(" ORDER BY seq");
         Some(WindowQuery { sql, binds })
     }
+}
+
+/// Appends the filter's kinds as a pushed-down clause (`event_type = ?` for an exact kind,
+/// `GLOB` for a prefix pattern) and their binds; `None` when no kind can match.
+fn push_kind_filter(filter: &Filter, sql: &mut String, binds: &mut Vec<String>) -> Option<()> {
+    if filter.all_types() {
+        return Some(());
+    }
+    let patterns = filter.types.as_deref().unwrap_or_default();
+    if patterns.is_empty() {
+        return None;
+    }
+    let clauses: Vec<&str> = patterns
+        .iter()
+        .map(|pattern| match pattern {
+            TypePattern::Exact(_) => "event_type = ?",
+            // GLOB, never LIKE: `_` is a LIKE wildcard (`pr_%` matches project_created).
+            _ => "event_type GLOB ?",
+        })
+        .collect();
+    sql.push_str(&format!(
+        " AND typeof(event_type) = 'text' AND ({})",
+        clauses.join(" OR ")
+    ));
+    binds.extend(patterns.iter().map(|pattern| match pattern {
+        TypePattern::Exact(kind) => kind.clone(),
+        other => other.glob(),
+    }));
+    Some(())
 }
 
 fn placeholders(count: usize) -> String {

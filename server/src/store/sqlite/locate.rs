@@ -8,11 +8,11 @@
 //! [`Filter::matches_event`] decides, on the values decoded as replay decodes them (see
 //! `row_from`), so the count is of exactly the rows a replay would send.
 
-use changefeed_core::{Filter, LocateRequest, Located, Seq, TypePattern};
+use changefeed_core::{Filter, LocateRequest, Located, Seq};
 use futures_util::TryStreamExt;
 use sqlx::sqlite::SqliteConnection;
 
-use super::{column_text, placeholders, seq_from, to_sql, StorageClass};
+use super::{column_text, placeholders, push_kind_filter, seq_from, to_sql, StorageClass};
 use crate::store::{LogBounds, StoreError};
 
 /// The SQL of a locate scan and its binds after `floor` and `upto`; `None` when nothing can
@@ -53,28 +53,7 @@ impl LocateQuery {
             ));
             binds.extend(sessions.iter().cloned());
         }
-        if !filter.all_types() {
-            let patterns = filter.types.as_deref().unwrap_or_default();
-            if patterns.is_empty() {
-                return None;
-            }
-            let clauses: Vec<&str> = patterns
-                .iter()
-                .map(|pattern| match pattern {
-                    TypePattern::Exact(_) => "event_type = ?",
-                    // GLOB, never LIKE: `_` is a LIKE wildcard.
-                    _ => "event_type GLOB ?",
-                })
-                .collect();
-            sql.push_str(&format!(
-                " AND typeof(event_type) = 'text' AND ({})",
-                clauses.join(" OR ")
-            ));
-            binds.extend(patterns.iter().map(|pattern| match pattern {
-                TypePattern::Exact(kind) => kind.clone(),
-                other => other.glob(),
-            }));
-        }
+        push_kind_filter(filter, &mut sql, &mut binds)?;
         sql.push_str(" ORDER BY seq DESC");
         Some(LocateQuery { sql, binds })
     }
