@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod sequencer;
 mod watch;
 
+use crate::store::{seq_from, to_sql};
 use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -656,16 +657,6 @@ pub fn redact_url(url: &str) -> String {
             None => "(unparseable URL)".to_owned(),
         },
     }
-}
-
-fn to_sql(seq: Seq) -> i64 {
-    i64::try_from(seq.0).unwrap_or(i64::MAX)
-}
-
-fn seq_from(column: &str, value: i64) -> Result<Seq, StoreError> {
-    u64::try_from(value)
-        .map(Seq)
-        .map_err(|_| StoreError::bad_data(None, format!("negative {column}: {value}")))
 }
 
 fn parse_mark(key: &str, text: &str) -> Result<Seq, StoreError> {

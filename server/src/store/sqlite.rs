@@ -44,6 +44,7 @@ mod monitor;
 pub mod ownership;
 pub mod schema;
 
+use crate::store::{seq_from, to_sql};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -1001,16 +1002,6 @@ fn push_kind_filter(filter: &Filter, sql: &mut String, binds: &mut Vec<String>) 
 
 fn placeholders(count: usize) -> String {
     vec!["?"; count].join(", ")
-}
-
-fn to_sql(seq: Seq) -> i64 {
-    i64::try_from(seq.0).unwrap_or(i64::MAX)
-}
-
-fn seq_from(column: &str, value: i64) -> Result<Seq, StoreError> {
-    u64::try_from(value)
-        .map(Seq)
-        .map_err(|_| StoreError::bad_data(None, format!("negative {column}: {value}")))
 }
 
 /// Our own bookkeeping: a value that is not a seq means `changefeed_meta` is corrupt.
