@@ -488,6 +488,19 @@ impl Retention {
     }
 }
 
+/// A seq as SQL's signed 64-bit integer (both stores' column type); past `i64::MAX` it
+/// saturates, which no log reaches.
+pub(crate) fn to_sql(seq: Seq) -> i64 {
+    i64::try_from(seq.0).unwrap_or(i64::MAX)
+}
+
+/// A seq read from SQL: a negative value is bad data in `column`, never a wrap-around.
+pub(crate) fn seq_from(column: &str, value: i64) -> Result<Seq, StoreError> {
+    u64::try_from(value)
+        .map(Seq)
+        .map_err(|_| StoreError::bad_data(None, format!("negative {column}: {value}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,17 +657,4 @@ mod tests {
             "a later watch starts from now"
         );
     }
-}
-
-/// A seq as SQL's signed 64-bit integer (both stores' column type); past `i64::MAX` it
-/// saturates, which no log reaches.
-pub(crate) fn to_sql(seq: Seq) -> i64 {
-    i64::try_from(seq.0).unwrap_or(i64::MAX)
-}
-
-/// A seq read from SQL: a negative value is bad data in `column`, never a wrap-around.
-pub(crate) fn seq_from(column: &str, value: i64) -> Result<Seq, StoreError> {
-    u64::try_from(value)
-        .map(Seq)
-        .map_err(|_| StoreError::bad_data(None, format!("negative {column}: {value}")))
 }
