@@ -82,3 +82,5 @@ fi
 
 step "all checks passed in $((SECONDS - started))s"
 printf '%s\n' "${timings[@]}"
+# Disk is a CI limit too (a run once failed with "No space left on device").
+echo "target dirs: $(du -sh target fuzz/target 2>/dev/null | awk '{printf "%s %s  ", $2, $1}')free: $(df -h . | awk 'NR==2 {print $4}')"
