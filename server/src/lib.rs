@@ -30,6 +30,7 @@ pub mod conn;
 pub mod demo;
 pub mod http;
 pub mod janitor;
+pub mod memory;
 pub mod metrics;
 pub mod shutdown;
 pub mod store;

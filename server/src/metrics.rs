@@ -56,6 +56,8 @@ pub struct Metrics {
     events_published: Counter<u64, AtomicU64>,
     store_errors: Counter<u64, AtomicU64>,
     degraded_rows: Counter<u64, AtomicU64>,
+    /// Gives freed memory back to the OS after many streams closed (not exported).
+    memory: std::sync::Arc<crate::memory::ReleaseAfterClose>,
     /// Tasks alive in the async runtime serving `/metrics`, sampled at each scrape (a leak of
     /// tasks shows here first; the soak run watches it).
     runtime_tasks: Gauge<i64, AtomicI64>,
@@ -135,6 +137,7 @@ impl Metrics {
             events_published: Counter::default(),
             store_errors: Counter::default(),
             degraded_rows: Counter::default(),
+            memory: Default::default(),
             runtime_tasks: Gauge::default(),
             latency: Histogram::new(LATENCY_BUCKETS),
             latency_count: AtomicU64::new(0),
@@ -256,6 +259,7 @@ pub struct SubscriberGuard {
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
         self.metrics.subscribers.dec();
+        self.metrics.memory.stream_closed();
     }
 }
 

@@ -3,7 +3,7 @@
 // that payload text is shown as text, never as HTML; that with auth on the page is refused
 // (401, shown) without the changefeed_token cookie and streams exactly the token's grant with
 // it (sealed ids, the token never in the URL); and that its Sessions and Last fields become
-// session= and last=.
+// session= and last=; and that it shows kinds beyond changefeed's own (the daemon's, and any exact kind typed in Types).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -192,6 +192,40 @@ test("viewer page: Sessions and Last become session= and last=", async () => {
     await recent.waitForFunction((n) => window.changefeed.received.length >= n, 3 + 2);
     assert.deepEqual(await one.evaluate(() => window.changefeed.received), mine);
     assert.ok((await one.evaluate(() => window.changefeed.events)).every((e) => e.session === session));
+  } finally {
+    if (browser) await browser.close();
+    await server.stop();
+    server.cleanup();
+    rmSync(profile, { recursive: true, force: true });
+  }
+});
+
+test("viewer page shows the daemon's kinds, and any exact kind typed in Types", async () => {
+  const server = new Server();
+  const profile = mkdtempSync(join(tmpdir(), "changefeed-chromium-"));
+  let browser;
+  try {
+    await server.start();
+    addProject(server, "p1");
+    browser = await launch(profile);
+    const page = await browser.newPage();
+    await page.goto(`${server.url}/?projects=p1`);
+    await page.waitForFunction(() => window.changefeed && window.changefeed.ready === 1);
+    const insert = (kind) => server.sql("INSERT INTO change_log (project_id, event_type, payload) " +
+      `VALUES ('p1', '${kind}', '{}'); SELECT last_insert_rowid();`).trim();
+    const custom = Number(insert("custom_kind"));
+    const review = Number(insert("review_run_created"));
+    await page.waitForFunction((seq) => window.changefeed.received.includes(seq), review);
+    // Events arrive in seq order: had custom_kind a listener, it would be in by now.
+    assert.ok(!(await page.evaluate(() => window.changefeed.received)).includes(custom),
+      "a kind the page does not know needs to be asked for");
+
+    const typed = await browser.newPage();
+    await typed.goto(`${server.url}/?projects=p1&types=custom_kind&last=10`);
+    await typed.waitForFunction(() => window.changefeed.ready === 1);
+    const later = Number(insert("custom_kind"));
+    await typed.waitForFunction((seq) => window.changefeed.received.includes(seq), later);
+    assert.deepEqual(await typed.evaluate(() => window.changefeed.received), [custom, later]);
   } finally {
     if (browser) await browser.close();
     await server.stop();

@@ -3,11 +3,12 @@
 //! another process with history holes and mixed timestamp formats, the stream equals the log
 //! byte for byte while the owner's writes keep succeeding, and afterwards the schema and journal
 //! mode are unchanged but for `changefeed_meta`; the read-only variant (`--meta-file`) leaves
-//! the database file byte-identical.
+//! the database file byte-identical; rows the owner prunes give a resume below them the
+//! `pruned` reset in both modes.
 
 use std::path::Path;
 
-use changefeed_tests::{seq_of, sqlite3, within, SseStream, TestServer};
+use changefeed_tests::{data_json, seq_of, sqlite3, within, SseStream, TestServer};
 
 const DAEMON_SCHEMA: &str = include_str!("../fixtures/daemon-schema.sql");
 
@@ -231,7 +232,7 @@ async fn an_attached_daemon_database_streams_its_log_exactly_and_keeps_its_schem
     );
     assert_eq!(
         sqlite3(&db, "SELECT key FROM changefeed_meta ORDER BY key").await,
-        "epoch\nfloor\npublished\n"
+        "base\nepoch\nfloor\npublished\n"
     );
 }
 
@@ -280,6 +281,98 @@ async fn a_read_only_attach_leaves_the_database_file_byte_identical() {
     );
     again.shutdown().await.unwrap();
     assert!(std::fs::read(&db).unwrap() == bytes_before);
+}
+
+/// Both attach modes: rows the owner prunes from the old end of its log raise the floor, so a
+/// resume below them gets the `pruned` reset instead of a silent gap; a resume at the edge
+/// continues exactly; a row already gone before changefeed attached never counts, so a read
+/// from the start is no reset; an emptied log resets every cursor below its head.
+#[tokio::test]
+async fn pruning_by_the_owner_resets_a_resume_below_it_but_not_a_read_from_the_start() {
+    for read_only in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = create_daemon_database(dir.path()).await;
+        // Gone before changefeed ever saw the log: its oldest row.
+        sqlite3(&db, "DELETE FROM change_log WHERE seq = 1").await;
+        let meta = dir.path().join("changefeed.meta");
+        let server = TestServer::attach(&db, read_only.then_some(meta.as_path())).await;
+        let expected = expected_events(&db).await;
+        let seqs: Vec<u64> = expected.iter().map(|row| row.0).collect();
+        assert!(seqs[0] > 1 && seqs.len() > 6, "{seqs:?}");
+        let last = *seqs.last().unwrap();
+
+        let mut from_start = server.stream("/api/v1/events?after=0").await;
+        let events = within(
+            "the history from the start",
+            from_start.events_until(|event| {
+                !event.event_type.starts_with("changefeed.") && seq_of(event) >= last
+            }),
+        )
+        .await;
+        assert!(
+            events.iter().all(|e| e.event_type != "changefeed.reset"),
+            "mode {read_only}: a row gone before the attach is no reset: {events:?}"
+        );
+        let delivered: Vec<u64> = events
+            .iter()
+            .filter(|e| !e.event_type.starts_with("changefeed."))
+            .map(seq_of)
+            .collect();
+        assert_eq!(delivered, seqs, "mode {read_only}");
+        drop(from_start);
+
+        // The owner prunes its three oldest rows.
+        let pruned_through = seqs[2];
+        sqlite3(
+            &db,
+            &format!("DELETE FROM change_log WHERE seq <= {pruned_through}"),
+        )
+        .await;
+        let below = server.cursor(seqs[0]);
+        let mut resumed = server.resume("/api/v1/events", &below).await;
+        let reset = within(
+            "the reset",
+            resumed.events_until(|e| {
+                e.event_type == "changefeed.reset" || !e.event_type.starts_with("changefeed.")
+            }),
+        )
+        .await;
+        let reset = reset.last().unwrap();
+        assert_eq!(reset.event_type, "changefeed.reset", "mode {read_only}");
+        let data = data_json(reset);
+        assert_eq!(data["reason"], "pruned", "mode {read_only}: {data}");
+        assert_eq!(data["requested"], below.as_str());
+        drop(resumed);
+
+        // At the edge of what is left: nothing was lost after it.
+        let mut at_edge = server
+            .resume("/api/v1/events", &server.cursor(pruned_through))
+            .await;
+        let rest = stream_through(&mut at_edge, last).await;
+        assert_eq!(rest, expected[3..].to_vec(), "mode {read_only}");
+        drop(at_edge);
+
+        // The owner empties its log: every cursor below the head is behind pruned rows.
+        sqlite3(&db, "DELETE FROM change_log").await;
+        let mut emptied = server
+            .resume("/api/v1/events", &server.cursor(last - 1))
+            .await;
+        let reset = within(
+            "the reset of an emptied log",
+            emptied.events_until(|e| {
+                e.event_type == "changefeed.reset" || e.event_type == "changefeed.ready"
+            }),
+        )
+        .await;
+        assert_eq!(
+            reset.last().unwrap().event_type,
+            "changefeed.reset",
+            "mode {read_only}: {reset:?}"
+        );
+        assert_eq!(data_json(reset.last().unwrap())["reason"], "pruned");
+        drop(emptied);
+        server.shutdown().await.unwrap();
+    }
 }
 
 /// The CLI can still open the database for writing (no lock left behind by the server).

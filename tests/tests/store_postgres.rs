@@ -1,4 +1,4 @@
-//! Proves the Postgres store against a real cluster: idempotent migrations, triggers writing the same rows and payload bytes as SQLite's (also when psql writes), the CHECKs, head from the sequencer's counter, filter push-down without LIKE wildcards, the start-up epoch rules (lost rows, a restore from a dump), per-replica published marks and pruning, and that a commit by another process wakes `changes()` through the sequencer's NOTIFY.
+//! Proves the Postgres store against a real cluster: idempotent migrations, triggers writing the same rows and payload bytes as SQLite's (also when psql writes), the CHECKs, head from the sequencer's counter, filter push-down without LIKE wildcards, the start-up epoch rules (lost rows, a restore from a dump), per-replica published marks and pruning, and that a commit by another process wakes `changes()` through the sequencer's NOTIFY; an unreachable or silent server fails within the connect bound, without printing the password.
 
 use std::process::Command;
 use std::time::Duration;
@@ -727,6 +727,43 @@ async fn an_unreachable_database_fails_fast_with_the_url_but_not_its_password() 
     assert!(message.contains("127.0.0.1:9/feed"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
     assert!(started.elapsed() < BOUND);
+}
+
+#[tokio::test]
+async fn a_server_that_accepts_and_never_answers_fails_within_the_connect_bound() {
+    // A socket that never speaks (a hung proxy, a black-holed port forward): the TCP handshake
+    // completes, the Postgres startup reply never comes. Without the bound, sqlx would wait
+    // for the OS's TCP timeouts.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let bound = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let error = PostgresStore::open_with(
+        &format!("postgres://app:hunter2@127.0.0.1:{port}/feed"),
+        PostgresStoreOptions {
+            acquire_timeout: bound,
+            ..PostgresStoreOptions::default()
+        },
+    )
+    .await
+    .expect_err("the server never answers");
+    let elapsed = started.elapsed();
+    let message = error.to_string();
+    assert!(message.contains("no answer within"), "{message}");
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}/feed")),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(elapsed >= bound, "gave up before the bound: {elapsed:?}");
+    assert!(elapsed < BOUND, "{elapsed:?}");
+    silent.abort();
 }
 
 #[tokio::test]

@@ -337,20 +337,25 @@ pub async fn windows_apply_the_filter_and_the_range<H: Harness>(mut harness: H) 
 /// `last=`'s locate: the `count`-th newest row at or below `upto` the filter matches exactly
 /// (deleted rows are holes), or none when fewer match.
 pub async fn locate_counts_exactly_matching_rows_from_the_end<H: Harness>(mut harness: H) {
-    for (project, kind) in [
-        ("a", "pr_created"),
-        ("b", "pr_updated"),
-        ("a", "pr_updated"),
-        ("a", "session_created"),
-        ("b", "pr_updated"),
-        ("a", "pr_updated"),
+    for (project, session, kind) in [
+        ("a", Some("s1"), "pr_created"),
+        ("b", Some("s2"), "pr_updated"),
+        ("a", Some("s1"), "pr_updated"),
+        ("a", Some("s1"), "session_created"),
+        ("b", Some("s1"), "pr_updated"),
+        ("a", None, "pr_updated"),
     ] {
-        harness.append(NewRow::new(project, kind)).await;
+        harness
+            .append(NewRow {
+                session,
+                ..NewRow::new(project, kind)
+            })
+            .await;
     }
     harness.delete(Seq(3)).await;
-    let sessions = Filter {
-        sessions: Some(["s1".to_string()].into()),
-        ..Filter::all()
+    let sessions = |ids: &[&str], projects: Option<&[&str]>, kinds: Option<&[&str]>| Filter {
+        sessions: Some(ids.iter().map(|id| id.to_string()).collect()),
+        ..filter(projects, kinds)
     };
     let cases: &[(Filter, u32, u64, Option<u64>)] = &[
         (Filter::all(), 1, 6, Some(6)),
@@ -362,7 +367,22 @@ pub async fn locate_counts_exactly_matching_rows_from_the_end<H: Harness>(mut ha
         (filter(Some(&["a"]), Some(&["pr_*"])), 2, 6, Some(1)),
         (filter(Some(&["a"]), Some(&["pr_*"])), 3, 6, None),
         (filter(Some(&["b"]), None), 1, 4, Some(2)),
-        (sessions, 1, 6, None),
+        // Rows of session s1: 1, 4 and 5 (3 is deleted); s2: 2; s3: none.
+        (sessions(&["s1"], None, None), 1, 6, Some(5)),
+        (sessions(&["s1"], None, None), 2, 6, Some(4)),
+        (sessions(&["s1"], None, None), 3, 6, Some(1)),
+        (sessions(&["s1"], None, None), 4, 6, None),
+        (sessions(&["s1"], None, None), 1, 4, Some(4)),
+        (sessions(&["s1"], Some(&["a"]), None), 1, 6, Some(4)),
+        (
+            sessions(&["s1"], Some(&["a"]), Some(&["pr_*"])),
+            1,
+            6,
+            Some(1),
+        ),
+        (sessions(&["s1", "s2"], None, None), 3, 6, Some(2)),
+        (sessions(&["s2"], Some(&["a"]), None), 1, 6, None),
+        (sessions(&["s3"], None, None), 1, 6, None),
     ];
     for (filter, count, upto, expected) in cases {
         let request = LocateRequest {

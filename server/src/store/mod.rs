@@ -25,7 +25,8 @@
 //!   so it gets a new epoch ([`epoch_at_start`], applied by every store when it opens).
 //!
 //! Between them: `floor <= published mark` (retention never prunes a row live subscribers were
-//! not sent, [`prunable_prefix`]) and `P <= head`, where `P` is the live feed's last published
+//! not sent, [`prunable_prefix`]; the owner of an attached SQLite log can break this by
+//! pruning unpublished rows, see `store/sqlite.rs`) and `P <= head`, where `P` is the live feed's last published
 //! seq (the tailer publishes only rows it read, and it never reads past the head).
 //!
 //! Errors carry a [`StoreErrorKind`]: **transient** (retry: the database is busy, a connection

@@ -49,8 +49,8 @@ use super::{
     Retention, Rows, Store, StoreError,
 };
 
-/// The embedded migrations (`server/migrations/postgres/`).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// The embedded migrations (`migrations/postgres/` at the workspace root).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// The channel the sequencer NOTIFYs after each batch (payload: the new head).
 pub const NOTIFY_CHANNEL: &str = "changefeed";

@@ -26,6 +26,13 @@
 //!   other processes are noticed by the [`monitor`] (file watch on the `-wal` file plus
 //!   `PRAGMA data_version`, with a one-second poll as the safety net).
 //!
+//! - **Pruning by the owner** (attach): retention is the owner's business there, so the floor
+//!   also follows the oldest remaining row ([`owner_pruned_floor`]): a cursor below a row the
+//!   owner deleted from the old end gets the `pruned` reset, not a silent gap. Rows already
+//!   gone when the epoch began (`base` in the bookkeeping) never count. The owner should prune
+//!   only at or below `changefeed_meta`'s `published` value: a row deleted before the tailer
+//!   published it is never delivered live (a resume below it still gets the reset).
+//!
 //! **Invariant (head):** the watermark of the store contract ([`crate::store`]) is the
 //! `sqlite_sequence` value of `change_log`, never `MAX(seq)`. SQLite runs one write transaction
 //! at a time and `sqlite_sequence` changes in the same transaction as the row it allocates, so
@@ -65,16 +72,35 @@ use super::{
     Retention, Rows, Store, StoreError,
 };
 
-/// The embedded migrations (`server/migrations/sqlite/`).
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// The embedded migrations (`migrations/sqlite/` at the workspace root).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// The one table an attached database gets: `changefeed_meta`, exactly as the first migration
 /// makes it (`CREATE TABLE IF NOT EXISTS`, `INSERT OR IGNORE`: an existing epoch is kept).
-const META_TABLE_SQL: &str = include_str!("../../migrations/sqlite/0001_changefeed_meta.sql");
+const META_TABLE_SQL: &str = include_str!("../../../migrations/sqlite/0001_changefeed_meta.sql");
 
 /// The head alone, for bookkeeping kept outside the database (see [`BOUNDS_SQL`]).
 const HEAD_SQL: &str =
     "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0)";
+
+/// [`BOUNDS_SQL`] for a log its owner prunes (attach): also the epoch's base and the oldest
+/// row, for [`owner_pruned_floor`].
+const ATTACHED_BOUNDS_SQL: &str = "SELECT \
+     (SELECT value FROM changefeed_meta WHERE key = 'epoch'), \
+     COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0), \
+     (SELECT value FROM changefeed_meta WHERE key = 'floor'), \
+     (SELECT value FROM changefeed_meta WHERE key = 'base'), \
+     (SELECT MIN(seq) FROM change_log)";
+
+/// The head and the oldest row, for a read-only attach's bounds (see [`ATTACHED_BOUNDS_SQL`]).
+const HEAD_AND_OLDEST_SQL: &str =
+    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0), \
+     (SELECT MIN(seq) FROM change_log)";
+
+/// An epoch's base: the oldest row when the epoch begins, or the next seq when the log is
+/// empty (see [`owner_pruned_floor`]).
+const BASE_NOW_SQL: &str = "SELECT COALESCE((SELECT MIN(seq) FROM change_log), \
+     COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0) + 1)";
 
 /// The columns of an [`EventRow`], in [`row_from`]'s order.
 const ROW_COLUMNS: &str = "seq, project_id, session_id, event_type, payload, created_at";
@@ -145,6 +171,9 @@ struct Inner {
     write: SqlitePool,
     path: PathBuf,
     bookkeeping: Bookkeeping,
+    /// Whether another program owns the log and may prune it (attach): the floor then also
+    /// follows the oldest row ([`owner_pruned_floor`]).
+    owner_prunes: bool,
     changes: watch::Sender<u64>,
     identity: Arc<identity::Identity>,
     /// Every read transaction holds a shared turn; the checkpointer holds it alone.
@@ -363,6 +392,7 @@ impl SqliteStore {
                 write,
                 path,
                 bookkeeping,
+                owner_prunes: !matches!(mode, SqliteMode::Owned),
                 changes,
                 identity,
                 gate,
@@ -513,20 +543,60 @@ impl Inner {
     /// Epoch, head and floor in one snapshot of `connection`.
     async fn bounds_in(&self, connection: &mut SqliteConnection) -> Result<LogBounds, StoreError> {
         match &self.bookkeeping {
-            Bookkeeping::Table => {
+            Bookkeeping::Table if !self.owner_prunes => {
                 bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(connection).await?)
             }
+            Bookkeeping::Table => {
+                let row = sqlx::query(ATTACHED_BOUNDS_SQL)
+                    .fetch_one(connection)
+                    .await?;
+                let mut bounds = bounds_from(&row)?;
+                let mark = |index: usize, key: &str| -> Result<Seq, StoreError> {
+                    let text: Option<String> = row.try_get(index)?;
+                    parse_mark(key, text.as_deref().unwrap_or("0"))
+                };
+                let oldest: Option<i64> = row.try_get(4)?;
+                let pruned = owner_pruned_floor(
+                    mark(3, "base")?,
+                    oldest.map(|seq| seq_from("oldest seq", seq)).transpose()?,
+                    bounds.head,
+                );
+                bounds.floor = bounds.floor.max(pruned).min(bounds.head);
+                Ok(bounds)
+            }
             Bookkeeping::File { path, state, .. } => {
-                let head: i64 = sqlx::query_scalar(HEAD_SQL).fetch_one(connection).await?;
-                let head = seq_from("head", head)?;
+                let row = sqlx::query(HEAD_AND_OLDEST_SQL)
+                    .fetch_one(connection)
+                    .await?;
+                let head = seq_from("head", row.try_get(0)?)?;
+                let oldest: Option<i64> = row.try_get(1)?;
                 let state = lock(state).clone();
+                let pruned = owner_pruned_floor(
+                    state.base(),
+                    oldest.map(|seq| seq_from("oldest seq", seq)).transpose()?,
+                    head,
+                );
                 Ok(LogBounds {
                     epoch: state.epoch(path)?,
                     head,
-                    floor: state.floor().min(head),
+                    floor: state.floor().max(pruned).min(head),
                 })
             }
         }
+    }
+}
+
+/// The floor of a log whose owner prunes it (attach), from what is left of it: every row below
+/// the oldest remaining one (every row up to head when none remains) was pruned, unless it was
+/// already gone when the epoch began (`base`, the oldest row then: no client of this epoch saw
+/// it, so a read from the start of such a log is no reset). Deletions above the oldest
+/// remaining row (holes) are not pruning and do not move it.
+fn owner_pruned_floor(base: Seq, oldest: Option<Seq>, head: Seq) -> Seq {
+    let gone_through = oldest.map_or(head, Seq::prev);
+    if gone_through < base {
+        Seq::ZERO
+    } else {
+        gone_through
     }
 }
 
@@ -807,6 +877,12 @@ async fn apply_epoch_rule(write: &SqlitePool) -> Result<(), StoreError> {
             .execute(&mut *transaction)
             .await?;
     }
+    // A new epoch begins with what is in the log now (only attached databases keep a base).
+    sqlx::query(&format!(
+        "UPDATE changefeed_meta SET value = CAST(({BASE_NOW_SQL}) AS TEXT) WHERE key = 'base'"
+    ))
+    .execute(&mut *transaction)
+    .await?;
     let epoch: String = sqlx::query_scalar("SELECT value FROM changefeed_meta WHERE key = 'epoch'")
         .fetch_one(&mut *transaction)
         .await?;
@@ -862,6 +938,12 @@ async fn ensure_meta_table(write: &SqlitePool, path: &Path) -> Result<(), StoreE
     }
     // Executor::execute, not raw_sql: raw_sql's future is not provably Send (open must be).
     sqlx::Executor::execute(&mut *transaction, META_TABLE_SQL).await?;
+    // The epoch's base (see `owner_pruned_floor`), also for a table from before it was kept.
+    sqlx::query(&format!(
+        "INSERT OR IGNORE INTO changefeed_meta (key, value) VALUES ('base', CAST(({BASE_NOW_SQL}) AS TEXT))"
+    ))
+    .execute(&mut *transaction)
+    .await?;
     transaction.commit().await?;
     Ok(())
 }
@@ -875,6 +957,8 @@ async fn open_meta_file(
 ) -> Result<meta_file::MetaState, StoreError> {
     let head: i64 = sqlx::query_scalar(HEAD_SQL).fetch_one(read).await?;
     let head = seq_from("head", head)?;
+    let base_now: i64 = sqlx::query_scalar(BASE_NOW_SQL).fetch_one(read).await?;
+    let base_now = Some(seq_from("base", base_now)?.0);
     let database_name = database.display().to_string();
     let existing = meta_file::read(meta)?;
     let state = match existing.clone() {
@@ -883,6 +967,7 @@ async fn open_meta_file(
             published: 0,
             floor: 0,
             database: database_name.clone(),
+            base: base_now,
         },
         Some(state) if state.database != database_name => {
             tracing::warn!(
@@ -896,10 +981,15 @@ async fn open_meta_file(
                 published: head.0,
                 floor: 0,
                 database: database_name.clone(),
+                base: base_now,
             }
         }
         Some(state) => match epoch_at_start(head, state.floor(), state.published()) {
-            EpochDecision::Keep => state,
+            // A file from before the base was kept gets today's.
+            EpochDecision::Keep => meta_file::MetaState {
+                base: state.base.or(base_now),
+                ..state
+            },
             EpochDecision::Rotate { published, floor } => {
                 let epoch = fresh_epoch(read).await?;
                 tracing::warn!(
@@ -914,6 +1004,7 @@ async fn open_meta_file(
                     published: published.0,
                     floor: floor.0,
                     database: database_name.clone(),
+                    base: base_now,
                 }
             }
         },
@@ -1202,6 +1293,23 @@ mod tests {
     fn range(after: u64, upto: u64) -> FetchRequest {
         let (after, upto) = (Seq(after), Seq(upto));
         FetchRequest { after, upto }
+    }
+
+    #[test]
+    fn the_owner_pruned_floor_counts_only_rows_gone_since_the_epoch_began() {
+        let floor = |base, oldest: Option<u64>, head| {
+            owner_pruned_floor(Seq(base), oldest.map(Seq), Seq(head))
+        };
+        // Nothing pruned: the oldest row is the base (or older rows were gone before it).
+        assert_eq!(floor(1, Some(1), 9), Seq(0));
+        assert_eq!(floor(4, Some(4), 9), Seq(0));
+        // The owner pruned from the base up: everything below the oldest remaining row.
+        assert_eq!(floor(4, Some(5), 9), Seq(4));
+        assert_eq!(floor(1, Some(7), 9), Seq(6));
+        // An emptied log: everything up to head; an empty log that was empty at the start: none.
+        assert_eq!(floor(1, None, 9), Seq(9));
+        assert_eq!(floor(10, None, 9), Seq(0));
+        assert_eq!(floor(10, None, 10), Seq(10));
     }
 
     /// The filter of a query string, as the endpoint parses it.

@@ -1,6 +1,7 @@
 //! changefeed's bookkeeping in a sidecar file, for a database attached read-only
-//! (`serve --attach --meta-file PATH`): the same three values `changefeed_meta` holds
-//! (`epoch`, `published`, `floor`) plus the database it belongs to, as one JSON object.
+//! (`serve --attach --meta-file PATH`): the values an attached database's `changefeed_meta`
+//! holds (`epoch`, `published`, `floor`, `base`) plus the database it belongs to, as one JSON
+//! object.
 //!
 //! **Invariant:** the file is only ever replaced whole (write a temporary file in the same
 //! directory, `fsync` it, rename it over the old one, `fsync` the directory), so a crash leaves
@@ -27,6 +28,11 @@ pub(super) struct MetaState {
     pub floor: u64,
     /// The database file this bookkeeping is for, as given when it was written.
     pub database: String,
+    /// The oldest seq in the log when the epoch began (the floor follows the owner's pruning
+    /// above it; see `owner_pruned_floor` in `store/sqlite.rs`). Absent in files written before
+    /// it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<u64>,
 }
 
 impl MetaState {
@@ -46,6 +52,10 @@ impl MetaState {
 
     pub fn floor(&self) -> Seq {
         Seq(self.floor)
+    }
+
+    pub fn base(&self) -> Seq {
+        Seq(self.base.unwrap_or(0))
     }
 }
 
@@ -121,6 +131,7 @@ mod tests {
             published: 7,
             floor: 0,
             database: "daemon.db".into(),
+            base: Some(1),
         };
         write(&path, &state).unwrap();
         assert_eq!(read(&path).unwrap(), Some(state.clone()));

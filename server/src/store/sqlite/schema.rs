@@ -284,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn accepts_our_schema_and_an_untyped_foreign_one() {
-        let ours = include_str!("../../../migrations/sqlite/0002_domain_schema.sql");
+        let ours = include_str!("../../../../migrations/sqlite/0002_domain_schema.sql");
         assert_eq!(check(ours).await, Ok(()));
         let foreign = "CREATE TABLE Change_Log (SEQ integer primary key autoincrement, \
                        project_id, session_id, event_type, payload, created_at TIMESTAMP)";
