@@ -1,10 +1,12 @@
-//! `last=`'s locate for SQLite as indexed backwards scans: the log read backwards from `upto`
+//! `last=`'s locate for SQLite as one indexed backwards scan: the log read backwards from `upto`
 //! with the filter pushed down (kinds, sessions; a project through the `(project_id, seq)`
 //! index), only the four columns a match needs, stopping at the `count`-th row the core's
-//! filter matches. One scan for one project or none (then by `seq`, the rowid); for several
-//! projects one scan per project, merged: the `count`-th newest match overall is among each
-//! project's `count` newest, and each scan stays an index range read instead of a sort of every
-//! row of those projects. The pushed-down clauses only narrow what is read; the core's
+//! filter matches. For one project or none it is one range read (by `seq`, the rowid, without
+//! a project); for several, one range read of the index per project in a `UNION ALL ...
+//! ORDER BY seq DESC`, which SQLite runs as a streaming merge of the arms (no sort of every
+//! row of those projects, and about `count` rows read in all, not `count` per project: a scan
+//! per project, merged afterwards, read twice the rows for two projects and was slower than the
+//! walk of replay windows). The pushed-down clauses only narrow what is read; the core's
 //! [`Filter::matches_event`] decides, on the values decoded as replay decodes them (see
 //! `row_from`), so the count is of exactly the rows a replay would send.
 
@@ -25,23 +27,43 @@ pub(super) struct LocateQuery {
 
 impl LocateQuery {
     pub(super) fn new(filter: &Filter) -> Option<LocateQuery> {
-        let mut sql =
-            "SELECT seq, project_id, session_id, event_type FROM change_log WHERE seq > ? AND seq <= ?"
-                .to_owned();
+        let mut sql = String::new();
         let mut binds = Vec::new();
-        if let Some(projects) = &filter.projects {
-            if projects.is_empty() {
-                return None;
+        match &filter.projects {
+            None => LocateQuery::arm(filter, None, &mut sql, &mut binds)?,
+            Some(projects) if projects.is_empty() => return None,
+            Some(projects) => {
+                for (index, project) in projects.iter().enumerate() {
+                    if index > 0 {
+                        sql.push_str(" UNION ALL ");
+                    }
+                    LocateQuery::arm(filter, Some(project), &mut sql, &mut binds)?;
+                }
             }
-            let test = if projects.len() == 1 {
-                "= ?".to_owned()
-            } else {
-                format!("IN ({})", placeholders(projects.len()))
-            };
-            sql.push_str(&format!(
-                " AND project_id {test} AND typeof(project_id) = 'text'"
-            ));
-            binds.extend(projects.iter().cloned());
+        }
+        sql.push_str(" ORDER BY seq DESC");
+        Some(LocateQuery {
+            sql: numbered(&sql),
+            binds,
+        })
+    }
+
+    /// One range read: of `project`'s index range, or of the whole log. `?1` and `?2` (floor
+    /// and `upto`) are shared by every arm; each arm's own values follow in bind order (plain
+    /// `?` here, numbered by [`numbered`]).
+    fn arm(
+        filter: &Filter,
+        project: Option<&String>,
+        sql: &mut String,
+        binds: &mut Vec<String>,
+    ) -> Option<()> {
+        sql.push_str(
+            "SELECT seq, project_id, session_id, event_type FROM change_log \
+             WHERE seq > ?1 AND seq <= ?2",
+        );
+        if let Some(project) = project {
+            sql.push_str(" AND project_id = ? AND typeof(project_id) = 'text'");
+            binds.push(project.clone());
         }
         if let Some(sessions) = &filter.sessions {
             if sessions.is_empty() {
@@ -53,10 +75,25 @@ impl LocateQuery {
             ));
             binds.extend(sessions.iter().cloned());
         }
-        push_kind_filter(filter, &mut sql, &mut binds)?;
-        sql.push_str(" ORDER BY seq DESC");
-        Some(LocateQuery { sql, binds })
+        push_kind_filter(filter, sql, binds)
     }
+}
+
+/// `sql` with every plain `?` numbered from `?3` in order. sqlx counts plain `?` from the first
+/// bind whatever numbered ones came before, so with `?1`/`?2` shared by several arms every
+/// other placeholder must carry its number too.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut next = 3;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '?' && !chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push_str(&next.to_string());
+            next += 1;
+        }
+    }
+    out
 }
 
 /// Answers `request` in the read transaction of `connection`, whose bounds are `bounds`: rows
@@ -76,24 +113,10 @@ pub(super) async fn locate_in(
         return Ok(located(None));
     }
     let count = request.count as usize;
-    let nth = match &filter.projects {
-        Some(projects) if projects.len() > 1 => {
-            let mut newest = Vec::new();
-            for project in projects {
-                let one = Filter {
-                    projects: Some([project.clone()].into()),
-                    ..filter.clone()
-                };
-                newest.extend(scan(connection, bounds.floor, upto, &one, count).await?);
-            }
-            newest.sort_unstable_by(|a, b| b.cmp(a));
-            newest.get(count - 1).copied()
-        }
-        _ => scan(connection, bounds.floor, upto, filter, count)
-            .await?
-            .get(count - 1)
-            .copied(),
-    };
+    let nth = scan(connection, bounds.floor, upto, filter, count)
+        .await?
+        .get(count - 1)
+        .copied();
     Ok(located(nth))
 }
 
@@ -231,12 +254,30 @@ mod tests {
         let query = LocateQuery::new(&filter).unwrap();
         assert_eq!(
             query.sql,
-            "SELECT seq, project_id, session_id, event_type FROM change_log WHERE seq > ? AND \
-             seq <= ? AND project_id = ? AND typeof(project_id) = 'text' AND session_id \
-             IN (?, ?) AND typeof(session_id) = 'text' AND typeof(event_type) = 'text' AND \
-             (event_type GLOB ? OR event_type = ?) ORDER BY seq DESC"
+            "SELECT seq, project_id, session_id, event_type FROM change_log WHERE seq > ?1 AND \
+             seq <= ?2 AND project_id = ?3 AND typeof(project_id) = 'text' AND session_id \
+             IN (?4, ?5) AND typeof(session_id) = 'text' AND typeof(event_type) = 'text' AND \
+             (event_type GLOB ?6 OR event_type = ?7) ORDER BY seq DESC"
         );
         assert_eq!(query.binds, ["a", "s1", "s2", "pr_*", "session_created"]);
+        // Several projects: one index range per project, merged by SQLite in seq order.
+        let two = changefeed_core::EventsQuery::parse(Some("project=a&project=b&types=pr_*"))
+            .unwrap()
+            .filter;
+        let query = LocateQuery::new(&two).unwrap();
+        let arm = |first: u32| {
+            format!(
+                "SELECT seq, project_id, session_id, event_type FROM change_log WHERE seq > ?1 \
+                 AND seq <= ?2 AND project_id = ?{first} AND typeof(project_id) = 'text' AND \
+                 typeof(event_type) = 'text' AND (event_type GLOB ?{})",
+                first + 1
+            )
+        };
+        assert_eq!(
+            query.sql,
+            format!("{} UNION ALL {} ORDER BY seq DESC", arm(3), arm(5))
+        );
+        assert_eq!(query.binds, ["a", "pr_*", "b", "pr_*"]);
         let all = LocateQuery::new(&changefeed_core::Filter::all()).unwrap();
         assert!(!all.sql.contains(" AND project_id"), "{}", all.sql);
     }
