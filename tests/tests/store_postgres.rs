@@ -312,20 +312,22 @@ async fn a_notify_from_another_replica_wakes_this_one() {
         )
         .await
         .unwrap();
+    let stats = listening.stats();
+    // The head alone can reach 1 before the NOTIFY is read (the sequencer commits first), so
+    // wait for both; the watch counts a NOTIFY before it bumps, and the poll never fires here.
     tokio::time::timeout(BOUND, async {
-        while listening.bounds().await.unwrap().head.0 < 1 {
+        loop {
+            let received = stats
+                .notifies_received
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if received >= 1 && listening.bounds().await.unwrap().head.0 >= 1 {
+                break;
+            }
             changes.changed().await;
         }
     })
     .await
     .expect("the other replica's NOTIFY woke this one");
-    let stats = listening.stats();
-    assert!(
-        stats
-            .notifies_received
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
     assert_eq!(
         stats
             .rows_assigned
