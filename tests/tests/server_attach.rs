@@ -84,13 +84,15 @@ async fn schema_dump(db: &Path) -> (Vec<String>, String) {
 /// the table: keys in order, `sessionId` left out when NULL or empty, the payload as stored, and
 /// `createdAt` converted by SQLite's own date functions (truncating fractions the test never
 /// gives a rounding digit).
+/// Only rows with a seq above 0: no read goes below `after=0`.
 async fn expected_events(db: &Path) -> Vec<(u64, String, String)> {
     let output = tokio::process::Command::new("sqlite3")
         .args(["-json", "-cmd", ".timeout 10000"])
         .arg(db)
         .arg(
             "SELECT seq, project_id, session_id, event_type, payload, \
-             strftime('%Y-%m-%dT%H:%M:%fZ', created_at) AS created FROM change_log ORDER BY seq",
+             strftime('%Y-%m-%dT%H:%M:%fZ', created_at) AS created FROM change_log \
+             WHERE seq > 0 ORDER BY seq",
         )
         .output()
         .await
@@ -292,8 +294,16 @@ async fn pruning_by_the_owner_resets_a_resume_below_it_but_not_a_read_from_the_s
     for read_only in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let db = create_daemon_database(dir.path()).await;
-        // Gone before changefeed ever saw the log: its oldest row.
-        sqlite3(&db, "DELETE FROM change_log WHERE seq = 1").await;
+        // Gone before changefeed ever saw the log: its oldest row. And a row the owner wrote
+        // with a negative seq, which no read serves (every read is `seq > after`) and which
+        // must not stop the bounds from being read.
+        sqlite3(
+            &db,
+            "DELETE FROM change_log WHERE seq = 1; \
+             INSERT INTO change_log (seq, project_id, event_type, payload) \
+             VALUES (-7, 'p1', 'project_updated', '{}');",
+        )
+        .await;
         let meta = dir.path().join("changefeed.meta");
         let server = TestServer::attach(&db, read_only.then_some(meta.as_path())).await;
         let expected = expected_events(&db).await;

@@ -90,16 +90,17 @@ const ATTACHED_BOUNDS_SQL: &str = "SELECT \
      COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0), \
      (SELECT value FROM changefeed_meta WHERE key = 'floor'), \
      (SELECT value FROM changefeed_meta WHERE key = 'base'), \
-     (SELECT MIN(seq) FROM change_log)";
+     (SELECT MIN(seq) FROM change_log WHERE seq > 0)";
 
 /// The head and the oldest row, for a read-only attach's bounds (see [`ATTACHED_BOUNDS_SQL`]).
 const HEAD_AND_OLDEST_SQL: &str =
     "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0), \
-     (SELECT MIN(seq) FROM change_log)";
+     (SELECT MIN(seq) FROM change_log WHERE seq > 0)";
 
 /// An epoch's base: the oldest row when the epoch begins, or the next seq when the log is
-/// empty (see [`owner_pruned_floor`]).
-const BASE_NOW_SQL: &str = "SELECT COALESCE((SELECT MIN(seq) FROM change_log), \
+/// empty (see [`owner_pruned_floor`]). Rows an owner inserted with a seq of 0 or below are
+/// never served (every read is `seq > after`), so "oldest" counts only seqs above 0.
+const BASE_NOW_SQL: &str = "SELECT COALESCE((SELECT MIN(seq) FROM change_log WHERE seq > 0), \
      COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0) + 1)";
 
 /// The columns of an [`EventRow`], in [`row_from`]'s order.
@@ -555,12 +556,8 @@ impl Inner {
                     let text: Option<String> = row.try_get(index)?;
                     parse_mark(key, text.as_deref().unwrap_or("0"))
                 };
-                let oldest: Option<i64> = row.try_get(4)?;
-                let pruned = owner_pruned_floor(
-                    mark(3, "base")?,
-                    oldest.map(|seq| seq_from("oldest seq", seq)).transpose()?,
-                    bounds.head,
-                );
+                let pruned =
+                    owner_pruned_floor(mark(3, "base")?, oldest_from(&row, 4)?, bounds.head);
                 bounds.floor = bounds.floor.max(pruned).min(bounds.head);
                 Ok(bounds)
             }
@@ -569,13 +566,8 @@ impl Inner {
                     .fetch_one(connection)
                     .await?;
                 let head = seq_from("head", row.try_get(0)?)?;
-                let oldest: Option<i64> = row.try_get(1)?;
                 let state = lock(state).clone();
-                let pruned = owner_pruned_floor(
-                    state.base(),
-                    oldest.map(|seq| seq_from("oldest seq", seq)).transpose()?,
-                    head,
-                );
+                let pruned = owner_pruned_floor(state.base(), oldest_from(&row, 1)?, head);
                 Ok(LogBounds {
                     epoch: state.epoch(path)?,
                     head,
@@ -598,6 +590,12 @@ fn owner_pruned_floor(base: Seq, oldest: Option<Seq>, head: Seq) -> Seq {
     } else {
         gone_through
     }
+}
+
+/// The oldest row's seq in column `index` (`None`: the log is empty).
+fn oldest_from(row: &SqliteRow, index: usize) -> Result<Option<Seq>, StoreError> {
+    let oldest: Option<i64> = row.try_get(index)?;
+    oldest.map(|seq| seq_from("oldest seq", seq)).transpose()
 }
 
 /// The sidecar bookkeeping, also after a panic elsewhere (plain data, always consistent).
