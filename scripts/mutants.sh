@@ -9,10 +9,11 @@
 #   MUTANTS_FILES="core/src/wire.rs core/src/event.rs" scripts/mutants.sh core   # some files
 #   MUTANTS_JOBS=2 scripts/mutants.sh  # parallel builds (each needs its own copy of the tree)
 #
-# Each mutant is built in a scratch copy of the tree (the source tree is never touched) with the
-# shared `fast` profile and tested with the crate's tests; property tests run
-# PROPTEST_CASES=512 cases (override with PROPTEST_CASES). About 15–30 s per mutant on two
-# cores, so the core section (about 530 mutants) takes two to four hours. Results go to
+# Each mutant is built in a scratch copy of the tree (the source tree is never touched) and
+# tested: the core with the shared `fast` profile and the core's own tests, property tests at
+# PROPTEST_CASES=512 cases (override with PROPTEST_CASES), about 15–30 s per mutant on two
+# cores, so the core section (about 530 mutants) takes two to four hours; the stream section
+# (about 50 mutants) with the dev profile in about half an hour, most of it the first build. Results go to
 # target/mutants/<section>/mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt);
 # a summary per file is printed at the end. Equivalent mutants (no test can tell them apart)
 # are excluded in .cargo/mutants.toml, each with its reason.
@@ -58,11 +59,11 @@ summarise() {
 }
 
 run() {
-  local name=$1
-  shift
+  local name=$1 profile=$2
+  shift 2
   local status=0
   echo "==> mutants: $name"
-  cargo mutants --profile fast -j "$jobs" --timeout 120 --build-timeout 900 \
+  cargo mutants --profile "$profile" -j "$jobs" --timeout 120 --build-timeout 900 \
     -o "$out_root/$name" "$@" || status=$?
   # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: report, then fail at the end.
   summarise "$out_root/$name" | column -t
@@ -75,16 +76,29 @@ for section in $sections; do
     core)
       files=()
       for file in ${MUTANTS_FILES:-}; do files+=(-f "$file"); done
-      run core -p changefeed-core "${files[@]}" || failed=1
+      run core fast -p changefeed-core "${files[@]}" || failed=1
       ;;
     stream)
       if [ ! -f server/src/stream.rs ]; then
         echo "==> mutants: stream skipped: server/src/stream.rs does not exist in this tree"
         continue
       fi
-      # The server's own unit tests and its end-to-end tests over real HTTP and SQLite.
-      run stream -p changefeed -f server/src/stream.rs \
-        --test-package changefeed --test-package changefeed-tests || failed=1
+      # The server's unit tests and the end-to-end tests (real HTTP, SQLite) that drive streams:
+      # opening (grants, sealed ids, resume), coalescing, slow clients, lifecycle, metrics. The
+      # dev profile without debug info: a mutant of the server rebuilds every test crate that
+      # links it, about 15 s each here against minutes at the `fast` profile's opt-level.
+      selection=(--lib --test server_acceptance --test server_auth --test server_sealed_ids
+        --test server_resume --test server_first_frame --test server_slow_client
+        --test server_lifecycle --test server_metrics_text)
+      export CARGO_PROFILE_DEV_DEBUG=0
+      # cargo-mutants' own baseline builds only the mutated package, which lacks the end-to-end
+      # tests: run the same selection unmutated first, and stop if it fails.
+      echo "==> mutants: stream baseline"
+      cargo nextest run -p changefeed -p changefeed-tests "${selection[@]}"
+      cargo_args=()
+      for arg in "${selection[@]}"; do cargo_args+=(-C "$arg"); done
+      run stream dev --baseline skip --test-tool nextest -p changefeed -f server/src/stream.rs \
+        --test-package changefeed --test-package changefeed-tests "${cargo_args[@]}" || failed=1
       ;;
     *)
       echo "unknown section $section (core, stream)" >&2

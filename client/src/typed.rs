@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::source::{Disconnect, EventSource, SseItem};
 use crate::{ClientConfig, ClientError, Connector};
 
-use changefeed_core::wire::{Ready, Reset, READY_EVENT as READY, RESET_EVENT as RESET};
+use changefeed_core::wire::{Ready, ResetNotice, READY_EVENT as READY, RESET_EVENT as RESET};
 
 /// One change from the log, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,8 +77,8 @@ pub enum ClientItem {
         requested: String,
         /// The new cursor.
         after: String,
-        /// `pruned`, `ahead_of_head`, `epoch_mismatch` or `invalid_cursor` (a reason this
-        /// client does not know makes the frame [`ClientItem::Malformed`]).
+        /// `pruned`, `ahead_of_head`, `epoch_mismatch` or `invalid_cursor`; a reason a newer
+        /// server adds is passed on as sent (it is still a reset: refetch).
         reason: String,
     },
     /// `changefeed.ready`: replay caught up and the stream is live.
@@ -118,11 +118,11 @@ impl ClientItem {
                 ClientItem::Disconnected { reason, retry_in }
             }
             SseItem::Event(event) if event.event_type == RESET => {
-                match Reset::from_json(&event.data) {
+                match ResetNotice::from_json(&event.data) {
                     Ok(reset) => ClientItem::Reset {
                         requested: reset.requested,
-                        after: reset.after.to_string(),
-                        reason: reset.reason.as_str().to_owned(),
+                        after: reset.after,
+                        reason: reset.reason,
                     },
                     Err(error) => ClientItem::Malformed {
                         event,

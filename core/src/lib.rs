@@ -44,5 +44,6 @@ pub use subscription::{
     Subscription, SubscriptionConfig, SubscriptionStats, TimeoutReason,
 };
 pub use wire::{
-    ApiError, ErrorCode, Ready, Reset, ResetReason, WireError, READY_EVENT, RESET_EVENT,
+    ApiError, ErrorCode, Ready, Reset, ResetNotice, ResetReason, WireError, READY_EVENT,
+    RESET_EVENT,
 };

@@ -100,16 +100,47 @@ impl Reset {
         json::into_string(out)
     }
 
-    /// Reads the JSON text of a reset frame.
+    /// Reads the JSON text of a reset frame whose reason this version knows (servers, oracles).
+    /// Clients read [`ResetNotice`] instead, which also takes reasons added later.
     pub fn from_json(text: &str) -> Result<Reset, WireError> {
-        let object = object(text)?;
-        let reason = string(&object, "reason")?;
+        let notice = ResetNotice::from_json(text)?;
+        let reason = ResetReason::parse(&notice.reason)
+            .ok_or_else(|| WireError::new(format!("unknown reset reason {:?}", notice.reason)))?;
         Ok(Reset {
+            requested: notice.requested,
+            after: notice.after,
+            reason,
+        })
+    }
+}
+
+/// A reset frame as a client reads it: the reason stays text, so a reason a newer server adds
+/// still reads as a reset (whatever the reason, the client must refetch and continue from
+/// `after`; reporting the frame as malformed would let it keep stale state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetNotice {
+    /// The cursor as the server received it.
+    pub requested: String,
+    /// Where the stream continues (a cursor or a sealed id).
+    pub after: String,
+    /// The reason as sent (one of [`ResetReason::ALL`] for this version's servers).
+    pub reason: String,
+}
+
+impl ResetNotice {
+    /// Reads the JSON text of a reset frame; any string is taken as the reason.
+    pub fn from_json(text: &str) -> Result<ResetNotice, WireError> {
+        let object = object(text)?;
+        Ok(ResetNotice {
             requested: string(&object, "requested")?.to_owned(),
             after: id(&object, "after")?,
-            reason: ResetReason::parse(reason)
-                .ok_or_else(|| WireError::new(format!("unknown reset reason {reason:?}")))?,
+            reason: string(&object, "reason")?.to_owned(),
         })
+    }
+
+    /// The reason, if this version knows it.
+    pub fn known_reason(&self) -> Option<ResetReason> {
+        ResetReason::parse(&self.reason)
     }
 }
 
@@ -488,6 +519,42 @@ mod tests {
             .to_string(),
             "unknown reset reason \"gone\""
         );
+    }
+
+    #[test]
+    fn a_client_reads_a_reset_with_a_reason_it_does_not_know() {
+        let newer = "{\"requested\":\"00000000000000e1:9\",\"after\":\"00000000000000e1:42\",\"reason\":\"compacted\",\"x\":1}";
+        let notice = ResetNotice::from_json(newer).unwrap();
+        assert_eq!(
+            notice,
+            ResetNotice {
+                requested: "00000000000000e1:9".into(),
+                after: "00000000000000e1:42".into(),
+                reason: "compacted".into(),
+            }
+        );
+        assert_eq!(notice.known_reason(), None);
+        for reason in ResetReason::ALL {
+            let reset = Reset {
+                requested: String::new(),
+                after: "00000000000000e1:42".into(),
+                reason,
+            };
+            let notice = ResetNotice::from_json(&reset.to_json()).unwrap();
+            assert_eq!(notice.reason, reason.as_str());
+            assert_eq!(notice.known_reason(), Some(reason));
+        }
+        // Everything but the reason is as strict as for a known one.
+        for bad in [
+            "{\"requested\":\"\",\"after\":\"00000000000000e1:42\"}",
+            "{\"requested\":\"\",\"after\":\"00000000000000e1:42\",\"reason\":7}",
+            "{\"requested\":1,\"after\":\"00000000000000e1:42\",\"reason\":\"x\"}",
+            "{\"after\":\"00000000000000e1:42\",\"reason\":\"x\"}",
+            "{\"requested\":\"\",\"after\":\"\",\"reason\":\"x\"}",
+            "[]",
+        ] {
+            assert!(ResetNotice::from_json(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -163,6 +163,24 @@ async fn sends_the_headers_and_yields_typed_items() {
         "{item:?}"
     );
     assert_eq!(seen.cursor.as_deref(), Some(&*cursor(7)));
+
+    // A reason this client does not know (a newer server's) is still a reset, passed on as sent.
+    conn.write(format!(
+        "id: {}\nevent: changefeed.reset\ndata: {{\"requested\":\"\",\"after\":\"{}\",\"reason\":\"compacted\"}}\n\n",
+        cursor(8),
+        cursor(8)
+    ))
+    .await;
+    let (item, seen) = client.item().await;
+    assert_eq!(
+        item,
+        ClientItem::Reset {
+            requested: String::new(),
+            after: cursor(8),
+            reason: "compacted".into(),
+        }
+    );
+    assert_eq!(seen.cursor.as_deref(), Some(&*cursor(8)));
 }
 
 #[tokio::test(start_paused = true)]
