@@ -1,6 +1,6 @@
 //! Proves `changefeed tail` end to end with the real binaries: against `changefeed serve` on a
 //! SQLite file written by the `sqlite3` CLI, `tail http://ADDR --once --after 0` prints every
-//! event of the log in order and exits 0 with nothing on stderr off a terminal; `--cursor-file`
+//! event of the log in order (also rows committed just before it connected) and exits 0 with nothing on stderr off a terminal; `--cursor-file`
 //! makes the next `--once` run continue exactly after the last printed event; a reset exits 3
 //! with the reason on stderr; bad arguments exit 2 with one line; and on a terminal (tmux) the
 //! progress line (during a replay held half-way by a scripted server, and its final state) and
@@ -251,6 +251,24 @@ fn tail_once_after_zero_prints_every_event_and_exits_zero() {
     assert!(lines
         .lines()
         .all(|l| l.contains("  p1  ") || l.contains("  p2  ")));
+}
+
+#[test]
+fn tail_once_right_after_another_process_commits_prints_those_rows_too() {
+    // `ready` means caught up with the request: rows the `sqlite3` CLI committed before `tail`
+    // connected are printed even when the server has not published them yet (no settle here).
+    let served = Served::start();
+    for round in 0..5 {
+        served.write_sessions(&format!("r{round}x"), 30);
+        let log = served.log(None);
+        let output = tail(&[&served.url(), "--once", "--after", "0"]);
+        assert!(output.status.success(), "round {round}: {output:?}");
+        assert_eq!(
+            printed(&output),
+            log,
+            "round {round}: every row committed before the run"
+        );
+    }
 }
 
 #[test]

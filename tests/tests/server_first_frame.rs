@@ -1,6 +1,7 @@
 //! Proves the first frame gives every client a resume point: a cursor-less client whose filter
 //! matched nothing yet loses its connection while matching events are written, reconnects with
-//! the id of its first frame, and misses nothing (and sees nothing it should not).
+//! the id of its first frame, and misses nothing (and sees nothing it should not); both responses
+//! name the published head in `Changefeed-Head`.
 
 use changefeed_core::sse::Item;
 use changefeed_tests::{change_seqs, log_rows, project_sql, session_sql, TestServer};
@@ -20,6 +21,8 @@ async fn reconnecting_with_the_first_frame_id_misses_nothing() {
     let mut first = server.stream("/api/v1/events?project=a").await;
     let start = server.cursor(3);
     assert_eq!(first.header("changefeed-cursor"), Some(start.as_str()));
+    // Everything is published (settled): the head at open is the log's head.
+    assert_eq!(first.header("changefeed-head"), Some(start.as_str()));
     assert_eq!(first.next_item().await, Some(Item::Retry(1000)));
     let first_id = first.last_event_id().to_owned();
     assert_eq!(
@@ -40,6 +43,11 @@ async fn reconnecting_with_the_first_frame_id_misses_nothing() {
 
     let mut second = server.resume("/api/v1/events?project=a", &first_id).await;
     assert_eq!(second.header("changefeed-cursor"), Some(first_id.as_str()));
+    assert_eq!(
+        second.header("changefeed-head"),
+        Some(server.cursor(head).as_str()),
+        "the resume starts below the head it reports"
+    );
     let events = second
         .events_until(|event| event.event_type == "changefeed.ready")
         .await;
