@@ -15,8 +15,8 @@ use changefeed_client::{
     ParseError, ParserLimits, TcpConnector,
 };
 use client_support::{
-    change_frame, change_json, cursor, drive, MemConnector, ScriptConn, ScriptServer, Seen, REAL,
-    VIRTUAL,
+    change_frame, change_json, cursor, drive, reset_frame, MemConnector, ScriptConn, ScriptServer,
+    Seen, REAL, VIRTUAL,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -100,12 +100,8 @@ async fn sends_the_headers_and_yields_typed_items() {
 
     conn.write(format!("retry: 2000\nid: {}\n\n", cursor(4)))
         .await;
-    conn.write(format!(
-        "id: {}\nevent: changefeed.reset\ndata: {{\"requested\":\"00000000000000bb:9\",\"after\":\"{}\",\"reason\":\"epoch_mismatch\"}}\n\n",
-        cursor(5),
-        cursor(5)
-    ))
-    .await;
+    conn.write(reset_frame("00000000000000bb:9", 5, "epoch_mismatch"))
+        .await;
     let (item, seen) = client.item().await;
     assert_eq!(
         item,
@@ -165,12 +161,7 @@ async fn sends_the_headers_and_yields_typed_items() {
     assert_eq!(seen.cursor.as_deref(), Some(&*cursor(7)));
 
     // A reason this client does not know (a newer server's) is still a reset, passed on as sent.
-    conn.write(format!(
-        "id: {}\nevent: changefeed.reset\ndata: {{\"requested\":\"\",\"after\":\"{}\",\"reason\":\"compacted\"}}\n\n",
-        cursor(8),
-        cursor(8)
-    ))
-    .await;
+    conn.write(reset_frame("", 8, "compacted")).await;
     let (item, seen) = client.item().await;
     assert_eq!(
         item,

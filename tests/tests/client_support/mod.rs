@@ -50,6 +50,14 @@ pub fn change_frame(seq: u64, kind: &str) -> String {
     )
 }
 
+/// A `changefeed.reset` frame continuing after `seq`, written by hand (not by the code under test).
+pub fn reset_frame(requested: &str, seq: u64, reason: &str) -> String {
+    let after = cursor(seq);
+    format!(
+        "id: {after}\nevent: changefeed.reset\ndata: {{\"requested\":\"{requested}\",\"after\":\"{after}\",\"reason\":\"{reason}\"}}\n\n"
+    )
+}
+
 /// The event JSON of a change frame.
 pub fn change_json(seq: u64, kind: &str) -> String {
     format!(
