@@ -8,6 +8,7 @@
 #   scripts/mutants.sh stream          # only server/src/stream.rs (server and end-to-end tests)
 #   MUTANTS_FILES="core/src/wire.rs core/src/event.rs" scripts/mutants.sh core   # some files
 #   MUTANTS_JOBS=2 scripts/mutants.sh  # parallel builds (each needs its own copy of the tree)
+#   MUTANTS_ARGS="--re head_at_open" scripts/mutants.sh stream   # more cargo-mutants flags
 #
 # Each mutant is built in a scratch copy of the tree (the source tree is never touched) and
 # tested: the core with the shared `fast` profile and the core's own tests, property tests at
@@ -63,8 +64,9 @@ run() {
   shift 2
   local status=0
   echo "==> mutants: $name"
+  # shellcheck disable=SC2086 # MUTANTS_ARGS is a list of flags
   cargo mutants --profile "$profile" -j "$jobs" --timeout 120 --build-timeout 900 \
-    -o "$out_root/$name" "$@" || status=$?
+    -o "$out_root/$name" "$@" ${MUTANTS_ARGS:-} || status=$?
   # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: report, then fail at the end.
   summarise "$out_root/$name" | column -t
   return "$status"
