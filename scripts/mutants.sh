@@ -9,6 +9,7 @@
 #   MUTANTS_FILES="core/src/wire.rs core/src/event.rs" scripts/mutants.sh core   # some files
 #   MUTANTS_JOBS=2 scripts/mutants.sh  # parallel builds (each needs its own copy of the tree)
 #   MUTANTS_ARGS="--re head_at_open" scripts/mutants.sh stream   # more cargo-mutants flags
+#   MUTANTS_ARGS=--in-place scripts/mutants.sh stream   # mutate this tree, reuse its target/
 #
 # Each mutant is built in a scratch copy of the tree (the source tree is never touched) and
 # tested: the core with the shared `fast` profile and the core's own tests, property tests at
@@ -64,8 +65,12 @@ run() {
   shift 2
   local status=0
   echo "==> mutants: $name"
+  # A fresh output directory, so the summary never reports an earlier run.
+  rm -rf "${out_root:?}/$name"
+  local parallel=()
+  if [ "$jobs" != 1 ]; then parallel=(-j "$jobs"); fi
   # shellcheck disable=SC2086 # MUTANTS_ARGS is a list of flags
-  cargo mutants --profile "$profile" -j "$jobs" --timeout 120 --build-timeout 900 \
+  cargo mutants --profile "$profile" "${parallel[@]}" --timeout 120 --build-timeout 900 \
     -o "$out_root/$name" "$@" ${MUTANTS_ARGS:-} || status=$?
   # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: report, then fail at the end.
   summarise "$out_root/$name" | column -t
