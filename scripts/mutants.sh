@@ -11,14 +11,14 @@
 #   MUTANTS_ARGS="--re head_at_open" scripts/mutants.sh stream   # more cargo-mutants flags
 #   MUTANTS_ARGS=--in-place scripts/mutants.sh stream   # mutate this tree, reuse its target/
 #
-# Each mutant is built in a scratch copy of the tree (the source tree is never touched) and
-# tested: the core with the shared `fast` profile and the core's own tests, property tests at
-# PROPTEST_CASES=512 cases (override with PROPTEST_CASES), about 15–30 s per mutant on two
-# cores, so the core section (about 530 mutants) takes two to four hours; the stream section
-# (about 50 mutants) with the dev profile in about half an hour, most of it the first build. Results go to
-# target/mutants/<section>/mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt);
-# a summary per file is printed at the end. Equivalent mutants (no test can tell them apart)
-# are excluded in .cargo/mutants.toml, each with its reason.
+# Each mutant is built in a scratch copy of the tree (the source tree is never touched) and tested:
+# the core with the shared `fast` profile and the core's own tests, property tests at
+# PROPTEST_CASES=512 cases (override with PROPTEST_CASES), about 15–30 s per mutant on two cores, so
+# the core section (about 530 mutants) takes two to four hours; the stream section (about 50
+# mutants) with the dev profile in about half an hour, most of it the first build. Results go to
+# target/mutants/<section>/mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt); a
+# summary per file is printed at the end. Equivalent mutants (no test can tell them apart) are
+# excluded in .cargo/mutants.toml, each with its reason.
 #
 # The score is caught / (caught + missed + timeout); unviable mutants (they do not compile)
 # do not count. The goal is at least 95 % for each section.

@@ -1,10 +1,11 @@
 //! Proves `changefeed tail` end to end with the real binaries: against `changefeed serve` on a
-//! SQLite file written by the `sqlite3` CLI, `tail http://ADDR --once --after 0` prints every
-//! event of the log in order (also rows committed just before it connected) and exits 0 with nothing on stderr off a terminal; `--cursor-file`
-//! makes the next `--once` run continue exactly after the last printed event; a reset exits 3
-//! with the reason on stderr; bad arguments exit 2 with one line; and on a terminal (tmux) the
-//! progress line (during a replay held half-way by a scripted server, and its final state) and
-//! the notes appear on stderr, and `--format pretty` is coloured unless `NO_COLOR` is set.
+//! SQLite file written by the `sqlite3` CLI, `tail http://ADDR --once --after 0` prints every event
+//! of the log in order (also rows committed just before it connected) and exits 0 with nothing on
+//! stderr off a terminal; `--cursor-file` makes the next `--once` run continue exactly after the
+//! last printed event; a reset exits 3 with the reason on stderr; bad arguments exit 2 with one
+//! line; and on a terminal (tmux) the progress line (during a replay held half-way by a scripted
+//! server, and its final state) and the notes appear on stderr, and `--format pretty` is coloured
+//! unless `NO_COLOR` is set.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

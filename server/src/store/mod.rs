@@ -502,6 +502,34 @@ pub(crate) fn seq_from(column: &str, value: i64) -> Result<Seq, StoreError> {
         .map_err(|_| StoreError::bad_data(None, format!("negative {column}: {value}")))
 }
 
+/// Fails unless every released migration is still in `migrator`, byte for byte. sqlx checks
+/// each applied migration's checksum (SHA-384 of the whole file, comments included) when a
+/// store opens, and the ownership check compares them too, so an edited released file would
+/// make every database created before the edit refuse to open. `released`: (version, checksum
+/// in hex) of each migration as it shipped.
+#[cfg(test)]
+pub(crate) fn assert_released_migrations_unchanged(
+    migrator: &sqlx::migrate::Migrator,
+    released: &[(i64, &str)],
+) {
+    for &(version, checksum) in released {
+        let migration = migrator
+            .iter()
+            .find(|migration| migration.version == version)
+            .unwrap_or_else(|| panic!("released migration {version} is gone"));
+        let hex: String = migration
+            .checksum
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        assert_eq!(
+            hex, checksum,
+            "released migration {version} ({}) was edited: add a new migration instead",
+            migration.description
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

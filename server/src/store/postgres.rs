@@ -726,6 +726,18 @@ mod tests {
     }
 
     #[test]
+    fn released_migrations_are_unchanged() {
+        crate::store::assert_released_migrations_unchanged(
+            &MIGRATOR,
+            &[
+                (1, "e6a7e782ca95c490ccd89c033575515e17956c53035a06c4b17940d60fce7b6f6921301b8f2daba6bbb05211e699516a"),
+                (2, "4905e4463f49c51a02c10c9f2cc579a38170f5e2bedc5c3eee7e646d29ae5bb7fbe8fdce11558531e52f5aab3e5f45a8"),
+                (3, "809ae9183768e951c3ead9cf61596ce8a54814902c8beb5a016c49cc3cd4d4b9666b668005619d4416f3a19963e18826"),
+            ],
+        );
+    }
+
+    #[test]
     fn window_query_pushes_the_filter_down_without_like() {
         let query = WindowQuery::new(&filter(
             Some(&["a", "b"]),

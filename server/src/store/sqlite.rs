@@ -1294,6 +1294,18 @@ mod tests {
     }
 
     #[test]
+    fn released_migrations_are_unchanged() {
+        crate::store::assert_released_migrations_unchanged(
+            &MIGRATOR,
+            &[
+                (1, "5488f3ef249162fc7e865ccfacbd355183543ff9566c21591f1fa0e171d51fef6b301fb4fb91debeb76d3e182ef4b7ed"),
+                (2, "fdb5a404f9b1779dd59939d573928b3c1c51813f7754b1a1b924515de6a6919f7d9b173f619518992bb0ebfb37a8ecb8"),
+                (3, "c4ccbdcd8959178004e0d8070941f3607c436f0c5df8431659c940b28dc9c15ab8ad6308f9d83f3707714d25d42acee5"),
+            ],
+        );
+    }
+
+    #[test]
     fn the_owner_pruned_floor_counts_only_rows_gone_since_the_epoch_began() {
         let floor = |base, oldest: Option<u64>, head| {
             owner_pruned_floor(Seq(base), oldest.map(Seq), Seq(head))
