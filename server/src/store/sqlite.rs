@@ -44,6 +44,7 @@
 //! be allocated again).
 
 mod checkpoint;
+mod direct;
 mod identity;
 mod locate;
 mod meta_file;
@@ -58,8 +59,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, PayloadCheck, Seq, TypePattern};
-use futures_util::TryStreamExt;
+#[cfg(test)]
+use changefeed_core::EventRow;
+use changefeed_core::{Epoch, FetchRequest, Filter, PayloadCheck, Seq, TypePattern};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -103,22 +105,8 @@ const HEAD_AND_OLDEST_SQL: &str =
 const BASE_NOW_SQL: &str = "SELECT COALESCE((SELECT MIN(seq) FROM change_log WHERE seq > 0), \
      COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0) + 1)";
 
-/// The columns of an [`EventRow`], in [`row_from`]'s order.
+/// The columns of an [`EventRow`], in the order [`direct`] reads them.
 const ROW_COLUMNS: &str = "seq, project_id, session_id, event_type, payload, created_at";
-
-/// A replay window's columns: the seq and, for a row whose columns are all TEXT (the session
-/// TEXT or NULL), its five text columns packed into one value (see [`unpack_row`]); NULL for
-/// any other row, which is then read again with [`ROW_COLUMNS`]. Two values per row instead of
-/// six: sqlx copies every value of every row on its worker thread, and those copies (and
-/// freeing them on another thread) were most of a replay's cost. Only for UTF-8 databases
-/// (the byte lengths are those of the packed text).
-const PACKED_COLUMNS: &str = "seq, CASE WHEN typeof(project_id) = 'text' \
-     AND typeof(event_type) = 'text' AND typeof(payload) = 'text' \
-     AND typeof(created_at) = 'text' AND typeof(session_id) IN ('text', 'null') \
-     THEN printf('%d %d %d %d ', length(CAST(project_id AS BLOB)), \
-     COALESCE(length(CAST(session_id AS BLOB)), -1), length(CAST(event_type AS BLOB)), \
-     length(CAST(payload AS BLOB))) \
-     || project_id || COALESCE(session_id, '') || event_type || payload || created_at END";
 
 /// Epoch, head and floor in one statement (so one consistent snapshot even outside a
 /// transaction). Head is `sqlite_sequence`'s value, not `MAX(seq)`.
@@ -167,8 +155,6 @@ struct Inner {
     read: SqlitePool,
     /// Whether the table's `CHECK (json_valid(payload))` vouches for TEXT payloads.
     payload_check: PayloadCheck,
-    /// Whether replay windows read [`PACKED_COLUMNS`] (the database's text is UTF-8).
-    packed_reads: bool,
     write: SqlitePool,
     path: PathBuf,
     bookkeeping: Bookkeeping,
@@ -333,14 +319,11 @@ impl SqliteStore {
         } else {
             PayloadCheck::Unchecked
         };
-        let encoding: String = sqlx::query_scalar("PRAGMA encoding")
-            .fetch_one(&write)
-            .await?;
-        let packed_reads = encoding == "UTF-8";
 
         // Readers only read (an owned database is in WAL mode now, a persistent setting).
-        // A replay window's rows queue up on the connection's worker thread instead of making
-        // it wait for the reader every 50 rows (sqlx's default channel).
+        // Rows read through sqlx (bounds, `locate`'s scans) queue up on the connection's worker
+        // thread instead of making it wait for the reader every 50 rows (sqlx's default
+        // channel); replay windows and `rows_after` step on the reading task ([`direct`]).
         let read_options = base
             .clone()
             .pragma("query_only", "ON")
@@ -389,7 +372,6 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 read,
                 payload_check,
-                packed_reads,
                 write,
                 path,
                 bookkeeping,
@@ -619,59 +601,20 @@ impl Store for SqliteStore {
         self.check_identity()?;
         let _turn = self.inner.gate.enter().await;
         let mut transaction = self.inner.read.begin().await?;
-        let packed = self.inner.packed_reads;
-        let columns = if packed { PACKED_COLUMNS } else { ROW_COLUMNS };
-        let rows = match WindowQuery::new(columns, filter, range) {
+        let rows = match WindowQuery::new(ROW_COLUMNS, filter, range) {
             None => Vec::new(),
             Some(query) => {
-                let mut statement = sqlx::query(&query.sql)
-                    .bind(to_sql(range.after))
-                    .bind(to_sql(range.upto));
-                for value in &query.binds {
-                    statement = statement.bind(value.as_str());
-                }
                 let span = range.upto.0.saturating_sub(range.after.0);
-                let mut rows = Vec::with_capacity(usize::try_from(span.min(4096)).unwrap_or(0));
-                // Rows of other storage classes, read again in full: (index in `rows`, seq).
-                let mut unpacked = Vec::new();
-                // Each row becomes an EventRow as it arrives (the SQLite rows are freed at once,
-                // and decoding overlaps the worker thread's stepping).
-                let mut stream = statement.fetch(&mut *transaction);
-                while let Some(row) = stream.try_next().await? {
-                    if !packed {
-                        rows.push(row_from(&row, self.inner.payload_check)?);
-                        continue;
-                    }
-                    let seq = seq_from("seq", row.try_get(0)?)?;
-                    let value = row.try_get_raw(1)?;
-                    let bytes = if value.is_null() {
-                        None
-                    } else {
-                        Some(<&[u8] as Decode<Sqlite>>::decode(value).map_err(|source| {
-                            StoreError::from(sqlx::Error::ColumnDecode {
-                                index: "1".into(),
-                                source,
-                            })
-                        })?)
-                    };
-                    match bytes.and_then(|bytes| unpack_row(seq, bytes, self.inner.payload_check)) {
-                        Some(event) => rows.push(event),
-                        None => {
-                            unpacked.push((rows.len(), seq));
-                            rows.push(placeholder(seq));
-                        }
-                    }
-                }
-                drop(stream);
-                let sql = format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq = ?");
-                for (index, seq) in unpacked {
-                    let row = sqlx::query(&sql)
-                        .bind(to_sql(seq))
-                        .fetch_one(&mut *transaction)
-                        .await?;
-                    rows[index] = row_from(&row, self.inner.payload_check)?;
-                }
-                rows
+                let capacity = usize::try_from(span.min(4096)).unwrap_or(0);
+                let mut handle = transaction.lock_handle().await?;
+                direct::window_rows(
+                    &mut handle,
+                    &query.sql,
+                    (to_sql(range.after), to_sql(range.upto)),
+                    &query.binds,
+                    self.inner.payload_check,
+                    capacity,
+                )?
             }
         };
         let bounds = self.inner.bounds_in(&mut transaction).await?;
@@ -700,15 +643,17 @@ impl Store for SqliteStore {
             format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?");
         let _turn = self.inner.gate.enter().await;
         let mut transaction = self.inner.read.begin().await?;
-        let rows = sqlx::query(&sql)
-            .bind(to_sql(after))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&mut *transaction)
-            .await?;
-        let rows = rows
-            .iter()
-            .map(|row| row_from(row, self.inner.payload_check))
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = {
+            let mut handle = transaction.lock_handle().await?;
+            direct::window_rows(
+                &mut handle,
+                &sql,
+                (to_sql(after), i64::try_from(limit).unwrap_or(i64::MAX)),
+                &[],
+                self.inner.payload_check,
+                limit.min(4096),
+            )?
+        };
         let bounds = self.inner.bounds_in(&mut transaction).await?;
         transaction.commit().await?;
         Ok(Rows::new(rows, bounds))
@@ -1047,7 +992,7 @@ impl WindowQuery {
                 return None;
             }
             // With the project set as an IN list, SQLite reads (project_id, seq) index ranges.
-            // Only TEXT ids are ids (see row_from); the check reads the index entry.
+            // Only TEXT ids are ids (see `direct`); the check reads the index entry.
             sql.push_str(&format!(
                 " AND project_id IN ({}) AND typeof(project_id) = 'text'",
                 placeholders(projects.len())
@@ -1118,9 +1063,11 @@ fn bounds_from(row: &SqliteRow) -> Result<LogBounds, StoreError> {
     })
 }
 
-/// A row of any storage classes as an [`EventRow`] (never fails on a value: see
+/// A row of any storage classes as an [`EventRow`], read through sqlx: the tests' oracle for
+/// [`direct`], which reads replay windows and `rows_after` (never fails on a value: see
 /// [`column_text`] for how each class reads, and the module docs for what each column becomes
 /// when it is not TEXT).
+#[cfg(test)]
 fn row_from(row: &SqliteRow, payload_check: PayloadCheck) -> Result<EventRow, StoreError> {
     let seq = seq_from("seq", row.try_get(0)?)?;
     let at_seq = |error: sqlx::Error| StoreError {
@@ -1161,55 +1108,6 @@ fn row_from(row: &SqliteRow, payload_check: PayloadCheck) -> Result<EventRow, St
         },
         created_at,
     })
-}
-
-/// The row of a [`PACKED_COLUMNS`] value: `"<project> <session or -1> <kind> <payload> "`
-/// byte lengths, then the five texts back to back (`created_at` is the rest). `None` when the
-/// value is not in that shape (the caller reads the row in full instead).
-fn unpack_row(seq: Seq, packed: &[u8], payload_check: PayloadCheck) -> Option<EventRow> {
-    let mut rest = packed;
-    let mut lengths = [0i64; 4];
-    for length in &mut lengths {
-        let end = rest.iter().position(|&b| b == b' ')?;
-        *length = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
-        rest = &rest[end + 1..];
-    }
-    let mut take = |length: i64| -> Option<&[u8]> {
-        let length = usize::try_from(length).ok()?;
-        let (text, tail) = (rest.get(..length)?, rest.get(length..)?);
-        rest = tail;
-        Some(text)
-    };
-    let project_id = utf8_text(take(lengths[0])?);
-    let session_id = if lengths[1] < 0 {
-        None
-    } else {
-        Some(utf8_text(take(lengths[1])?))
-    };
-    let kind = utf8_text(take(lengths[2])?);
-    let payload = utf8_text(take(lengths[3])?);
-    Some(EventRow {
-        seq,
-        project_id,
-        session_id,
-        kind,
-        payload,
-        payload_check,
-        created_at: utf8_text(rest),
-    })
-}
-
-/// Stands in for a row read again in full.
-fn placeholder(seq: Seq) -> EventRow {
-    EventRow {
-        seq,
-        project_id: String::new(),
-        session_id: None,
-        kind: String::new(),
-        payload: String::new(),
-        payload_check: PayloadCheck::Unchecked,
-        created_at: String::new(),
-    }
 }
 
 /// Text bytes as a `String`, invalid UTF-8 sequences replaced by U+FFFD (checked the fast way
@@ -1378,7 +1276,7 @@ mod tests {
         let store = SqliteStore::open(&url).await.unwrap();
         for projects in ["project=a", "project=a&project=b&project=c"] {
             let query = WindowQuery::new(
-                PACKED_COLUMNS,
+                ROW_COLUMNS,
                 &query(&format!("{projects}&types=pr_*,session_created")),
                 range(0, 100),
             )
@@ -1405,9 +1303,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn packed_window_rows_read_exactly_as_the_full_columns() {
+    async fn window_rows_read_exactly_as_sqlx_reads_the_columns() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("packed.db");
+        let path = dir.path().join("direct.db");
         let url = format!("sqlite://{}", path.display());
         // Another program's table, without our CHECKs: any value of any class.
         let options = SqliteConnectOptions::from_str(&url)
@@ -1424,10 +1322,8 @@ mod tests {
         .unwrap();
         connection.close().await.unwrap();
         let store = SqliteStore::attach(&url, None).await.unwrap();
-        assert!(store.inner.packed_reads);
-        // Texts with the packing's own characters (spaces, digits), multi-byte and invalid
-        // UTF-8, NULs, empty strings, NULL and empty sessions; and rows of other classes, which
-        // are read again in full.
+        // Texts with spaces and digits, multi-byte and invalid UTF-8, NULs, empty strings, NULL
+        // and empty sessions; and values of every other class in every column.
         store
             .execute_write(
                 "INSERT INTO change_log (project_id, session_id, event_type, payload, created_at) VALUES \
@@ -1436,15 +1332,18 @@ mod tests {
                  ('é☃', 's 9', 'k', '[1, 2]', '  2026-01-01 10:00:00  '), \
                  (CAST(X'66FF6F' AS TEXT), CAST(X'00' AS TEXT), 'a' || char(0) || 'b', '1', '7'), \
                  (42, 'sess', 'kind', '{}', 1700000000), \
-                 ('p', 3.5, X'6B', NULL, 1.5)",
+                 ('p', 3.5, X'6B', NULL, 1.5), \
+                 (X'70', 7, NULL, X'7B7D', NULL), \
+                 (NULL, X'73', 2.25, 12, -0.5)",
             )
             .await
             .unwrap();
         let head = store.bounds().await.unwrap().head;
-        let packed = store
+        let direct = store
             .window(&Filter::all(), range(0, head.0))
             .await
             .unwrap();
+        let after = store.rows_after(Seq(0), 100).await.unwrap();
         let full: Vec<EventRow> = sqlx::query(&format!(
             "SELECT {ROW_COLUMNS} FROM change_log ORDER BY seq"
         ))
@@ -1454,32 +1353,10 @@ mod tests {
         .iter()
         .map(|row| row_from(row, store.inner.payload_check).unwrap())
         .collect();
-        assert_eq!(full.len(), 6);
-        assert_eq!(packed.rows(), &full[..]);
+        assert_eq!(full.len(), 8);
+        assert_eq!(direct.rows(), &full[..]);
+        assert_eq!(after.rows(), &full[..]);
         store.close().await;
-    }
-
-    #[test]
-    fn a_value_not_in_the_packed_shape_is_read_in_full() {
-        let check = PayloadCheck::Valid;
-        for bad in [
-            &b""[..],
-            b"1 2 3",
-            b"1 -1 1 x a",
-            b"9 -1 0 0 short",
-            b"-2 -1 0 0 x",
-        ] {
-            assert_eq!(unpack_row(Seq(1), bad, check), None, "{bad:?}");
-        }
-        let row = unpack_row(Seq(1), b"1 -1 2 2 pkd{}now", check).unwrap();
-        assert_eq!(
-            (row.project_id.as_str(), row.session_id, row.kind.as_str()),
-            ("p", None, "kd")
-        );
-        assert_eq!(
-            (row.payload.as_str(), row.created_at.as_str()),
-            ("{}", "now")
-        );
     }
 
     #[test]

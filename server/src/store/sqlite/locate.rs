@@ -8,7 +8,7 @@
 //! per project, merged afterwards, read twice the rows for two projects and was slower than the
 //! walk of replay windows). The pushed-down clauses only narrow what is read; the core's
 //! [`Filter::matches_event`] decides, on the values decoded as replay decodes them (see
-//! `row_from`), so the count is of exactly the rows a replay would send.
+//! `direct`), so the count is of exactly the rows a replay would send.
 
 use changefeed_core::{Filter, LocateRequest, Located, Seq};
 use futures_util::TryStreamExt;

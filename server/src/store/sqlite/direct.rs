@@ -1,0 +1,136 @@
+//! Replay windows stepped straight off a read connection's SQLite handle.
+//!
+//! sqlx steps a statement on the connection's worker thread, copies every value of every row
+//! into a row object, and sends each row through a channel to the reading task, which frees it:
+//! a thread hand-off, six value copies and cross-thread frees per row, most of a replay's cost.
+//! Here the reading task locks the connection (sqlx's worker waits meanwhile), steps the window's
+//! statement itself and turns each row into an [`EventRow`] from SQLite's own buffers, which
+//! SQLite reuses for the next row.
+//!
+//! The transaction, the pragmas (`query_only`, busy timeout) and the read gate stay sqlx's and
+//! the caller's: this reads inside the transaction the caller began, so the window and the
+//! bounds read after it see one snapshot. Rows of any storage class read exactly as
+//! the sqlx-based oracle in the store's tests reads them (a test compares the two).
+
+use changefeed_core::{EventRow, PayloadCheck};
+use rusqlite::types::ValueRef;
+use sqlx::sqlite::LockedSqliteHandle;
+
+use crate::store::{seq_from, sqlite_code_kind, StoreError, StoreErrorKind};
+
+/// The rows of `sql` (which selects [`super::ROW_COLUMNS`] and takes `after`, `upto`, then
+/// `binds`), stepped on this thread. Synchronous: the statement never outlives the call, so
+/// the connection goes back to sqlx with no statement of ours open.
+pub(super) fn window_rows(
+    handle: &mut LockedSqliteHandle<'_>,
+    sql: &str,
+    range: (i64, i64),
+    binds: &[String],
+    payload_check: PayloadCheck,
+    capacity: usize,
+) -> Result<Vec<EventRow>, StoreError> {
+    // SAFETY: the handle is locked for as long as `handle` is borrowed, so sqlx's worker does
+    // not use the connection meanwhile; `from_handle` does not take ownership (dropping the
+    // `Connection` leaves the database open), and the `Connection` and its statement are
+    // dropped (finalized) before this function returns, while the lock is still held.
+    let connection = unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr()) }
+        .map_err(store_error)?;
+    let mut statement = connection.prepare(sql).map_err(store_error)?;
+    statement
+        .raw_bind_parameter(1, range.0)
+        .map_err(store_error)?;
+    statement
+        .raw_bind_parameter(2, range.1)
+        .map_err(store_error)?;
+    for (index, value) in binds.iter().enumerate() {
+        statement
+            .raw_bind_parameter(index + 3, value.as_str())
+            .map_err(store_error)?;
+    }
+    let mut rows = Vec::with_capacity(capacity);
+    let mut stepped = statement.raw_query();
+    while let Some(row) = stepped.next().map_err(store_error)? {
+        rows.push(event_row(row, payload_check)?);
+    }
+    Ok(rows)
+}
+
+/// One row, with the store's rules for every storage class (see the module docs of
+/// [`super`]: ids and kinds that are not TEXT read as none, a NULL payload as `null`).
+fn event_row(row: &rusqlite::Row<'_>, payload_check: PayloadCheck) -> Result<EventRow, StoreError> {
+    let value = |index: usize| {
+        row.get_ref(index).map_err(|error| StoreError {
+            seq: None,
+            ..store_error(error)
+        })
+    };
+    let seq = match value(0)? {
+        ValueRef::Integer(seq) => seq_from("seq", seq)?,
+        other => {
+            return Err(StoreError::bad_data(
+                None,
+                format!("change_log seq is not an integer: {:?}", other.data_type()),
+            ))
+        }
+    };
+    let at_seq = |error: StoreError| StoreError {
+        seq: Some(seq),
+        ..error
+    };
+    let project = value(1).map_err(at_seq)?;
+    let session = value(2).map_err(at_seq)?;
+    let kind = value(3).map_err(at_seq)?;
+    let payload = value(4).map_err(at_seq)?;
+    let created_at = value(5).map_err(at_seq)?;
+    Ok(EventRow {
+        seq,
+        project_id: text_or_empty(project),
+        session_id: match session {
+            ValueRef::Text(bytes) => Some(super::utf8_text(bytes)),
+            _ => None,
+        },
+        kind: text_or_empty(kind),
+        payload_check: match payload {
+            ValueRef::Text(_) => payload_check,
+            _ => PayloadCheck::Unchecked,
+        },
+        payload: match payload {
+            ValueRef::Null => "null".to_owned(),
+            other => as_text(other),
+        },
+        created_at: as_text(created_at),
+    })
+}
+
+/// An id or kind: TEXT as it is, any other class as the empty string (no filter names it).
+fn text_or_empty(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Text(bytes) => super::utf8_text(bytes),
+        _ => String::new(),
+    }
+}
+
+/// A value of any class as text, as [`super::column_text`] reads it: INTEGER and REAL in
+/// decimal (REAL without an exponent), TEXT and BLOB as UTF-8, NULL as the empty string.
+fn as_text(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Null => String::new(),
+        ValueRef::Integer(number) => number.to_string(),
+        ValueRef::Real(number) => number.to_string(),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => super::utf8_text(bytes),
+    }
+}
+
+fn store_error(error: rusqlite::Error) -> StoreError {
+    let kind = match &error {
+        rusqlite::Error::SqliteFailure(failure, _) => {
+            sqlite_code_kind(i64::from(failure.extended_code))
+        }
+        _ => StoreErrorKind::Fatal,
+    };
+    StoreError {
+        kind,
+        message: error.to_string(),
+        seq: None,
+    }
+}
