@@ -523,33 +523,35 @@ impl std::ops::DerefMut for WriteTx {
 }
 
 impl Inner {
-    /// Epoch, head and floor in one snapshot of `connection`.
-    async fn bounds_in(&self, connection: &mut SqliteConnection) -> Result<LogBounds, StoreError> {
+    /// Epoch, head and floor in one snapshot of `connection` (read through [`direct`]).
+    fn bounds_in(&self, connection: &rusqlite::Connection) -> Result<LogBounds, StoreError> {
+        let query =
+            |sql: &str, columns: usize| -> Result<Vec<rusqlite::types::Value>, StoreError> {
+                connection
+                    .query_row(sql, [], |row| {
+                        (0..columns).map(|index| row.get(index)).collect()
+                    })
+                    .map_err(direct::store_error)
+            };
         match &self.bookkeeping {
             Bookkeeping::Table if !self.owner_prunes => {
-                bounds_from(&sqlx::query(BOUNDS_SQL).fetch_one(connection).await?)
+                let values = query(BOUNDS_SQL, 3)?;
+                bounds_from_values(text(&values[0])?, integer(&values[1])?, text(&values[2])?)
             }
             Bookkeeping::Table => {
-                let row = sqlx::query(ATTACHED_BOUNDS_SQL)
-                    .fetch_one(connection)
-                    .await?;
-                let mut bounds = bounds_from(&row)?;
-                let mark = |index: usize, key: &str| -> Result<Seq, StoreError> {
-                    let text: Option<String> = row.try_get(index)?;
-                    parse_mark(key, text.as_deref().unwrap_or("0"))
-                };
-                let pruned =
-                    owner_pruned_floor(mark(3, "base")?, oldest_from(&row, 4)?, bounds.head);
+                let values = query(ATTACHED_BOUNDS_SQL, 5)?;
+                let mut bounds =
+                    bounds_from_values(text(&values[0])?, integer(&values[1])?, text(&values[2])?)?;
+                let base = parse_mark("base", text(&values[3])?.as_deref().unwrap_or("0"))?;
+                let pruned = owner_pruned_floor(base, oldest_seq(&values[4])?, bounds.head);
                 bounds.floor = bounds.floor.max(pruned).min(bounds.head);
                 Ok(bounds)
             }
             Bookkeeping::File { path, state, .. } => {
-                let row = sqlx::query(HEAD_AND_OLDEST_SQL)
-                    .fetch_one(connection)
-                    .await?;
-                let head = seq_from("head", row.try_get(0)?)?;
+                let values = query(HEAD_AND_OLDEST_SQL, 2)?;
+                let head = seq_from("head", integer(&values[0])?)?;
                 let state = lock(state).clone();
-                let pruned = owner_pruned_floor(state.base(), oldest_from(&row, 1)?, head);
+                let pruned = owner_pruned_floor(state.base(), oldest_seq(&values[1])?, head);
                 Ok(LogBounds {
                     epoch: state.epoch(path)?,
                     head,
@@ -557,6 +559,39 @@ impl Inner {
                 })
             }
         }
+    }
+}
+
+/// A bookkeeping value that must be TEXT or NULL.
+fn text(value: &rusqlite::types::Value) -> Result<Option<String>, StoreError> {
+    match value {
+        rusqlite::types::Value::Null => Ok(None),
+        rusqlite::types::Value::Text(text) => Ok(Some(text.clone())),
+        other => Err(StoreError::fatal(format!(
+            "changefeed_meta holds a {:?}, not text",
+            other.data_type()
+        ))),
+    }
+}
+
+/// A head that must be an INTEGER.
+fn integer(value: &rusqlite::types::Value) -> Result<i64, StoreError> {
+    match value {
+        rusqlite::types::Value::Integer(number) => Ok(*number),
+        other => Err(StoreError::fatal(format!(
+            "the head is a {:?}, not an integer",
+            other.data_type()
+        ))),
+    }
+}
+
+/// The oldest row's seq (NULL: the log is empty).
+fn oldest_seq(value: &rusqlite::types::Value) -> Result<Option<Seq>, StoreError> {
+    match value {
+        rusqlite::types::Value::Null => Ok(None),
+        other => integer(other)
+            .and_then(|seq| seq_from("oldest seq", seq))
+            .map(Some),
     }
 }
 
@@ -574,12 +609,6 @@ fn owner_pruned_floor(base: Seq, oldest: Option<Seq>, head: Seq) -> Seq {
     }
 }
 
-/// The oldest row's seq in column `index` (`None`: the log is empty).
-fn oldest_from(row: &SqliteRow, index: usize) -> Result<Option<Seq>, StoreError> {
-    let oldest: Option<i64> = row.try_get(index)?;
-    oldest.map(|seq| seq_from("oldest seq", seq)).transpose()
-}
-
 /// The sidecar bookkeeping, also after a panic elsewhere (plain data, always consistent).
 fn lock(
     state: &std::sync::Mutex<meta_file::MetaState>,
@@ -594,32 +623,48 @@ impl Store for SqliteStore {
         self.check_identity()?;
         let _turn = self.inner.gate.enter().await;
         let mut connection = self.inner.read.acquire().await?;
-        self.inner.bounds_in(&mut connection).await
+        let mut handle = connection.lock_handle().await?;
+        direct::with_connection(&mut handle, |connection| self.inner.bounds_in(connection))
     }
 
+    /// Stepped on a blocking thread, not on the runtime's workers: a window is a millisecond or
+    /// more of CPU, and live streams, the tailer and writers in this process must not queue
+    /// behind replays. The read runs to its end even when the caller goes away, so the
+    /// connection always goes back to the pool outside any transaction.
     async fn window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
         self.check_identity()?;
-        let _turn = self.inner.gate.enter().await;
-        let mut transaction = self.inner.read.begin().await?;
-        let rows = match WindowQuery::new(ROW_COLUMNS, filter, range) {
-            None => Vec::new(),
-            Some(query) => {
-                let span = range.upto.0.saturating_sub(range.after.0);
-                let capacity = usize::try_from(span.min(4096)).unwrap_or(0);
-                let mut handle = transaction.lock_handle().await?;
-                direct::window_rows(
-                    &mut handle,
-                    &query.sql,
-                    (to_sql(range.after), to_sql(range.upto)),
-                    &query.binds,
-                    self.inner.payload_check,
-                    capacity,
-                )?
-            }
-        };
-        let bounds = self.inner.bounds_in(&mut transaction).await?;
-        transaction.commit().await?;
-        Ok(Rows::new(rows, bounds))
+        let query = WindowQuery::new(ROW_COLUMNS, filter, range);
+        let span = range.upto.0.saturating_sub(range.after.0);
+        let capacity = usize::try_from(span.min(4096)).unwrap_or(0);
+        let inner = Arc::clone(&self.inner);
+        let read = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Handle::current();
+            let _turn = runtime.block_on(inner.gate.enter());
+            let mut connection = runtime.block_on(inner.read.acquire())?;
+            let mut handle = runtime.block_on(connection.lock_handle())?;
+            let (rows, bounds) = direct::in_snapshot(&mut handle, |connection| {
+                let rows = match &query {
+                    None => Vec::new(),
+                    Some(query) => direct::rows(
+                        connection,
+                        &query.sql,
+                        (to_sql(range.after), to_sql(range.upto)),
+                        &query.binds,
+                        inner.payload_check,
+                        capacity,
+                    )?,
+                };
+                Ok((rows, inner.bounds_in(connection)?))
+            })?;
+            Ok(Rows::new(rows, bounds))
+        });
+        match read.await {
+            Ok(rows) => rows,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(StoreError::transient(format!(
+                "replay read cancelled: {error}"
+            ))),
+        }
     }
 
     /// One backwards index scan instead of the default walk of replay windows (see
@@ -631,7 +676,10 @@ impl Store for SqliteStore {
     ) -> Result<changefeed_core::Located, StoreError> {
         self.check_identity()?;
         let mut transaction = self.inner.read.begin().await?;
-        let bounds = self.inner.bounds_in(&mut transaction).await?;
+        let bounds = {
+            let mut handle = transaction.lock_handle().await?;
+            direct::with_connection(&mut handle, |connection| self.inner.bounds_in(connection))?
+        };
         let located = locate::locate_in(&mut transaction, &bounds, filter, request).await?;
         transaction.commit().await?;
         Ok(located)
@@ -642,20 +690,19 @@ impl Store for SqliteStore {
         let sql =
             format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?");
         let _turn = self.inner.gate.enter().await;
-        let mut transaction = self.inner.read.begin().await?;
-        let rows = {
-            let mut handle = transaction.lock_handle().await?;
-            direct::window_rows(
-                &mut handle,
+        let mut connection = self.inner.read.acquire().await?;
+        let mut handle = connection.lock_handle().await?;
+        let (rows, bounds) = direct::in_snapshot(&mut handle, |connection| {
+            let rows = direct::rows(
+                connection,
                 &sql,
                 (to_sql(after), i64::try_from(limit).unwrap_or(i64::MAX)),
                 &[],
                 self.inner.payload_check,
                 limit.min(4096),
-            )?
-        };
-        let bounds = self.inner.bounds_in(&mut transaction).await?;
-        transaction.commit().await?;
+            )?;
+            Ok((rows, self.inner.bounds_in(connection)?))
+        })?;
         Ok(Rows::new(rows, bounds))
     }
 
@@ -1047,9 +1094,15 @@ fn parse_mark(key: &str, text: &str) -> Result<Seq, StoreError> {
 }
 
 fn bounds_from(row: &SqliteRow) -> Result<LogBounds, StoreError> {
-    let epoch: Option<String> = row.try_get(0)?;
-    let head: i64 = row.try_get(1)?;
-    let floor: Option<String> = row.try_get(2)?;
+    bounds_from_values(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)
+}
+
+/// The bounds of [`BOUNDS_SQL`]'s three values.
+fn bounds_from_values(
+    epoch: Option<String>,
+    head: i64,
+    floor: Option<String>,
+) -> Result<LogBounds, StoreError> {
     let epoch = epoch.ok_or_else(|| StoreError::fatal("changefeed_meta has no epoch"))?;
     let epoch = Epoch::parse(&epoch).map_err(|_| {
         StoreError::fatal(format!(

@@ -1,4 +1,5 @@
-//! Replay windows stepped straight off a read connection's SQLite handle.
+//! Replay windows, `rows_after` and the log's bounds, stepped straight off a read connection's
+//! SQLite handle.
 //!
 //! sqlx steps a statement on the connection's worker thread, copies every value of every row
 //! into a row object, and sends each row through a channel to the reading task, which frees it:
@@ -7,9 +8,10 @@
 //! statement itself and turns each row into an [`EventRow`] from SQLite's own buffers, which
 //! SQLite reuses for the next row.
 //!
-//! The transaction, the pragmas (`query_only`, busy timeout) and the read gate stay sqlx's and
-//! the caller's: this reads inside the transaction the caller began, so the window and the
-//! bounds read after it see one snapshot. Rows of any storage class read exactly as
+//! The same goes for the bounds read with them, and the transaction around both: locking the
+//! handle is the one round trip to the worker thread per read (sqlx's `BEGIN`, query and
+//! `COMMIT` were one each). The connection, its pragmas (`query_only`, busy timeout) and the
+//! read gate stay sqlx's and the caller's. Rows of any storage class read exactly as
 //! the sqlx-based oracle in the store's tests reads them (a test compares the two).
 
 use changefeed_core::{EventRow, PayloadCheck};
@@ -18,29 +20,51 @@ use sqlx::sqlite::LockedSqliteHandle;
 
 use crate::store::{seq_from, sqlite_code_kind, StoreError, StoreErrorKind};
 
-/// The rows of `sql` (which selects [`super::ROW_COLUMNS`] and takes `after`, `upto`, then
-/// `binds`), stepped on this thread. Synchronous: the statement never outlives the call, so
-/// the connection goes back to sqlx with no statement of ours open.
-pub(super) fn window_rows(
+/// Runs `read` on the connection behind `handle`, on this thread. Synchronous: no statement
+/// of ours outlives the call, so the connection goes back to sqlx as it was.
+pub(super) fn with_connection<T>(
     handle: &mut LockedSqliteHandle<'_>,
+    read: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    // SAFETY: the handle is locked for as long as `handle` is borrowed, so sqlx's worker does
+    // not use the connection meanwhile; `from_handle` does not take ownership (dropping the
+    // `Connection` leaves the database open), and the `Connection` and its statements are
+    // dropped (finalized) before this function returns, while the lock is still held.
+    let connection = unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr()) }
+        .map_err(store_error)?;
+    read(&connection)
+}
+
+/// [`with_connection`] in one read transaction (one snapshot), rolled back if `read` fails.
+pub(super) fn in_snapshot<T>(
+    handle: &mut LockedSqliteHandle<'_>,
+    read: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    with_connection(handle, |connection| {
+        // Dropping the transaction without a commit (an error, a panic) rolls it back.
+        let transaction = connection.unchecked_transaction().map_err(store_error)?;
+        let value = read(&transaction)?;
+        transaction.commit().map_err(store_error)?;
+        Ok(value)
+    })
+}
+
+/// The rows of `sql` (which selects [`super::ROW_COLUMNS`] and takes the two `leading`
+/// integers, then `binds`).
+pub(super) fn rows(
+    connection: &rusqlite::Connection,
     sql: &str,
-    range: (i64, i64),
+    leading: (i64, i64),
     binds: &[String],
     payload_check: PayloadCheck,
     capacity: usize,
 ) -> Result<Vec<EventRow>, StoreError> {
-    // SAFETY: the handle is locked for as long as `handle` is borrowed, so sqlx's worker does
-    // not use the connection meanwhile; `from_handle` does not take ownership (dropping the
-    // `Connection` leaves the database open), and the `Connection` and its statement are
-    // dropped (finalized) before this function returns, while the lock is still held.
-    let connection = unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr()) }
-        .map_err(store_error)?;
     let mut statement = connection.prepare(sql).map_err(store_error)?;
     statement
-        .raw_bind_parameter(1, range.0)
+        .raw_bind_parameter(1, leading.0)
         .map_err(store_error)?;
     statement
-        .raw_bind_parameter(2, range.1)
+        .raw_bind_parameter(2, leading.1)
         .map_err(store_error)?;
     for (index, value) in binds.iter().enumerate() {
         statement
@@ -121,7 +145,8 @@ fn as_text(value: ValueRef<'_>) -> String {
     }
 }
 
-fn store_error(error: rusqlite::Error) -> StoreError {
+/// A rusqlite error, classified by its SQLite result code like sqlx's (see [`sqlite_code_kind`]).
+pub(super) fn store_error(error: rusqlite::Error) -> StoreError {
     let kind = match &error {
         rusqlite::Error::SqliteFailure(failure, _) => {
             sqlite_code_kind(i64::from(failure.extended_code))

@@ -5,7 +5,8 @@
 //!   database file and its `-wal` file;
 //! - a safety-net timer (default every second).
 //!
-//! Either one only makes the task look at `PRAGMA data_version` on a dedicated connection; the
+//! Either one only makes the task look at `PRAGMA data_version` on a dedicated connection (kept
+//! locked, so a look is a direct call: see [`run`]); the
 //! generation counter is bumped when that number moves, i.e. when a commit by another connection
 //! is visible. A file event can precede the visibility of its commit (SQLite writes and syncs the
 //! WAL frames *before* it publishes them in the wal-index, which is shared memory and produces no
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use sqlx::sqlite::SqliteConnection;
+use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
@@ -78,7 +79,12 @@ pub(super) async fn start(
         last: None,
         failing: false,
     };
-    checker.check(&mut connection).await;
+    match connection.lock_handle().await {
+        Ok(mut handle) => {
+            checker.check(&mut handle);
+        }
+        Err(error) => checker.unreadable(&error.to_string()),
+    }
     let task = tokio::spawn(run(connection, checker, file_events, changes, poll)).abort_handle();
     ChangeMonitor {
         _watcher: watcher,
@@ -133,6 +139,20 @@ async fn run(
     changes: watch::Sender<u64>,
     poll: Duration,
 ) {
+    // The connection is the monitor's alone: it stays locked for good, so each check is a
+    // direct call on this task, not a round trip to sqlx's worker thread (which waits for the
+    // lock until the task ends).
+    let mut handle = match connection.lock_handle().await {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            checker.unreadable(&error.to_string());
+            None
+        }
+    };
+    let mut check = |checker: &mut Checker| match handle.as_mut() {
+        Some(handle) => checker.check(handle),
+        None => true,
+    };
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -141,7 +161,7 @@ async fn run(
             () = file_events.notified() => true,
             _ = ticker.tick() => false,
         };
-        if checker.check(&mut connection).await {
+        if check(&mut checker) {
             crate::store::bump(&changes);
             continue;
         }
@@ -157,7 +177,7 @@ async fn run(
                 () = file_events.notified() => delay = Duration::from_millis(1),
                 () = tokio::time::sleep(delay) => delay *= 2,
             }
-            if checker.check(&mut connection).await {
+            if check(&mut checker) {
                 crate::store::bump(&changes);
                 break;
             }
@@ -173,11 +193,13 @@ struct Checker {
 impl Checker {
     /// Whether a commit by another connection became visible since the previous check. An error
     /// counts as "maybe": a spurious wake-up is allowed, a missed one is not.
-    async fn check(&mut self, connection: &mut SqliteConnection) -> bool {
-        match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
-            .fetch_one(&mut *connection)
-            .await
-        {
+    fn check(&mut self, handle: &mut LockedSqliteHandle<'_>) -> bool {
+        let version = super::direct::with_connection(handle, |connection| {
+            connection
+                .query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))
+                .map_err(super::direct::store_error)
+        });
+        match version {
             Ok(version) => {
                 if self.failing {
                     tracing::info!("PRAGMA data_version readable again");
@@ -188,12 +210,16 @@ impl Checker {
                 moved
             }
             Err(error) => {
-                if !self.failing {
-                    tracing::warn!(%error, "cannot read PRAGMA data_version; waking waiters on every file event and poll");
-                    self.failing = true;
-                }
+                self.unreadable(&error.message);
                 true
             }
+        }
+    }
+
+    fn unreadable(&mut self, error: &str) {
+        if !self.failing {
+            tracing::warn!(%error, "cannot read PRAGMA data_version; waking waiters on every file event and poll");
+            self.failing = true;
         }
     }
 }
