@@ -8,7 +8,9 @@
 //! - **Reads** (`bounds`, `window`, `rows_after`, `missing_projects`) use a pool of read-only
 //!   (`query_only`) connections, one short transaction per call, each holding a shared turn
 //!   of the [`checkpoint`] gate, so the store's own WAL checkpoints run between them and the
-//!   WAL restarts however many replays run. Payload text is never parsed here; the encoder
+//!   WAL restarts however many replays run. Replay windows, `rows_after` and the bounds step
+//!   SQLite themselves on the connection's locked handle ([`direct`]); windows do so on a
+//!   blocking thread. Payload text is never parsed here; the encoder
 //!   checks it only when the table has no `CHECK (json_valid(payload))`.
 //! - **Rows of any storage class** (a `change_log` another program created may hold anything;
 //!   [`schema`] checks only columns and keys) are read leniently and never fail to decode:
@@ -1409,6 +1411,57 @@ mod tests {
         assert_eq!(full.len(), 8);
         assert_eq!(direct.rows(), &full[..]);
         assert_eq!(after.rows(), &full[..]);
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_read_its_caller_abandons_gives_its_connection_back_outside_a_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("abandoned.db").display());
+        // One read connection: the next read gets the very connection the abandoned one used.
+        let options = SqliteStoreOptions {
+            read_connections: 1,
+            ..SqliteStoreOptions::default()
+        };
+        let store = SqliteStore::open_with(&url, options).await.unwrap();
+        store
+            .execute_write(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) \
+                 INSERT INTO change_log (project_id, event_type, payload) \
+                 SELECT 'p', 'bench_tick', '{}' FROM n",
+            )
+            .await
+            .unwrap();
+        let head = store.bounds().await.unwrap().head;
+        assert_eq!(head, Seq(20000));
+        let all = Filter::all();
+        let mut abandoned = 0;
+        for _ in 0..20 {
+            let mut read = Box::pin(store.window(&all, range(0, head.0)));
+            // Polled once (the read starts on its blocking thread), then dropped mid-read.
+            if tokio::time::timeout(Duration::ZERO, &mut read)
+                .await
+                .is_err()
+            {
+                abandoned += 1;
+            }
+            drop(read);
+        }
+        assert!(
+            abandoned > 0,
+            "no 20,000-row read was still running at its first poll"
+        );
+        // A leftover transaction would make this read's BEGIN fail; a connection never given
+        // back would make it wait for the pool until the timeout.
+        let rows = tokio::time::timeout(
+            Duration::from_secs(30),
+            store.window(&all, range(0, head.0)),
+        )
+        .await
+        .expect("the connection came back to the pool")
+        .unwrap();
+        assert_eq!(rows.rows().len(), 20000);
+        assert_eq!(rows.rows().last().map(|row| row.seq), Some(head));
         store.close().await;
     }
 
