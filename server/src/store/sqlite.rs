@@ -446,6 +446,17 @@ impl SqliteStore {
         }
     }
 
+    /// A read's result, with a failure explained as the database's replacement when the file
+    /// is not the one opened any more (see [`identity::Identity::look_now`]).
+    fn explained<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Err(error) if self.inner.identity.look_now().is_some() => {
+                Err(self.check_identity().err().unwrap_or(error))
+            }
+            other => other,
+        }
+    }
+
     /// The published mark: the highest seq recorded by [`Store::mark_published`].
     pub async fn published(&self) -> Result<Seq, StoreError> {
         if let Bookkeeping::File { state, .. } = &self.inner.bookkeeping {
@@ -620,9 +631,9 @@ fn lock(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl Store for SqliteStore {
-    async fn bounds(&self) -> Result<LogBounds, StoreError> {
-        self.check_identity()?;
+/// The reads behind [`Store`]'s methods, which check the database's identity before and after.
+impl SqliteStore {
+    async fn read_bounds(&self) -> Result<LogBounds, StoreError> {
         let _turn = self.inner.gate.enter().await;
         let mut connection = self.inner.read.acquire().await?;
         let mut handle = connection.lock_handle().await?;
@@ -633,8 +644,7 @@ impl Store for SqliteStore {
     /// more of CPU, and live streams, the tailer and writers in this process must not queue
     /// behind replays. The read runs to its end even when the caller goes away, so the
     /// connection always goes back to the pool outside any transaction.
-    async fn window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
-        self.check_identity()?;
+    async fn read_window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
         let query = WindowQuery::new(ROW_COLUMNS, filter, range);
         let span = range.upto.0.saturating_sub(range.after.0);
         let capacity = usize::try_from(span.min(4096)).unwrap_or(0);
@@ -670,13 +680,12 @@ impl Store for SqliteStore {
     }
 
     /// One backwards index scan instead of the default walk of replay windows (see
-    /// [`locate`]).
-    async fn locate(
+    /// [`locate`]), in one read transaction.
+    async fn read_locate(
         &self,
         filter: &Filter,
         request: changefeed_core::LocateRequest,
     ) -> Result<changefeed_core::Located, StoreError> {
-        self.check_identity()?;
         let mut transaction = self.inner.read.begin().await?;
         let bounds = {
             let mut handle = transaction.lock_handle().await?;
@@ -687,8 +696,7 @@ impl Store for SqliteStore {
         Ok(located)
     }
 
-    async fn rows_after(&self, after: Seq, limit: usize) -> Result<Rows, StoreError> {
-        self.check_identity()?;
+    async fn read_rows_after(&self, after: Seq, limit: usize) -> Result<Rows, StoreError> {
         let sql =
             format!("SELECT {ROW_COLUMNS} FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?");
         let _turn = self.inner.gate.enter().await;
@@ -706,6 +714,32 @@ impl Store for SqliteStore {
             Ok((rows, self.inner.bounds_in(connection)?))
         })?;
         Ok(Rows::new(rows, bounds))
+    }
+}
+
+impl Store for SqliteStore {
+    async fn bounds(&self) -> Result<LogBounds, StoreError> {
+        self.check_identity()?;
+        self.explained(self.read_bounds().await)
+    }
+
+    async fn window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
+        self.check_identity()?;
+        self.explained(self.read_window(filter, range).await)
+    }
+
+    async fn locate(
+        &self,
+        filter: &Filter,
+        request: changefeed_core::LocateRequest,
+    ) -> Result<changefeed_core::Located, StoreError> {
+        self.check_identity()?;
+        self.explained(self.read_locate(filter, request).await)
+    }
+
+    async fn rows_after(&self, after: Seq, limit: usize) -> Result<Rows, StoreError> {
+        self.check_identity()?;
+        self.explained(self.read_rows_after(after, limit).await)
     }
 
     async fn missing_projects(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
@@ -1463,6 +1497,35 @@ mod tests {
         assert_eq!(rows.rows().len(), 20000);
         assert_eq!(rows.rows().last().map(|row| row.seq), Some(head));
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_of_a_replaced_file_says_it_was_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replaced.db");
+        // A poll far away: only the failed read can look at the file.
+        let options = SqliteStoreOptions {
+            poll_interval: Duration::from_secs(3600),
+            ..SqliteStoreOptions::default()
+        };
+        let store = SqliteStore::open_with(&format!("sqlite://{}", path.display()), options)
+            .await
+            .unwrap();
+        let failed = || Err::<(), _>(StoreError::transient("disk I/O error"));
+        // The file is the one opened: the failure stays what it was.
+        assert_eq!(store.explained(failed()), failed());
+        assert_eq!(store.replaced(), None);
+        std::fs::rename(&path, dir.path().join("aside.db")).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        let explained = store.explained(failed()).unwrap_err();
+        assert!(!explained.is_transient(), "{explained:?}");
+        assert!(explained.message.contains("replaced"), "{explained:?}");
+        assert!(store.replaced().unwrap().contains("another file"));
+        // Latched: every read says so from now on, before touching the database.
+        let bounds = store.bounds().await.unwrap_err();
+        assert!(bounds.message.contains("replaced"), "{bounds:?}");
+        // A success is a success.
+        assert_eq!(store.explained(Ok(7)), Ok(7));
     }
 
     #[test]

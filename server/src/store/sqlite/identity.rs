@@ -7,7 +7,8 @@
 //! from `changefeed_meta` on a fresh connection. (A copy landing while our `-wal` still holds
 //! the page with the epoch is masked by it, as for every reader, until that WAL is
 //! checkpointed; the tailer compares the epoch on every read as well.) The first difference is latched for good:
-//! [`Identity::replaced`] answers why, every read of the store fails with a fatal error saying
+//! [`Identity::replaced`] answers why (a failed read also looks at the file at once:
+//! [`Identity::look_now`]), every read of the store fails with a fatal error saying
 //! so (nothing of either database is streamed under the old epoch), `/healthz` is not `ok`, and
 //! `changefeed serve` exits with the message so it can be restarted on the new file (clients
 //! then get `changefeed.reset` with reason `epoch_mismatch`).
@@ -41,6 +42,8 @@ fn file_id(path: &Path) -> std::io::Result<FileId> {
 /// The watch's verdict, shared by the store's handles.
 #[derive(Debug)]
 pub(super) struct Identity {
+    path: PathBuf,
+    opened: FileId,
     replaced: Mutex<Option<String>>,
     signal: watch::Sender<bool>,
     task: Mutex<Option<AbortHandle>>,
@@ -74,6 +77,16 @@ impl Identity {
         let _ = receiver.wait_for(|replaced| *replaced).await;
     }
 
+    /// Looks at the file's identity at once (a `stat`, no read of the database) and latches a
+    /// replacement it finds: a read that failed because the file was deleted or swapped then
+    /// says so at once, instead of a bare I/O error until the next poll.
+    pub(super) fn look_now(&self) -> Option<String> {
+        if let Some(why) = file_verdict(&self.path, self.opened) {
+            self.latch(why);
+        }
+        self.replaced()
+    }
+
     fn latch(&self, why: String) {
         let mut replaced = self.replaced.lock().unwrap_or_else(PoisonError::into_inner);
         if replaced.is_none() {
@@ -95,6 +108,8 @@ pub(super) fn start(
 ) -> std::io::Result<Arc<Identity>> {
     let opened = file_id(path)?;
     let identity = Arc::new(Identity {
+        path: path.to_path_buf(),
+        opened,
         replaced: Mutex::new(None),
         signal: watch::channel(false).0,
         task: Mutex::new(None),
@@ -120,6 +135,29 @@ pub(super) fn start(
     Ok(identity)
 }
 
+/// Why `path` is not the file opened as `opened` any more (deleted, moved, or another inode),
+/// if it is not.
+fn file_verdict(path: &Path, opened: FileId) -> Option<String> {
+    match file_id(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Some(format!(
+            "the database file {} was deleted or moved",
+            path.display()
+        )),
+        // Cannot look (permissions changed?): not proof of a replacement; reads will tell.
+        Err(_) => None,
+        Ok(now) if now != opened => Some(format!(
+            "the database file {} was replaced by another file (device/inode {}/{} became \
+             {}/{})",
+            path.display(),
+            opened.device,
+            opened.inode,
+            now.device,
+            now.inode
+        )),
+        Ok(_) => None,
+    }
+}
+
 /// Why `path` is not the database opened as `opened` with `epoch` any more, if it is not.
 async fn check(
     path: &Path,
@@ -127,27 +165,8 @@ async fn check(
     epoch: Option<Epoch>,
     options: &SqliteConnectOptions,
 ) -> Option<String> {
-    match file_id(path) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Some(format!(
-                "the database file {} was deleted or moved",
-                path.display()
-            ))
-        }
-        // Cannot look (permissions changed?): not proof of a replacement; reads will tell.
-        Err(_) => return None,
-        Ok(now) if now != opened => {
-            return Some(format!(
-                "the database file {} was replaced by another file (device/inode {}/{} became \
-                 {}/{})",
-                path.display(),
-                opened.device,
-                opened.inode,
-                now.device,
-                now.inode
-            ))
-        }
-        Ok(_) => {}
+    if let Some(why) = file_verdict(path, opened) {
+        return Some(why);
     }
     let epoch = epoch?;
     // A fresh connection each time: a pooled one may answer from its page cache, which stays
