@@ -323,9 +323,9 @@ impl SqliteStore {
         };
 
         // Readers only read (an owned database is in WAL mode now, a persistent setting).
-        // Rows read through sqlx (bounds, `locate`'s scans) queue up on the connection's worker
-        // thread instead of making it wait for the reader every 50 rows (sqlx's default
-        // channel); replay windows and `rows_after` step on the reading task ([`direct`]).
+        // Rows read through sqlx (`locate`'s scans) queue up on the connection's worker thread
+        // instead of making it wait for the reader every 50 rows (sqlx's default channel);
+        // replay windows, `rows_after` and the bounds step SQLite themselves ([`direct`]).
         let read_options = base
             .clone()
             .pragma("query_only", "ON")

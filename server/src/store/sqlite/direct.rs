@@ -82,12 +82,7 @@ pub(super) fn rows(
 /// One row, with the store's rules for every storage class (see the module docs of
 /// [`super`]: ids and kinds that are not TEXT read as none, a NULL payload as `null`).
 fn event_row(row: &rusqlite::Row<'_>, payload_check: PayloadCheck) -> Result<EventRow, StoreError> {
-    let value = |index: usize| {
-        row.get_ref(index).map_err(|error| StoreError {
-            seq: None,
-            ..store_error(error)
-        })
-    };
+    let value = |index: usize| row.get_ref(index).map_err(store_error);
     let seq = match value(0)? {
         ValueRef::Integer(seq) => seq_from("seq", seq)?,
         other => {
