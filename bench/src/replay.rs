@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::loadgen::{Subscribers, Target};
-use crate::procs::Server;
+use crate::procs::{self, Server};
 use crate::report::{Better, Compare, Report};
 use crate::system::{fresh_db, join_writer, percentile, System};
 use crate::writers::{self, Sink, WriterReport};
@@ -24,6 +24,8 @@ const WRITE_RATE: u64 = 500;
 struct OneClient {
     events_per_s: f64,
     secs: f64,
+    /// The server's CPU time (user + system) over the replay, per event; `None` for the scan.
+    cpu_micros_per_event: Option<f64>,
 }
 
 struct TenClients {
@@ -72,10 +74,17 @@ fn stats(mut micros: Vec<u32>) -> Latency {
     ]
 }
 
-/// One client from seq 0 until `changefeed.ready`.
-async fn one_replay(target: &Target, rows: u64, timeout: Duration) -> Result<OneClient, String> {
+/// One client from seq 0 until `changefeed.ready`, and the CPU time `server` spent on it.
+async fn one_replay(
+    target: &Target,
+    server: &[u32],
+    rows: u64,
+    timeout: Duration,
+) -> Result<OneClient, String> {
+    let ticks_before = procs::cpu_ticks_sum(server);
     let one = Subscribers::start(target, 1, 1, false, 0);
     let time = one.wait_ready(timeout).await;
+    let ticks = procs::cpu_ticks_sum(server) - ticks_before;
     let events = one.shared.events.load(Ordering::Relaxed);
     one.stop().await;
     let time = time?;
@@ -87,6 +96,7 @@ async fn one_replay(target: &Target, rows: u64, timeout: Duration) -> Result<One
     Ok(OneClient {
         events_per_s: events as f64 / time.as_secs_f64(),
         secs: time.as_secs_f64(),
+        cpu_micros_per_event: Some(ticks as f64 / procs::clock_ticks() * 1e6 / events as f64),
     })
 }
 
@@ -163,11 +173,14 @@ async fn replay_run(config: &Config, rows: u64) -> Result<Results, String> {
                 first_error.get_or_insert(error);
             }
         }
-        ours.push(one_replay(&target, rows, timeout).await?);
+        ours.push(one_replay(&target, &system.pids(), rows, timeout).await?);
     }
     let one = Ok(OneClient {
         events_per_s: median(ours.iter().map(|r| r.events_per_s).collect()),
         secs: median(ours.iter().map(|r| r.secs).collect()),
+        cpu_micros_per_event: Some(median(
+            ours.iter().filter_map(|r| r.cpu_micros_per_event).collect(),
+        )),
     });
     let scan = if theirs.is_empty() {
         Err(first_error.unwrap_or_else(|| "no scan".into()))
@@ -180,6 +193,7 @@ async fn replay_run(config: &Config, rows: u64) -> Result<Results, String> {
                     .collect(),
             ),
             secs: median(theirs.iter().map(|s| s.elapsed.as_secs_f64()).collect()),
+            cpu_micros_per_event: None,
         })
     };
     eprintln!(
@@ -269,14 +283,20 @@ pub async fn run(config: &Config, report: &mut Report) {
         .as_ref()
         .map_err(Clone::clone)
         .and_then(|r| match &r.one {
-            Ok(o) => Ok((o.events_per_s, o.secs)),
+            Ok(o) => Ok((
+                o.events_per_s,
+                o.secs,
+                o.cpu_micros_per_event.unwrap_or(f64::NAN),
+            )),
             Err(e) => Err(e.clone()),
         });
+    let cpu = one.clone().map(|(_, _, cpu)| cpu);
+
     let scan = results
         .as_ref()
         .map_err(Clone::clone)
         .and_then(|r| match &r.scan {
-            Ok(o) => Ok((o.events_per_s, o.secs)),
+            Ok(o) => Ok((o.events_per_s, o.secs, f64::NAN)),
             Err(e) => Err(e.clone()),
         });
     let ten = results
@@ -318,6 +338,18 @@ pub async fn run(config: &Config, report: &mut Report) {
         &one,
         Some(&scan),
         |r| r.1,
+        Better::Lower,
+    );
+    // CPU time is what a loaded host's wall clock hides: compare runs by it.
+    let table_cpu = Compare {
+        peer: "—", ..table
+    };
+    table_cpu.row(
+        report,
+        "1 client: server CPU per event (µs)",
+        &cpu,
+        None,
+        |v| *v,
         Better::Lower,
     );
     let setup10 = format!(

@@ -198,24 +198,37 @@ impl EventEncoder {
     /// The frame of `row` and which of its columns were degraded: `id: <id>`,
     /// `event: <kind>` (left out for a degraded kind), `data: <event JSON>`.
     pub fn frame(&self, row: &EventRow) -> (Bytes, Degraded) {
-        let id = self.ids.spell(Cursor::new(self.epoch, row.seq), 0);
-        // One buffer for the whole frame: the event JSON is written straight into it.
-        let session = row.session_id.as_deref().map_or(0, str::len);
-        let capacity = id.len()
-            + 2 * row.kind.len()
-            + row.project_id.len()
-            + session
-            + row.payload.len()
-            + row.created_at.len()
-            + 128;
-        let mut frame = FrameBuilder::with_capacity(capacity).id(&id);
+        let mut frame = Vec::with_capacity(frame_capacity(row));
+        let degraded = self.append_frame(&mut frame, row);
+        (Bytes::from(frame), degraded)
+    }
+
+    /// Appends [`EventEncoder::frame`]'s frame of `row` to `out` (which holds whole frames or
+    /// nothing), the event JSON written straight into it.
+    pub fn append_frame(&self, out: &mut Vec<u8>, row: &EventRow) -> Degraded {
+        let cursor = Cursor::new(self.epoch, row.seq);
+        let mut frame = FrameBuilder::appending(std::mem::take(out))
+            .id_with(|id| self.ids.spell_into(id, cursor, 0));
         if is_kind(&row.kind) {
             frame = frame.event(&row.kind);
         }
         let with_seq = !self.ids.is_sealed();
-        let (frame, degraded) = frame.data_line_with(|out| write_json(out, row, with_seq));
-        (frame.finish(), degraded)
+        let (frame, degraded) = frame.data_line_with(|json| write_json(json, row, with_seq));
+        *out = frame.end();
+        degraded
     }
+}
+
+/// About how many bytes [`EventEncoder::frame`] writes for `row` (more when its text needs
+/// escaping): enough to reserve a frame's buffer, or a batch of them, in one allocation.
+pub fn frame_capacity(row: &EventRow) -> usize {
+    let session = row.session_id.as_deref().map_or(0, str::len);
+    2 * row.kind.len()
+        + row.project_id.len()
+        + session
+        + row.payload.len()
+        + row.created_at.len()
+        + 192
 }
 
 /// The event JSON of the contract, on one line, and which columns were degraded: keys in
@@ -353,6 +366,30 @@ mod tests {
         assert_eq!(&*event.kind, "pr_updated");
         assert_eq!(event.degraded, Degraded::NONE);
         assert_eq!(EventEncoder::new(Epoch(0xab)).epoch(), Epoch(0xab));
+    }
+
+    #[test]
+    fn frames_appended_to_a_buffer_are_the_frames_themselves() {
+        let encoder = EventEncoder::new(Epoch(0xab));
+        let rows = [
+            row(Some("s1"), "{\"state\":\"open\"}"),
+            EventRow {
+                payload_check: PayloadCheck::Unchecked,
+                ..row(None, "not json")
+            },
+        ];
+        let mut buffer = b":\n\n".to_vec();
+        let mut expected = buffer.clone();
+        for row in &rows {
+            let (frame, degraded) = encoder.frame(row);
+            assert_eq!(encoder.append_frame(&mut buffer, row), degraded);
+            expected.extend_from_slice(&frame);
+        }
+        assert_eq!(buffer, expected);
+        assert_eq!(encoder.frame(&rows[1]).1, Degraded::PAYLOAD);
+        for row in &rows {
+            assert!(frame_capacity(row) >= encoder.frame(row).0.len());
+        }
     }
 
     #[test]

@@ -125,6 +125,19 @@ impl Ids {
         }
     }
 
+    /// Appends [`Ids::spell`]'s id to `out` (no allocation for plain ids).
+    pub fn spell_into(&self, out: &mut Vec<u8>, cursor: Cursor, tweak: u64) {
+        match (self, cursor.epoch) {
+            (Ids::Sealed(key), Some(epoch)) => {
+                out.extend_from_slice(key.seal(epoch, cursor.seq, tweak).as_bytes())
+            }
+            _ => {
+                use std::io::Write as _;
+                write!(out, "{cursor}").expect("writing into a Vec cannot fail");
+            }
+        }
+    }
+
     /// Reads a cursor a client sent: the plain grammar, or, when sealed, a sealed id of this
     /// key or `0`.
     pub fn read(&self, text: &str) -> Result<Cursor, CursorError> {
@@ -163,6 +176,26 @@ mod tests {
 
     fn key(byte: u8) -> IdKey {
         IdKey::from_bytes([byte; 32])
+    }
+
+    #[test]
+    fn ids_spelled_into_a_buffer_are_the_spelled_ids() {
+        let cursors = [
+            Cursor::new(Epoch(0xe1), Seq(42)),
+            Cursor::parse("7").unwrap(),
+            Cursor::new(Epoch(u64::MAX), Seq::MAX),
+        ];
+        for ids in [Ids::Plain, Ids::Sealed(key(3))] {
+            for cursor in cursors {
+                let mut out = b"id: ".to_vec();
+                ids.spell_into(&mut out, cursor, 5);
+                let spelled = ids.spell(cursor, 5);
+                assert_eq!(out, format!("id: {spelled}").into_bytes());
+            }
+        }
+        let mut plain = Vec::new();
+        Ids::Plain.spell_into(&mut plain, cursors[0], 0);
+        assert_eq!(plain, b"00000000000000e1:42");
     }
 
     #[test]

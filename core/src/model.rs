@@ -147,6 +147,8 @@ pub struct Scenario {
     pub window: u64,
     /// [`SubscriptionConfig::max_lifetime`] in milliseconds.
     pub lifetime: Option<u64>,
+    /// [`SubscriptionConfig::batch_bytes`].
+    pub batch_bytes: usize,
     /// The steps, in order.
     pub actions: Vec<Action>,
 }
@@ -668,6 +670,7 @@ impl Harness {
             max_lifetime: scenario.lifetime.map(Duration::from_millis),
             replay_window: scenario.window,
             max_held: scenario.max_held,
+            batch_bytes: scenario.batch_bytes,
         };
         let head = world.head_at_open();
         let (header, start) = match scenario.start {
@@ -797,6 +800,8 @@ impl Harness {
     }
 
     /// Moves the subscription's outputs to the wire; a fetch stays pending until answered.
+    /// A frame that is not the last of its output must be followed by nothing but further
+    /// frames, so the quiet-checkpoint rule applies to each frame of a batch.
     fn drain(&mut self) {
         let mut quiet_checkpoint: Option<Vec<u8>> = None;
         while let Some(output) = self.connection.subscription.poll_output() {
@@ -809,19 +814,34 @@ impl Harness {
                 );
             }
             match output {
-                Output::Frame(bytes) => {
-                    let id_only = bytes.starts_with(b"id: ")
-                        && bytes.iter().filter(|&&b| b == b'\n').count() == 2;
-                    let comment = bytes.starts_with(b":");
-                    if self.ids.sealed() && !self.ticking {
-                        assert!(!comment, "a heartbeat comment outside a tick");
-                        if id_only {
-                            // Allowed only as the final checkpoint (lifetime, shutdown).
-                            quiet_checkpoint = Some(bytes.to_vec());
+                Output::Frames { bytes, count } => {
+                    let frames = split_frames(&bytes);
+                    assert_eq!(frames.len(), count, "the frame count of {bytes:?}");
+                    assert!(
+                        count == 1
+                            || bytes.len() - frames[count - 1].len() < self.config.batch_bytes,
+                        "a batch goes out once it reaches batch_bytes, not later"
+                    );
+                    for frame in frames {
+                        if let Some(previous) = quiet_checkpoint.take() {
+                            panic!(
+                                "sealed ids: an id-only frame {:?} outside a heartbeat tick",
+                                String::from_utf8_lossy(&previous)
+                            );
                         }
-                    }
-                    if self.ids.sealed() && self.ticking {
-                        assert!(!comment, "sealed ids: a checkpoint at every tick");
+                        let id_only = frame.starts_with(b"id: ")
+                            && frame.iter().filter(|&&b| b == b'\n').count() == 2;
+                        let comment = frame.starts_with(b":");
+                        if self.ids.sealed() && !self.ticking {
+                            assert!(!comment, "a heartbeat comment outside a tick");
+                            if id_only {
+                                // Allowed only as the final checkpoint (lifetime, shutdown).
+                                quiet_checkpoint = Some(frame.to_vec());
+                            }
+                        }
+                        if self.ids.sealed() && self.ticking {
+                            assert!(!comment, "sealed ids: a checkpoint at every tick");
+                        }
                     }
                     self.connection.wire.extend(bytes.iter())
                 }
@@ -1047,4 +1067,27 @@ pub fn run(scenario: &Scenario) {
     }
     harness.settle();
     harness.check();
+}
+
+/// The whole frames of one output, by the wire rule (a frame ends at its first blank line;
+/// no field line is empty), written here rather than taken from the SSE parser under test.
+fn split_frames(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut frames = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    while at + 1 < bytes.len() {
+        if bytes[at] == b'\n' && bytes[at + 1] == b'\n' {
+            frames.push(&bytes[start..at + 2]);
+            start = at + 2;
+            at = start;
+        } else {
+            at += 1;
+        }
+    }
+    assert_eq!(
+        start,
+        bytes.len(),
+        "an output ends with a whole frame: {bytes:?}"
+    );
+    frames
 }

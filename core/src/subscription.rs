@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::event::{Degraded, Event, EventEncoder, EventRow};
+use crate::event::{frame_capacity, Degraded, Event, EventEncoder, EventRow};
 use crate::filter::{Filter, Grant};
 use crate::ids::{IdKey, Ids};
 use crate::position::{Cursor, Epoch, Seq};
@@ -67,6 +67,10 @@ pub struct SubscriptionConfig {
     pub replay_window: u64,
     /// The most live events held while replay catches up.
     pub max_held: usize,
+    /// Frames the subscription encodes itself (replayed rows) are written straight into one
+    /// buffer, together with whatever frames follow them, until it holds at least this many
+    /// bytes; then it goes out as one [`Output::Frames`]. 0: every frame on its own.
+    pub batch_bytes: usize,
 }
 
 impl Default for SubscriptionConfig {
@@ -77,6 +81,7 @@ impl Default for SubscriptionConfig {
             max_lifetime: None,
             replay_window: 1024,
             max_held: 1024,
+            batch_bytes: 0,
         }
     }
 }
@@ -186,8 +191,14 @@ pub struct ReplayPage {
 /// What the shell must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Write these bytes to the client.
-    Frame(Bytes),
+    /// Write these bytes to the client: `count` whole frames, in order (more than one only
+    /// with [`SubscriptionConfig::batch_bytes`]).
+    Frames {
+        /// The frames, each ending with its blank line.
+        bytes: Bytes,
+        /// How many frames `bytes` holds.
+        count: usize,
+    },
     /// Read this window from the store and pass the result to [`Subscription::handle_page`].
     Fetch(FetchRequest),
     /// `last=`: find where the stream starts and pass it to [`Subscription::handle_located`].
@@ -281,6 +292,9 @@ pub struct Subscription {
     started_at: Duration,
     last_write: Duration,
     output: VecDeque<Output>,
+    /// Frames queued after everything in `output`, not yet handed out as [`Output::Frames`].
+    batch: Vec<u8>,
+    batch_frames: usize,
     stats: SubscriptionStats,
 }
 
@@ -363,10 +377,12 @@ impl Subscription {
             started_at: now,
             last_write: now,
             output: VecDeque::new(),
+            batch: Vec::new(),
+            batch_frames: 0,
             stats: SubscriptionStats::default(),
         };
         if let Some(locate) = locating {
-            subscription.output.push_back(Output::Locate(locate));
+            subscription.push_output(Output::Locate(locate));
             return subscription;
         }
         subscription.write_first_frame(reset, now);
@@ -450,7 +466,34 @@ impl Subscription {
 
     /// The next thing the shell must do, or `None` when it should wait for an input.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.output.pop_front()
+        self.output.pop_front().or_else(|| self.take_batch())
+    }
+
+    /// The batch as one output (it always follows everything in `output`).
+    fn take_batch(&mut self) -> Option<Output> {
+        if self.batch_frames == 0 {
+            return None;
+        }
+        let count = std::mem::take(&mut self.batch_frames);
+        let bytes = Bytes::from(std::mem::take(&mut self.batch));
+        Some(Output::Frames { bytes, count })
+    }
+
+    /// Queues a non-frame output, after the batch.
+    fn push_output(&mut self, output: Output) {
+        if let Some(batch) = self.take_batch() {
+            self.output.push_back(batch);
+        }
+        self.output.push_back(output);
+    }
+
+    /// Hands the batch out once it holds `batch_bytes`.
+    fn close_full_batch(&mut self) {
+        if self.batch.len() >= self.config.batch_bytes {
+            if let Some(batch) = self.take_batch() {
+                self.output.push_back(batch);
+            }
+        }
     }
 
     /// When the shell must call [`Subscription::handle_timeout`], and why.
@@ -478,18 +521,19 @@ impl Subscription {
     }
 
     /// The store's answer to the outstanding [`FetchRequest`]. A page with no fetch outstanding
-    /// is ignored; rows outside the requested window are ignored.
-    pub fn handle_page(&mut self, page: ReplayPage, now: Duration) {
+    /// is ignored; rows outside the requested window are ignored. The rows are given back, so
+    /// the shell may read the next page into their allocations.
+    pub fn handle_page(&mut self, page: ReplayPage, now: Duration) -> Vec<EventRow> {
         self.expire(now);
         let owed = self.owed();
         let State::Replaying {
             target, in_flight, ..
         } = &mut self.state
         else {
-            return;
+            return page.rows;
         };
         let Some(fetch) = in_flight.take() else {
-            return;
+            return page.rows;
         };
         if page.floor > fetch.after {
             // Retention pruned rows this replay still needed: say so, then continue from the
@@ -499,21 +543,20 @@ impl Subscription {
             let frame = self.reset_frame(FrameBuilder::new(), ResetReason::Pruned);
             self.write(frame, now);
             self.advance(now);
-            return;
+            return page.rows;
         }
-        for row in &page.rows {
+        for (index, row) in page.rows.iter().enumerate() {
             self.stats.replayed_rows += 1;
             if row.seq <= self.scanned || row.seq > fetch.upto {
                 continue;
             }
             self.scanned = row.seq;
             if self.shows(&row.project_id, row.session_id.as_deref(), &row.kind) {
-                let (frame, degraded) = self.encoder.frame(row);
+                let degraded = self.write_row(row, &page.rows[index + 1..], now);
                 if !degraded.is_empty() {
                     self.stats.degraded_rows += 1;
                     self.stats.last_degraded = Some((row.seq, degraded));
                 }
-                self.emit_change(frame, now);
             }
         }
         let covered = fetch.upto.min(page.head);
@@ -525,6 +568,7 @@ impl Subscription {
             }
         }
         self.advance(now);
+        page.rows
     }
 
     /// A live event from the broadcaster (in publish order; duplicates and events already
@@ -624,18 +668,55 @@ impl Subscription {
             .spell(Cursor::new(self.encoder.epoch(), self.scanned), tweak)
     }
 
+    /// Queues a frame built elsewhere (a live event's shared frame, a control frame): as it
+    /// is, or copied into the batch when one is being filled.
     fn write(&mut self, frame: Bytes, now: Duration) {
         self.last_write = now;
-        self.output.push_back(Output::Frame(frame));
+        if self.batch_frames == 0 {
+            self.output.push_back(Output::Frames {
+                bytes: frame,
+                count: 1,
+            });
+            return;
+        }
+        self.batch.extend_from_slice(&frame);
+        self.batch_frames += 1;
+        self.close_full_batch();
+    }
+
+    /// Encodes `row`'s change frame straight into the batch. `upcoming` are the rows that may
+    /// follow it in this page: a new batch reserves room for as many as it will hold.
+    fn write_row(&mut self, row: &EventRow, upcoming: &[EventRow], now: Duration) -> Degraded {
+        self.last_write = now;
+        self.count_change();
+        if self.batch_frames == 0 {
+            let limit = self.config.batch_bytes;
+            let mut room = frame_capacity(row);
+            for next in upcoming {
+                if room >= limit {
+                    break;
+                }
+                room += frame_capacity(next);
+            }
+            self.batch.reserve(room);
+        }
+        let degraded = self.encoder.append_frame(&mut self.batch, row);
+        self.batch_frames += 1;
+        self.close_full_batch();
+        degraded
     }
 
     fn emit_change(&mut self, frame: Bytes, now: Duration) {
+        self.count_change();
+        self.write(frame, now);
+    }
+
+    fn count_change(&mut self) {
         self.stats.change_frames += 1;
         if !self.ready_sent {
             self.change_frames_before_ready += 1;
         }
         self.announced = self.scanned;
-        self.write(frame, now);
     }
 
     fn reset_frame(&mut self, frame: FrameBuilder, reason: ResetReason) -> Bytes {
@@ -709,7 +790,7 @@ impl Subscription {
                             upto,
                         };
                         *in_flight = Some(fetch);
-                        self.output.push_back(Output::Fetch(fetch));
+                        self.push_output(Output::Fetch(fetch));
                     }
                 }
             }
@@ -775,7 +856,7 @@ impl Subscription {
             self.write(frame, now);
         }
         self.state = State::Closed;
-        self.output.push_back(Output::Close);
+        self.push_output(Output::Close);
     }
 }
 
@@ -820,6 +901,7 @@ mod tests {
             max_lifetime: lifetime.map(MS),
             replay_window: 4,
             max_held: 2,
+            batch_bytes: 0,
         }
     }
 
@@ -839,7 +921,7 @@ mod tests {
     fn drain(sub: &mut Subscription) -> Vec<String> {
         std::iter::from_fn(|| sub.poll_output())
             .map(|output| match output {
-                Output::Frame(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                Output::Frames { bytes, .. } => String::from_utf8(bytes.to_vec()).unwrap(),
                 Output::Fetch(fetch) => format!("fetch ({}, {}]", fetch.after, fetch.upto),
                 Output::Locate(locate) => format!("locate {} upto {}", locate.count, locate.upto),
                 Output::Close => "close".into(),
@@ -1206,5 +1288,96 @@ mod tests {
             MS(11),
         );
         assert!(drain(&mut sub).is_empty(), "closed");
+    }
+
+    /// Every output: frames as (count, text), the rest as [`drain`] spells it.
+    fn outputs(sub: &mut Subscription) -> Vec<(usize, String)> {
+        std::iter::from_fn(|| sub.poll_output())
+            .map(|output| match output {
+                Output::Frames { bytes, count } => {
+                    (count, String::from_utf8(bytes.to_vec()).unwrap())
+                }
+                Output::Fetch(fetch) => (0, format!("fetch ({}, {}]", fetch.after, fetch.upto)),
+                other => (0, format!("{other:?}")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replayed_frames_go_out_in_batches_that_end_once_they_reach_batch_bytes() {
+        let rows: Vec<EventRow> = (1..=4).map(|seq| row(seq, "a", "x")).collect();
+        let replay = |batch_bytes: usize| {
+            let mut config = config(1000, None);
+            config.batch_bytes = batch_bytes;
+            let mut sub = Subscription::new(after(0), Filter::all(), log(4, 4), config, MS(0));
+            let mut seen = outputs(&mut sub);
+            let back = sub.handle_page(page(rows.clone(), 4), MS(1));
+            assert_eq!(back, rows, "the page's rows come back for reuse");
+            seen.extend(outputs(&mut sub));
+            seen
+        };
+        let single = replay(0);
+        assert!(single.iter().all(|(count, _)| *count <= 1), "{single:?}");
+        // retry, fetch, four changes, ready.
+        assert_eq!(single.len(), 7, "{single:?}");
+        let frame = single[2].1.len();
+        assert!(single[2..6].iter().all(|(_, text)| text.len() == frame));
+        // Two frames reach the limit exactly: each batch ends there.
+        let batched = replay(2 * frame);
+        let counts: Vec<usize> = batched.iter().map(|(count, _)| *count).collect();
+        assert_eq!(counts, [1, 0, 2, 2, 1], "{batched:?}");
+        let joined = |outputs: &[(usize, String)]| -> String {
+            outputs.iter().map(|(_, text)| text.as_str()).collect()
+        };
+        assert_eq!(joined(&batched), joined(&single));
+        assert_eq!(batched[2].1, single[2].1.clone() + &single[3].1);
+        // One byte more: three changes reach it, and ready joins the fourth.
+        let counts: Vec<usize> = replay(2 * frame + 1).iter().map(|(c, _)| *c).collect();
+        assert_eq!(counts, [1, 0, 3, 2]);
+    }
+
+    #[test]
+    fn a_batch_goes_out_before_the_next_fetch_and_a_live_frame_is_not_copied() {
+        let mut config = config(1000, None);
+        config.replay_window = 2;
+        config.batch_bytes = 1 << 20;
+        let rows: Vec<EventRow> = (1..=4).map(|seq| row(seq, "a", "x")).collect();
+        let mut sub = Subscription::new(after(0), Filter::all(), log(4, 4), config, MS(0));
+        let first = outputs(&mut sub);
+        assert_eq!((first[0].0, first[1].1.as_str()), (1, "fetch (0, 2]"));
+        sub.handle_page(page(rows[..2].to_vec(), 4), MS(1));
+        let second = outputs(&mut sub);
+        assert_eq!(second.len(), 2, "{second:?}");
+        assert_eq!(second[0].0, 2);
+        assert!(second[0].1.starts_with("id: "), "{second:?}");
+        assert_eq!(second[1].1, "fetch (2, 4]");
+        sub.handle_page(page(rows[2..].to_vec(), 4), MS(2));
+        let third = outputs(&mut sub);
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].0, 3, "two changes and ready: {third:?}");
+        assert!(third[0].1.contains(READY_EVENT));
+        let event = live(5, "a");
+        sub.handle_live(&event, MS(3));
+        match sub.poll_output() {
+            Some(Output::Frames { bytes, count: 1 }) => {
+                assert_eq!(
+                    bytes.as_ptr(),
+                    event.frame.as_ptr(),
+                    "the shared frame itself"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Shutdown right after the last page: the batch (two changes, ready and the final
+        // checkpoint), then the end.
+        let mut batched = self::config(1000, None);
+        batched.batch_bytes = 1 << 20;
+        let mut sub = Subscription::new(after(0), Filter::all(), log(4, 4), batched, MS(0));
+        outputs(&mut sub);
+        sub.handle_page(page(rows[..2].to_vec(), 4), MS(1));
+        sub.handle_shutdown(MS(2));
+        let last = outputs(&mut sub);
+        assert_eq!(last.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [4, 0]);
+        assert_eq!(last[1].1, "Close");
     }
 }

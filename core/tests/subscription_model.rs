@@ -76,7 +76,12 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         start,
         projects,
         types,
-        (1usize..6, 1u64..12, prop::option::of(1000u64..20_000)),
+        (
+            1usize..6,
+            1u64..12,
+            prop::option::of(1000u64..20_000),
+            prop_oneof![Just(0usize), 1usize..600],
+        ),
         prop::collection::vec(action(), 0..120),
         (sessions, tenant),
     )
@@ -89,7 +94,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 start,
                 projects,
                 types,
-                (max_held, window, lifetime),
+                (max_held, window, lifetime, batch_bytes),
                 actions,
                 (sessions, tenant),
             )| {
@@ -107,6 +112,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     max_held,
                     window,
                     lifetime,
+                    batch_bytes,
                     actions,
                 }
             },
@@ -146,6 +152,7 @@ fn first_frame_id_makes_a_cursorless_client_resumable() {
         max_held: 4,
         window: 8,
         lifetime: None,
+        batch_bytes: 0,
         actions: vec![
             Action::Transmit(usize::MAX),
             Action::Commit(2),
@@ -183,6 +190,7 @@ fn an_unconfirmed_cursor_pruned_on_reconnect_was_owed_nothing_before_it() {
         max_held: 1,
         window: 3,
         lifetime: Some(9535),
+        batch_bytes: 0,
         actions: vec![Action::Commit(3), Action::Prune(8), Action::Disconnect],
     });
 }
@@ -216,6 +224,7 @@ fn rows_committed_before_connect_precede_ready_even_when_unpublished() {
         max_held: 1,
         window: 2,
         lifetime: None,
+        batch_bytes: 0,
         actions: vec![
             Action::AnswerFetch { sloppy: true },
             Action::AnswerFetch { sloppy: false },

@@ -83,7 +83,7 @@ fn transcript(world: &World, sealed: bool) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     let mut drain = |sub: &mut Subscription, log: &[EventRow], now: u64| loop {
         match sub.poll_output() {
-            Some(Output::Frame(frame)) => out.push((now, frame.to_vec())),
+            Some(Output::Frames { bytes, .. }) => out.push((now, bytes.to_vec())),
             Some(Output::Fetch(fetch)) => {
                 let rows = log
                     .iter()

@@ -233,7 +233,7 @@ fn run_script(script: &str) -> String {
                                 ));
                             }
                         }
-                        sub.handle_page(page, now)
+                        sub.handle_page(page, now);
                     }
                     other => panic!("unknown command {other}"),
                 }
@@ -242,7 +242,7 @@ fn run_script(script: &str) -> String {
         if let Some(sub) = subscription.as_mut() {
             while let Some(output) = sub.poll_output() {
                 match output {
-                    Output::Frame(bytes) => {
+                    Output::Frames { bytes, .. } => {
                         let text = String::from_utf8(bytes.to_vec()).unwrap();
                         let text = unseal(&text, key.as_ref());
                         writeln!(transcript, "  > {}", text.escape_debug()).unwrap();

@@ -29,10 +29,10 @@
 //! delayed. Dropping the stream releases its subscription and receiver at once.
 
 use bytes::{Bytes, BytesMut};
-use changefeed_core::subscription::SubscriptionStats;
+use changefeed_core::subscription::{SubscriptionConfig, SubscriptionStats};
 use changefeed_core::{
-    Cursor, Epoch, ErrorCode, EventsQuery, FetchRequest, Filter, LogPosition, Output, ReplayPage,
-    RequestError, Subscription,
+    Cursor, Epoch, ErrorCode, EventRow, EventsQuery, FetchRequest, Filter, LogPosition, Output,
+    ReplayPage, RequestError, Subscription,
 };
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
@@ -183,7 +183,11 @@ pub async fn open_with_token<S: Store, F: LiveFeed>(
             floor: bounds.floor,
             published,
         },
-        state.config().subscription.clone(),
+        SubscriptionConfig {
+            // The core writes replayed frames straight into buffers of the chunk size.
+            batch_bytes: state.config().coalesce_bytes,
+            ..state.config().subscription.clone()
+        },
         state.now(),
     );
     if query.last.is_some() {
@@ -215,6 +219,7 @@ pub async fn open_with_token<S: Store, F: LiveFeed>(
         state: state.clone(),
         fetch: None,
         live_budget: 0,
+        spare_rows: Vec::new(),
         done: false,
         reported: SubscriptionStats::default(),
         auth: stream_auth,
@@ -239,6 +244,8 @@ pub struct EventStream<S, F: LiveFeed> {
     fetch: Option<FetchRequest>,
     /// How many more live events may be taken from the ring without waiting.
     live_budget: usize,
+    /// The last replay page's rows, read over by the next window.
+    spare_rows: Vec<EventRow>,
     done: bool,
     /// The subscription counters already added to the metrics.
     reported: SubscriptionStats,
@@ -255,28 +262,31 @@ pub struct EventStream<S, F: LiveFeed> {
 /// Frames waiting to go out as one chunk.
 #[derive(Default)]
 struct Chunk {
-    frames: Vec<Bytes>,
+    /// The core's outputs, each one or more whole frames.
+    parts: Vec<Bytes>,
+    frames: usize,
     bytes: usize,
 }
 
 impl Chunk {
-    fn push(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
-        self.frames.push(frame);
+    fn push(&mut self, frames: Bytes, count: usize) {
+        self.bytes += frames.len();
+        self.frames += count;
+        self.parts.push(frames);
     }
 
     fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.parts.is_empty()
     }
 
     fn into_bytes(mut self) -> Bytes {
-        if self.frames.len() == 1 {
-            // The shared frame itself: no copy.
-            return self.frames.pop().unwrap_or_default();
+        if self.parts.len() == 1 {
+            // A shared live frame or the core's batch itself: no copy.
+            return self.parts.pop().unwrap_or_default();
         }
         let mut joined = BytesMut::with_capacity(self.bytes);
-        for frame in &self.frames {
-            joined.extend_from_slice(frame);
+        for part in &self.parts {
+            joined.extend_from_slice(part);
         }
         joined.freeze()
     }
@@ -315,8 +325,8 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
             // Drain everything the last input produced.
             while let Some(output) = self.subscription.poll_output() {
                 match output {
-                    Output::Frame(frame) => {
-                        chunk.push(frame);
+                    Output::Frames { bytes, count } => {
+                        chunk.push(bytes, count);
                         if chunk.bytes >= coalesce {
                             return Some(self.flush(chunk));
                         }
@@ -358,6 +368,8 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
                 }
                 continue;
             }
+            // Nothing left to fetch: the last page's rows go (an idle stream holds none).
+            self.spare_rows = Vec::new();
             self.wait_for_input().await;
         }
     }
@@ -408,11 +420,16 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
         self.subscription.handle_shutdown(self.state.now());
     }
 
-    /// Reads one replay window and gives it to the subscription.
+    /// Reads one replay window (into the last page's rows) and gives it to the subscription.
     async fn answer(&mut self, fetch: FetchRequest) -> Result<(), StoreError> {
-        let rows = self.state.store().window(&self.filter, fetch).await?;
+        let spare = std::mem::take(&mut self.spare_rows);
+        let rows = self
+            .state
+            .store()
+            .window_reusing(&self.filter, fetch, spare)
+            .await?;
         let page = replay_page(rows);
-        self.subscription.handle_page(page, self.state.now());
+        self.spare_rows = self.subscription.handle_page(page, self.state.now());
         Ok(())
     }
 
@@ -431,7 +448,7 @@ impl<S: Store, F: LiveFeed> EventStream<S, F> {
 impl<S, F: LiveFeed> EventStream<S, F> {
     fn flush(&mut self, chunk: Chunk) -> Bytes {
         let metrics = self.state.metrics();
-        metrics.frames_sent(chunk.frames.len() as u64, chunk.bytes as u64);
+        metrics.frames_sent(chunk.frames as u64, chunk.bytes as u64);
         self.report();
         chunk.into_bytes()
     }
@@ -875,15 +892,15 @@ mod tests {
     }
 
     #[test]
-    fn a_single_frame_is_sent_without_a_copy() {
+    fn a_single_output_is_sent_without_a_copy() {
         let frame = Bytes::from_static(b"data: x\n\n");
         let mut chunk = Chunk::default();
-        chunk.push(frame.clone());
+        chunk.push(frame.clone(), 1);
         assert_eq!(chunk.into_bytes().as_ptr(), frame.as_ptr());
         let mut chunk = Chunk::default();
-        chunk.push(frame.clone());
-        chunk.push(Bytes::from_static(b": hb\n\n"));
-        assert_eq!(chunk.bytes, 15);
-        assert_eq!(&chunk.into_bytes()[..], b"data: x\n\n: hb\n\n");
+        chunk.push(frame.clone(), 1);
+        chunk.push(Bytes::from_static(b": hb\n\n:\n\n"), 2);
+        assert_eq!((chunk.bytes, chunk.frames), (18, 3));
+        assert_eq!(&chunk.into_bytes()[..], b"data: x\n\n: hb\n\n:\n\n");
     }
 }

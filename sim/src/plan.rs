@@ -195,6 +195,7 @@ impl Scenario {
                 max_lifetime: chance(&mut rng, 20).then(|| millis(rng.u64(1_000..=8_000))),
                 replay_window: pick(&mut rng, &[1, 3, 16, 256]),
                 max_held: pick(&mut rng, &[1, 4, 32]),
+                batch_bytes: 0,
             },
             broadcast_capacity: pick(&mut rng, &[1, 4, 16, 256]),
             tailer: TailerConfig {

@@ -25,6 +25,13 @@ impl FrameBuilder {
         }
     }
 
+    /// Continues `buf`: the frame is appended after what `buf` already holds (other whole
+    /// frames), and [`FrameBuilder::end`] gives the buffer back. This is how consecutive frames
+    /// are written straight into one output buffer.
+    pub fn appending(buf: Vec<u8>) -> FrameBuilder {
+        FrameBuilder { buf }
+    }
+
     /// `retry: <ms>`.
     pub fn retry(mut self, millis: u64) -> Self {
         self.buf.extend_from_slice(b"retry: ");
@@ -36,6 +43,19 @@ impl FrameBuilder {
     /// `id: <value>`; CR, LF and NUL are removed (a NUL would make parsers ignore the id).
     pub fn id(self, value: &str) -> Self {
         self.single_line_field(b"id: ", value, |b| matches!(b, b'\r' | b'\n' | 0))
+    }
+
+    /// `id: <value>` where `write` appends the value straight into the frame and guarantees
+    /// it holds no CR, LF or NUL (checked in debug builds): ids the server spells itself.
+    pub fn id_with(mut self, write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        self.buf.extend_from_slice(b"id: ");
+        let start = self.buf.len();
+        write(&mut self.buf);
+        debug_assert!(!self.buf[start..]
+            .iter()
+            .any(|b| matches!(b, b'\r' | b'\n' | 0)));
+        self.buf.push(b'\n');
+        self
     }
 
     /// `event: <name>`; CR and LF are removed so a name cannot end its line.
@@ -101,9 +121,15 @@ impl FrameBuilder {
     }
 
     /// Ends the frame with its blank line.
-    pub fn finish(mut self) -> Bytes {
+    pub fn finish(self) -> Bytes {
+        Bytes::from(self.end())
+    }
+
+    /// Ends the frame with its blank line and gives back the buffer: the frames it held
+    /// before ([`FrameBuilder::appending`]) and this one.
+    pub fn end(mut self) -> Vec<u8> {
         self.buf.push(b'\n');
-        Bytes::from(self.buf)
+        self.buf
     }
 
     fn single_line_field(mut self, prefix: &[u8], value: &str, drop: fn(u8) -> bool) -> Self {
@@ -154,6 +180,16 @@ mod tests {
         });
         assert_eq!(written, 7);
         assert_eq!(&frame.finish()[..], b"id: 8\ndata: {\"a\":1}\n\n");
+    }
+
+    #[test]
+    fn a_frame_can_continue_a_buffer_of_frames() {
+        let buffer = FrameBuilder::new().comment("").end();
+        let buffer = FrameBuilder::appending(buffer)
+            .id_with(|id| id.extend_from_slice(b"e:7"))
+            .data_line(b"{}")
+            .end();
+        assert_eq!(&buffer[..], b":\n\nid: e:7\ndata: {}\n\n");
     }
 
     #[test]

@@ -256,6 +256,19 @@ pub trait Store: Clone + Send + Sync + 'static {
         range: FetchRequest,
     ) -> impl Future<Output = Result<Rows, StoreError>> + Send;
 
+    /// [`Store::window`], reading into the allocations of `spare` (the rows of a page the
+    /// caller is done with) where the store can, so a long replay does not allocate and free
+    /// every row's strings. The default drops them.
+    fn window_reusing(
+        &self,
+        filter: &Filter,
+        range: FetchRequest,
+        spare: Vec<EventRow>,
+    ) -> impl Future<Output = Result<Rows, StoreError>> + Send {
+        drop(spare);
+        self.window(filter, range)
+    }
+
     /// `last=`: the seq of the `request.count`-th newest row at or below `request.upto` that
     /// `filter` matches exactly ([`Filter::matches_row`]), or `None` when fewer match, with the
     /// floor (`PROTOCOL.md`, "Store contract for the core's requests"). The default walks

@@ -61,9 +61,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[cfg(test)]
-use changefeed_core::EventRow;
-use changefeed_core::{Epoch, FetchRequest, Filter, PayloadCheck, Seq, TypePattern};
+use changefeed_core::{Epoch, EventRow, FetchRequest, Filter, PayloadCheck, Seq, TypePattern};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -644,7 +642,12 @@ impl SqliteStore {
     /// more of CPU, and live streams, the tailer and writers in this process must not queue
     /// behind replays. The read runs to its end even when the caller goes away, so the
     /// connection always goes back to the pool outside any transaction.
-    async fn read_window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
+    async fn read_window(
+        &self,
+        filter: &Filter,
+        range: FetchRequest,
+        spare: Vec<EventRow>,
+    ) -> Result<Rows, StoreError> {
         let query = WindowQuery::new(ROW_COLUMNS, filter, range);
         let span = range.upto.0.saturating_sub(range.after.0);
         let capacity = usize::try_from(span.min(4096)).unwrap_or(0);
@@ -664,6 +667,7 @@ impl SqliteStore {
                         &query.binds,
                         inner.payload_check,
                         capacity,
+                        spare,
                     )?,
                 };
                 Ok((rows, inner.bounds_in(connection)?))
@@ -710,6 +714,7 @@ impl SqliteStore {
                 &[],
                 self.inner.payload_check,
                 limit.min(4096),
+                Vec::new(),
             )?;
             Ok((rows, self.inner.bounds_in(connection)?))
         })?;
@@ -724,8 +729,17 @@ impl Store for SqliteStore {
     }
 
     async fn window(&self, filter: &Filter, range: FetchRequest) -> Result<Rows, StoreError> {
+        self.window_reusing(filter, range, Vec::new()).await
+    }
+
+    async fn window_reusing(
+        &self,
+        filter: &Filter,
+        range: FetchRequest,
+        spare: Vec<EventRow>,
+    ) -> Result<Rows, StoreError> {
         self.check_identity()?;
-        self.explained(self.read_window(filter, range).await)
+        self.explained(self.read_window(filter, range, spare).await)
     }
 
     async fn locate(
@@ -1445,6 +1459,24 @@ mod tests {
         assert_eq!(full.len(), 8);
         assert_eq!(direct.rows(), &full[..]);
         assert_eq!(after.rows(), &full[..]);
+        // Read over the rows of another page: longer strings, sessions where none are, more
+        // rows than the window has. Nothing of them shows through.
+        let spare: Vec<EventRow> = (1..=12)
+            .map(|seq| EventRow {
+                seq: Seq(seq),
+                project_id: "a much longer project id than any row has".into(),
+                session_id: Some("a session where the row has none".into()),
+                kind: "leftover_kind_name".into(),
+                payload: "{\"left\":\"over from the last page\"}".into(),
+                payload_check: PayloadCheck::Valid,
+                created_at: "2000-01-01T00:00:00.000000Z".into(),
+            })
+            .collect();
+        let reused = store
+            .window_reusing(&Filter::all(), range(0, head.0), spare)
+            .await
+            .unwrap();
+        assert_eq!(reused.rows(), &full[..]);
         store.close().await;
     }
 

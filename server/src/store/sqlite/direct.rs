@@ -14,7 +14,7 @@
 //! read gate stay sqlx's and the caller's. Rows of any storage class read exactly as
 //! the sqlx-based oracle in the store's tests reads them (a test compares the two).
 
-use changefeed_core::{EventRow, PayloadCheck};
+use changefeed_core::{EventRow, PayloadCheck, Seq};
 use rusqlite::types::ValueRef;
 use sqlx::sqlite::LockedSqliteHandle;
 
@@ -50,7 +50,7 @@ pub(super) fn in_snapshot<T>(
 }
 
 /// The rows of `sql` (which selects [`super::ROW_COLUMNS`] and takes the two `leading`
-/// integers, then `binds`).
+/// integers, then `binds`), read into the rows of `spare` as far as it has them.
 pub(super) fn rows(
     connection: &rusqlite::Connection,
     sql: &str,
@@ -58,6 +58,7 @@ pub(super) fn rows(
     binds: &[String],
     payload_check: PayloadCheck,
     capacity: usize,
+    spare: Vec<EventRow>,
 ) -> Result<Vec<EventRow>, StoreError> {
     let mut statement = connection.prepare(sql).map_err(store_error)?;
     statement
@@ -71,17 +72,39 @@ pub(super) fn rows(
             .raw_bind_parameter(index + 3, value.as_str())
             .map_err(store_error)?;
     }
-    let mut rows = Vec::with_capacity(capacity);
+    // The spare rows' strings are overwritten in place: a replay allocates per window, not
+    // per row.
+    let mut rows = spare;
+    rows.reserve(capacity.saturating_sub(rows.len()));
+    let mut read = 0;
     let mut stepped = statement.raw_query();
     while let Some(row) = stepped.next().map_err(store_error)? {
-        rows.push(event_row(row, payload_check)?);
+        if read == rows.len() {
+            rows.push(EventRow {
+                seq: Seq::ZERO,
+                project_id: String::new(),
+                session_id: None,
+                kind: String::new(),
+                payload: String::new(),
+                payload_check,
+                created_at: String::new(),
+            });
+        }
+        read_row(row, payload_check, &mut rows[read])?;
+        read += 1;
     }
+    rows.truncate(read);
     Ok(rows)
 }
 
-/// One row, with the store's rules for every storage class (see the module docs of
-/// [`super`]: ids and kinds that are not TEXT read as none, a NULL payload as `null`).
-fn event_row(row: &rusqlite::Row<'_>, payload_check: PayloadCheck) -> Result<EventRow, StoreError> {
+/// One row into `out` (every field overwritten, its strings' allocations kept), with the
+/// store's rules for every storage class (see the module docs of [`super`]: ids and kinds
+/// that are not TEXT read as none, a NULL payload as `null`).
+fn read_row(
+    row: &rusqlite::Row<'_>,
+    payload_check: PayloadCheck,
+    out: &mut EventRow,
+) -> Result<(), StoreError> {
     let value = |index: usize| row.get_ref(index).map_err(store_error);
     let seq = match value(0)? {
         ValueRef::Integer(seq) => seq_from("seq", seq)?,
@@ -101,42 +124,58 @@ fn event_row(row: &rusqlite::Row<'_>, payload_check: PayloadCheck) -> Result<Eve
     let kind = value(3).map_err(at_seq)?;
     let payload = value(4).map_err(at_seq)?;
     let created_at = value(5).map_err(at_seq)?;
-    Ok(EventRow {
-        seq,
-        project_id: text_or_empty(project),
-        session_id: match session {
-            ValueRef::Text(bytes) => Some(super::utf8_text(bytes)),
-            _ => None,
-        },
-        kind: text_or_empty(kind),
-        payload_check: match payload {
-            ValueRef::Text(_) => payload_check,
-            _ => PayloadCheck::Unchecked,
-        },
-        payload: match payload {
-            ValueRef::Null => "null".to_owned(),
-            other => as_text(other),
-        },
-        created_at: as_text(created_at),
-    })
+    out.seq = seq;
+    set_text_or_empty(&mut out.project_id, project);
+    match (session, &mut out.session_id) {
+        (ValueRef::Text(bytes), Some(session_id)) => set_utf8(session_id, bytes),
+        (ValueRef::Text(bytes), none) => *none = Some(super::utf8_text(bytes)),
+        (_, session_id) => *session_id = None,
+    }
+    set_text_or_empty(&mut out.kind, kind);
+    out.payload_check = match payload {
+        ValueRef::Text(_) => payload_check,
+        _ => PayloadCheck::Unchecked,
+    };
+    match payload {
+        ValueRef::Null => {
+            out.payload.clear();
+            out.payload.push_str("null");
+        }
+        other => set_as_text(&mut out.payload, other),
+    }
+    set_as_text(&mut out.created_at, created_at);
+    Ok(())
+}
+
+/// `bytes` as UTF-8 (invalid sequences replaced, like [`super::utf8_text`]) into `out`.
+fn set_utf8(out: &mut String, bytes: &[u8]) {
+    out.clear();
+    out.push_str(&String::from_utf8_lossy(bytes));
 }
 
 /// An id or kind: TEXT as it is, any other class as the empty string (no filter names it).
-fn text_or_empty(value: ValueRef<'_>) -> String {
+fn set_text_or_empty(out: &mut String, value: ValueRef<'_>) {
     match value {
-        ValueRef::Text(bytes) => super::utf8_text(bytes),
-        _ => String::new(),
+        ValueRef::Text(bytes) => set_utf8(out, bytes),
+        _ => out.clear(),
     }
 }
 
 /// A value of any class as text, as [`super::column_text`] reads it: INTEGER and REAL in
 /// decimal (REAL without an exponent), TEXT and BLOB as UTF-8, NULL as the empty string.
-fn as_text(value: ValueRef<'_>) -> String {
+fn set_as_text(out: &mut String, value: ValueRef<'_>) {
+    use std::fmt::Write as _;
     match value {
-        ValueRef::Null => String::new(),
-        ValueRef::Integer(number) => number.to_string(),
-        ValueRef::Real(number) => number.to_string(),
-        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => super::utf8_text(bytes),
+        ValueRef::Null => out.clear(),
+        ValueRef::Integer(number) => {
+            out.clear();
+            write!(out, "{number}").expect("writing into a String cannot fail");
+        }
+        ValueRef::Real(number) => {
+            out.clear();
+            write!(out, "{number}").expect("writing into a String cannot fail");
+        }
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => set_utf8(out, bytes),
     }
 }
 
