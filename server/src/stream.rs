@@ -14,9 +14,11 @@
 //! **Driving** follows the core's rule: after every input, drain `poll_output` until it is
 //! empty, and only then give the next input. Inputs are, in priority order: a replay window
 //! read for the core's `Fetch` (or, once shutdown began, the shutdown instead, so long replays
-//! end promptly), shutdown, a live event or lag signal, and the core's deadline. Frames are
-//! coalesced into chunks of up to [`ServerConfig::coalesce_bytes`](crate::ServerConfig); queued
-//! frames are sent before a store read or a wait, so a client gets its first frame at once.
+//! end promptly), shutdown, a live event or lag signal, and the core's deadline. The core
+//! writes replayed frames into batches of [`ServerConfig::coalesce_bytes`](crate::ServerConfig)
+//! and its outputs are coalesced into chunks of up to that size; queued frames are sent before
+//! a store read or a wait, so a client gets its first frame at once. Each window is read into
+//! the rows of the last one.
 //! After a live event wakes the stream, up to `live_drain` more are taken from the ring
 //! without waiting, one input at a time.
 //!
