@@ -387,8 +387,20 @@ mod tests {
         }
         assert_eq!(buffer, expected);
         assert_eq!(encoder.frame(&rows[1]).1, Degraded::PAYLOAD);
-        for row in &rows {
-            assert!(frame_capacity(row) >= encoder.frame(row).0.len());
+        // The estimate covers the frame and stays within its fixed slack of it.
+        let long = EventRow {
+            project_id: "a-project-with-a-longer-name".into(),
+            session_id: Some("session-with-a-name".into()),
+            kind: "review_thread_resolved".into(),
+            payload: format!("{{\"pad\":\"{}\"}}", "x".repeat(200)),
+            ..row(None, "")
+        };
+        for row in rows.iter().chain([&long]) {
+            let (capacity, frame) = (frame_capacity(row), encoder.frame(row).0.len());
+            assert!(
+                (frame..frame + 192).contains(&capacity),
+                "{capacity} for {frame}"
+            );
         }
     }
 

@@ -209,6 +209,19 @@ pub enum Output {
     Close,
 }
 
+/// The room a batch starting with `first` reserves: its frames up to the first that reaches
+/// `limit`, as far as `upcoming` has them (one allocation per batch).
+fn batch_room(first: &EventRow, upcoming: &[EventRow], limit: usize) -> usize {
+    let mut room = frame_capacity(first);
+    for next in upcoming {
+        if room >= limit {
+            break;
+        }
+        room += frame_capacity(next);
+    }
+    room
+}
+
 /// Why [`Subscription::poll_timeout`] wants to be woken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutReason {
@@ -690,15 +703,8 @@ impl Subscription {
         self.last_write = now;
         self.count_change();
         if self.batch_frames == 0 {
-            let limit = self.config.batch_bytes;
-            let mut room = frame_capacity(row);
-            for next in upcoming {
-                if room >= limit {
-                    break;
-                }
-                room += frame_capacity(next);
-            }
-            self.batch.reserve(room);
+            self.batch
+                .reserve(batch_room(row, upcoming, self.config.batch_bytes));
         }
         let degraded = self.encoder.append_frame(&mut self.batch, row);
         self.batch_frames += 1;
@@ -1379,5 +1385,17 @@ mod tests {
         let last = outputs(&mut sub);
         assert_eq!(last.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [4, 0]);
         assert_eq!(last[1].1, "Close");
+    }
+
+    #[test]
+    fn a_batch_reserves_room_for_the_frames_it_will_hold() {
+        let rows: Vec<EventRow> = (1..=4).map(|seq| row(seq, "a", "x")).collect();
+        let each = frame_capacity(&rows[0]);
+        assert_eq!(batch_room(&rows[0], &rows[1..], 0), each);
+        assert_eq!(batch_room(&rows[0], &rows[1..], each), each);
+        assert_eq!(batch_room(&rows[0], &rows[1..], each + 1), 2 * each);
+        assert_eq!(batch_room(&rows[0], &rows[1..], 2 * each + 1), 3 * each);
+        assert_eq!(batch_room(&rows[0], &rows[1..], usize::MAX), 4 * each);
+        assert_eq!(batch_room(&rows[0], &[], usize::MAX), each);
     }
 }

@@ -61,6 +61,7 @@ struct FuzzScenario {
     max_held: u8,
     window: u8,
     lifetime: Option<u16>,
+    batch_bytes: u16,
     actions: Vec<FuzzAction>,
 }
 
@@ -140,6 +141,8 @@ impl From<FuzzScenario> for Scenario {
             max_held: 1 + usize::from(f.max_held) % 5,
             window: 1 + u64::from(f.window) % 11,
             lifetime: f.lifetime.map(|ms| 1000 + u64::from(ms) % 19_000),
+            // 0 (every frame alone) or batches of up to a few frames.
+            batch_bytes: usize::from(f.batch_bytes) % 600,
             actions: f
                 .actions
                 .into_iter()
