@@ -1407,6 +1407,14 @@ mod tests {
 
     #[tokio::test]
     async fn window_rows_read_exactly_as_sqlx_reads_the_columns() {
+        // Another program's database may store its text as UTF-16: SQLite converts it for
+        // both readers alike.
+        for encoding in ["UTF-8", "UTF-16le", "UTF-16be"] {
+            window_rows_read_exactly_as_sqlx_reads_them(encoding).await;
+        }
+    }
+
+    async fn window_rows_read_exactly_as_sqlx_reads_them(encoding: &str) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("direct.db");
         let url = format!("sqlite://{}", path.display());
@@ -1416,6 +1424,10 @@ mod tests {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal);
         let mut connection = SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query(&format!("PRAGMA encoding = '{encoding}'"))
+            .execute(&mut connection)
+            .await
+            .unwrap();
         sqlx::query(
             "CREATE TABLE change_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, project_id, \
              session_id, event_type, payload, created_at)",
@@ -1456,7 +1468,13 @@ mod tests {
         .iter()
         .map(|row| row_from(row, store.inner.payload_check).unwrap())
         .collect();
-        assert_eq!(full.len(), 8);
+        assert_eq!(full.len(), 8, "{encoding}");
+        let stored: String = sqlx::query_scalar("PRAGMA encoding")
+            .fetch_one(&store.inner.read)
+            .await
+            .unwrap();
+        assert_eq!(stored.to_lowercase(), encoding.to_lowercase());
+        assert_eq!(full[2].project_id, "é☃", "{encoding}");
         assert_eq!(direct.rows(), &full[..]);
         assert_eq!(after.rows(), &full[..]);
         // Read over the rows of another page: longer strings, sessions where none are, more
