@@ -66,7 +66,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection, Decode, Row, Sqlite, Transaction, TypeInfo, ValueRef};
+use sqlx::{Connection, Row, Sqlite, Transaction};
+#[cfg(test)]
+use sqlx::{Decode, TypeInfo, ValueRef};
 use tokio::sync::watch;
 
 use super::{
@@ -114,9 +116,6 @@ const BOUNDS_SQL: &str = "SELECT \
      (SELECT value FROM changefeed_meta WHERE key = 'epoch'), \
      COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0), \
      (SELECT value FROM changefeed_meta WHERE key = 'floor')";
-
-/// Rows a read connection's worker thread may step ahead of the reader.
-const READ_ROW_CHANNEL: usize = 1024;
 
 /// How to open a [`SqliteStore`]; [`Default`] is what [`SqliteStore::open`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,14 +319,10 @@ impl SqliteStore {
             PayloadCheck::Unchecked
         };
 
-        // Readers only read (an owned database is in WAL mode now, a persistent setting).
-        // Rows read through sqlx (`locate`'s scans) queue up on the connection's worker thread
-        // instead of making it wait for the reader every 50 rows (sqlx's default channel);
-        // replay windows, `rows_after` and the bounds step SQLite themselves ([`direct`]).
-        let read_options = base
-            .clone()
-            .pragma("query_only", "ON")
-            .row_buffer_size(READ_ROW_CHANNEL);
+        // Readers only read (an owned database is in WAL mode now, a persistent setting). No
+        // log rows go through sqlx's row channel: replay windows, `rows_after`, `locate`'s
+        // scans and the bounds step SQLite themselves ([`direct`]).
+        let read_options = base.clone().pragma("query_only", "ON");
         let read = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .connect_with(read_options.clone())
@@ -652,52 +647,62 @@ impl SqliteStore {
         let span = range.upto.0.saturating_sub(range.after.0);
         let capacity = usize::try_from(span.min(4096)).unwrap_or(0);
         let inner = Arc::clone(&self.inner);
-        let read = tokio::task::spawn_blocking(move || {
-            let runtime = tokio::runtime::Handle::current();
-            let _turn = runtime.block_on(inner.gate.enter());
-            let mut connection = runtime.block_on(inner.read.acquire())?;
-            let mut handle = runtime.block_on(connection.lock_handle())?;
-            let (rows, bounds) = direct::in_snapshot(&mut handle, |connection| {
-                let rows = match &query {
-                    None => Vec::new(),
-                    Some(query) => direct::rows(
-                        connection,
-                        &query.sql,
-                        (to_sql(range.after), to_sql(range.upto)),
-                        &query.binds,
-                        inner.payload_check,
-                        capacity,
-                        spare,
-                    )?,
-                };
-                Ok((rows, inner.bounds_in(connection)?))
-            })?;
-            Ok(Rows::new(rows, bounds))
-        });
-        match read.await {
-            Ok(rows) => rows,
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(error) => Err(StoreError::transient(format!(
-                "replay read cancelled: {error}"
-            ))),
-        }
+        self.blocking_read(move |connection| {
+            let rows = match &query {
+                None => Vec::new(),
+                Some(query) => direct::rows(
+                    connection,
+                    &query.sql,
+                    (to_sql(range.after), to_sql(range.upto)),
+                    &query.binds,
+                    inner.payload_check,
+                    capacity,
+                    spare,
+                )?,
+            };
+            Ok(Rows::new(rows, inner.bounds_in(connection)?))
+        })
+        .await
     }
 
     /// One backwards index scan instead of the default walk of replay windows (see
-    /// [`locate`]), in one read transaction.
+    /// [`locate`]), in one read transaction stepped directly, on a blocking thread like a
+    /// window: a filter that matches few rows scans far.
     async fn read_locate(
         &self,
         filter: &Filter,
         request: changefeed_core::LocateRequest,
     ) -> Result<changefeed_core::Located, StoreError> {
-        let mut transaction = self.inner.read.begin().await?;
-        let bounds = {
-            let mut handle = transaction.lock_handle().await?;
-            direct::with_connection(&mut handle, |connection| self.inner.bounds_in(connection))?
-        };
-        let located = locate::locate_in(&mut transaction, &bounds, filter, request).await?;
-        transaction.commit().await?;
-        Ok(located)
+        let inner = Arc::clone(&self.inner);
+        let filter = filter.clone();
+        self.blocking_read(move |connection| {
+            let bounds = inner.bounds_in(connection)?;
+            locate::locate_in(connection, &bounds, &filter, request)
+        })
+        .await
+    }
+
+    /// `read` in one read transaction on a pooled connection, on a blocking thread (see
+    /// [`Self::read_window`]).
+    async fn blocking_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let read = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Handle::current();
+            let _turn = runtime.block_on(inner.gate.enter());
+            let mut connection = runtime.block_on(inner.read.acquire())?;
+            let mut handle = runtime.block_on(connection.lock_handle())?;
+            direct::in_snapshot(&mut handle, read)
+        });
+        match read.await {
+            Ok(value) => value,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(StoreError::transient(format!(
+                "store read cancelled: {error}"
+            ))),
+        }
     }
 
     async fn read_rows_after(&self, after: Seq, limit: usize) -> Result<Rows, StoreError> {
@@ -1222,7 +1227,8 @@ fn utf8_text(bytes: &[u8]) -> String {
     }
 }
 
-/// SQLite's storage classes (what `typeof()` answers).
+/// SQLite's storage classes (what `typeof()` answers), for the tests' sqlx oracle.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StorageClass {
     Null,
@@ -1234,7 +1240,9 @@ enum StorageClass {
 
 /// A column's storage class and its value as text: INTEGER in decimal, REAL in decimal without
 /// an exponent (so the timestamp codec reads unix times stored as REAL), TEXT and BLOB as
-/// UTF-8 (invalid sequences replaced by U+FFFD), NULL as the empty string.
+/// UTF-8 (invalid sequences replaced by U+FFFD), NULL as the empty string. The tests' sqlx
+/// oracle for the direct reader.
+#[cfg(test)]
 fn column_text(row: &SqliteRow, index: usize) -> Result<(StorageClass, String), sqlx::Error> {
     let value = row.try_get_raw(index)?;
     if value.is_null() {

@@ -1,12 +1,13 @@
-//! Replay windows, `rows_after` and the log's bounds, stepped straight off a read connection's
-//! SQLite handle.
+//! Replay windows, `rows_after`, `last=`'s locate scan (`locate.rs`) and the log's bounds,
+//! stepped straight off a read connection's SQLite handle.
 //!
 //! sqlx steps a statement on the connection's worker thread, copies every value of every row
 //! into a row object, and sends each row through a channel to the reading task, which frees it:
 //! a thread hand-off, six value copies and cross-thread frees per row, most of a replay's cost.
 //! Here the reading task locks the connection (sqlx's worker waits meanwhile), steps the window's
 //! statement itself and turns each row into an [`EventRow`] from SQLite's own buffers, which
-//! SQLite reuses for the next row.
+//! SQLite reuses for the next row (written over the strings of a spare row where the caller
+//! has one).
 //!
 //! The same goes for the bounds read with them, and the transaction around both: locking the
 //! handle is the one round trip to the worker thread per read (sqlx's `BEGIN`, query and
@@ -105,33 +106,23 @@ fn read_row(
     payload_check: PayloadCheck,
     out: &mut EventRow,
 ) -> Result<(), StoreError> {
-    let value = |index: usize| row.get_ref(index).map_err(store_error);
-    let seq = match value(0)? {
-        ValueRef::Integer(seq) => seq_from("seq", seq)?,
-        other => {
-            return Err(StoreError::bad_data(
-                None,
-                format!("change_log seq is not an integer: {:?}", other.data_type()),
-            ))
-        }
-    };
+    let seq = read_seq(row)?;
     let at_seq = |error: StoreError| StoreError {
         seq: Some(seq),
         ..error
     };
-    let project = value(1).map_err(at_seq)?;
-    let session = value(2).map_err(at_seq)?;
-    let kind = value(3).map_err(at_seq)?;
-    let payload = value(4).map_err(at_seq)?;
-    let created_at = value(5).map_err(at_seq)?;
+    let value = |index: usize| row.get_ref(index).map_err(store_error).map_err(at_seq);
+    read_ids(
+        row,
+        seq,
+        (1, 2, 3),
+        &mut out.project_id,
+        &mut out.session_id,
+        &mut out.kind,
+    )?;
+    let payload = value(4)?;
+    let created_at = value(5)?;
     out.seq = seq;
-    set_text_or_empty(&mut out.project_id, project);
-    match (session, &mut out.session_id) {
-        (ValueRef::Text(bytes), Some(session_id)) => set_utf8(session_id, bytes),
-        (ValueRef::Text(bytes), none) => *none = Some(super::utf8_text(bytes)),
-        (_, session_id) => *session_id = None,
-    }
-    set_text_or_empty(&mut out.kind, kind);
     out.payload_check = match payload {
         ValueRef::Text(_) => payload_check,
         _ => PayloadCheck::Unchecked,
@@ -144,6 +135,44 @@ fn read_row(
         other => set_as_text(&mut out.payload, other),
     }
     set_as_text(&mut out.created_at, created_at);
+    Ok(())
+}
+
+/// The row's seq, its first column.
+pub(super) fn read_seq(row: &rusqlite::Row<'_>) -> Result<Seq, StoreError> {
+    match row.get_ref(0).map_err(store_error)? {
+        ValueRef::Integer(seq) => seq_from("seq", seq),
+        other => Err(StoreError::bad_data(
+            None,
+            format!("change_log seq is not an integer: {:?}", other.data_type()),
+        )),
+    }
+}
+
+/// The project, session and kind of the row at `seq` (their column indexes in `columns`) into
+/// the strings given, as replay reads them: TEXT as it is; a project or kind of any other
+/// class as the empty string, a session of any other class as none (no filter names them).
+pub(super) fn read_ids(
+    row: &rusqlite::Row<'_>,
+    seq: Seq,
+    columns: (usize, usize, usize),
+    project: &mut String,
+    session: &mut Option<String>,
+    kind: &mut String,
+) -> Result<(), StoreError> {
+    let value = |index: usize| {
+        row.get_ref(index).map_err(|error| StoreError {
+            seq: Some(seq),
+            ..store_error(error)
+        })
+    };
+    set_text_or_empty(project, value(columns.0)?);
+    match (value(columns.1)?, &mut *session) {
+        (ValueRef::Text(bytes), Some(session_id)) => set_utf8(session_id, bytes),
+        (ValueRef::Text(bytes), none) => *none = Some(super::utf8_text(bytes)),
+        (_, session_id) => *session_id = None,
+    }
+    set_text_or_empty(kind, value(columns.2)?);
     Ok(())
 }
 
@@ -161,7 +190,7 @@ fn set_text_or_empty(out: &mut String, value: ValueRef<'_>) {
     }
 }
 
-/// A value of any class as text, as [`super::column_text`] reads it: INTEGER and REAL in
+/// A value of any class as text, as the tests' sqlx oracle (`column_text`) reads it: INTEGER and REAL in
 /// decimal (REAL without an exponent), TEXT and BLOB as UTF-8, NULL as the empty string.
 fn set_as_text(out: &mut String, value: ValueRef<'_>) {
     use std::fmt::Write as _;

@@ -11,10 +11,9 @@
 //! `direct`), so the count is of exactly the rows a replay would send.
 
 use changefeed_core::{Filter, LocateRequest, Located, Seq};
-use futures_util::TryStreamExt;
-use sqlx::sqlite::SqliteConnection;
 
-use super::{column_text, placeholders, push_kind_filter, seq_from, to_sql, StorageClass};
+use super::direct::{self, store_error};
+use super::{placeholders, push_kind_filter, to_sql};
 use crate::store::{LogBounds, StoreError};
 
 /// The SQL of a locate scan and its binds after `floor` and `upto`; `None` when nothing can
@@ -98,8 +97,8 @@ fn numbered(sql: &str) -> String {
 
 /// Answers `request` in the read transaction of `connection`, whose bounds are `bounds`: rows
 /// at or below the floor are never counted (a stream never starts below it anyway).
-pub(super) async fn locate_in(
-    connection: &mut SqliteConnection,
+pub(super) fn locate_in(
+    connection: &rusqlite::Connection,
     bounds: &LogBounds,
     filter: &Filter,
     request: LocateRequest,
@@ -113,16 +112,15 @@ pub(super) async fn locate_in(
         return Ok(located(None));
     }
     let count = request.count as usize;
-    let nth = scan(connection, bounds.floor, upto, filter, count)
-        .await?
+    let nth = scan(connection, bounds.floor, upto, filter, count)?
         .get(count - 1)
         .copied();
     Ok(located(nth))
 }
 
 /// The seqs of the newest `count` rows in `(floor, upto]` the filter matches, newest first.
-async fn scan(
-    connection: &mut SqliteConnection,
+fn scan(
+    connection: &rusqlite::Connection,
     floor: Seq,
     upto: Seq,
     filter: &Filter,
@@ -131,26 +129,24 @@ async fn scan(
     let Some(query) = LocateQuery::new(filter) else {
         return Ok(Vec::new());
     };
-    let mut statement = sqlx::query(&query.sql)
-        .bind(to_sql(floor))
-        .bind(to_sql(upto));
-    for value in &query.binds {
-        statement = statement.bind(value.as_str());
+    let mut statement = connection.prepare(&query.sql).map_err(store_error)?;
+    statement
+        .raw_bind_parameter(1, to_sql(floor))
+        .map_err(store_error)?;
+    statement
+        .raw_bind_parameter(2, to_sql(upto))
+        .map_err(store_error)?;
+    for (index, value) in query.binds.iter().enumerate() {
+        statement
+            .raw_bind_parameter(index + 3, value.as_str())
+            .map_err(store_error)?;
     }
-    let mut rows = statement.fetch(&mut *connection);
+    let mut rows = statement.raw_query();
     let mut found = Vec::new();
-    while let Some(row) = rows.try_next().await? {
-        let seq = seq_from("seq", sqlx::Row::try_get(&row, 0)?)?;
-        let text = |index| -> Result<Option<String>, StoreError> {
-            let (class, value) = column_text(&row, index).map_err(|error| StoreError {
-                seq: Some(seq),
-                ..StoreError::from(error)
-            })?;
-            Ok((class == StorageClass::Text).then_some(value))
-        };
-        let project = text(1)?.unwrap_or_default();
-        let session = text(2)?;
-        let kind = text(3)?.unwrap_or_default();
+    let (mut project, mut session, mut kind) = (String::new(), None, String::new());
+    while let Some(row) = rows.next().map_err(store_error)? {
+        let seq = direct::read_seq(row)?;
+        direct::read_ids(row, seq, (1, 2, 3), &mut project, &mut session, &mut kind)?;
         if filter.matches_event(&project, session.as_deref(), &kind) {
             found.push(seq);
             if found.len() == count {
