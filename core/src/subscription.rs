@@ -492,20 +492,23 @@ impl Subscription {
         Some(Output::Frames { bytes, count })
     }
 
-    /// Queues a non-frame output, after the batch.
-    fn push_output(&mut self, output: Output) {
+    /// Moves the batch, if any, to the end of `output`.
+    fn queue_batch(&mut self) {
         if let Some(batch) = self.take_batch() {
             self.output.push_back(batch);
         }
+    }
+
+    /// Queues a non-frame output, after the batch.
+    fn push_output(&mut self, output: Output) {
+        self.queue_batch();
         self.output.push_back(output);
     }
 
     /// Hands the batch out once it holds `batch_bytes`.
     fn close_full_batch(&mut self) {
         if self.batch.len() >= self.config.batch_bytes {
-            if let Some(batch) = self.take_batch() {
-                self.output.push_back(batch);
-            }
+            self.queue_batch();
         }
     }
 

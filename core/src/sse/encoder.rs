@@ -18,13 +18,6 @@ impl FrameBuilder {
         }
     }
 
-    /// An empty frame with room for `capacity` bytes.
-    pub fn with_capacity(capacity: usize) -> FrameBuilder {
-        FrameBuilder {
-            buf: Vec::with_capacity(capacity),
-        }
-    }
-
     /// Continues `buf`: the frame is appended after what `buf` already holds (other whole
     /// frames), and [`FrameBuilder::end`] gives the buffer back. This is how consecutive frames
     /// are written straight into one output buffer.
@@ -168,7 +161,7 @@ mod tests {
             b"retry: 1500\n\n"
         );
         assert_eq!(
-            &FrameBuilder::with_capacity(4)
+            &FrameBuilder::appending(Vec::with_capacity(4))
                 .id("7\0")
                 .data_line(b"{}")
                 .finish()[..],

@@ -50,17 +50,13 @@ pub(super) fn in_snapshot<T>(
     })
 }
 
-/// The rows of `sql` (which selects [`super::ROW_COLUMNS`] and takes the two `leading`
-/// integers, then `binds`), read into the rows of `spare` as far as it has them.
-pub(super) fn rows(
-    connection: &rusqlite::Connection,
+/// `sql` prepared with the two `leading` integers bound, then `binds`.
+pub(super) fn prepared<'c>(
+    connection: &'c rusqlite::Connection,
     sql: &str,
     leading: (i64, i64),
     binds: &[String],
-    payload_check: PayloadCheck,
-    capacity: usize,
-    spare: Vec<EventRow>,
-) -> Result<Vec<EventRow>, StoreError> {
+) -> Result<rusqlite::Statement<'c>, StoreError> {
     let mut statement = connection.prepare(sql).map_err(store_error)?;
     statement
         .raw_bind_parameter(1, leading.0)
@@ -73,6 +69,21 @@ pub(super) fn rows(
             .raw_bind_parameter(index + 3, value.as_str())
             .map_err(store_error)?;
     }
+    Ok(statement)
+}
+
+/// The rows of `sql` (which selects [`super::ROW_COLUMNS`] and takes the two `leading`
+/// integers, then `binds`), read into the rows of `spare` as far as it has them.
+pub(super) fn rows(
+    connection: &rusqlite::Connection,
+    sql: &str,
+    leading: (i64, i64),
+    binds: &[String],
+    payload_check: PayloadCheck,
+    capacity: usize,
+    spare: Vec<EventRow>,
+) -> Result<Vec<EventRow>, StoreError> {
+    let mut statement = prepared(connection, sql, leading, binds)?;
     // The spare rows' strings are overwritten in place: a replay allocates per window, not
     // per row.
     let mut rows = spare;
@@ -107,11 +118,6 @@ fn read_row(
     out: &mut EventRow,
 ) -> Result<(), StoreError> {
     let seq = read_seq(row)?;
-    let at_seq = |error: StoreError| StoreError {
-        seq: Some(seq),
-        ..error
-    };
-    let value = |index: usize| row.get_ref(index).map_err(store_error).map_err(at_seq);
     read_ids(
         row,
         seq,
@@ -120,8 +126,8 @@ fn read_row(
         &mut out.session_id,
         &mut out.kind,
     )?;
-    let payload = value(4)?;
-    let created_at = value(5)?;
+    let payload = column(row, 4, seq)?;
+    let created_at = column(row, 5, seq)?;
     out.seq = seq;
     out.payload_check = match payload {
         ValueRef::Text(_) => payload_check,
@@ -160,20 +166,26 @@ pub(super) fn read_ids(
     session: &mut Option<String>,
     kind: &mut String,
 ) -> Result<(), StoreError> {
-    let value = |index: usize| {
-        row.get_ref(index).map_err(|error| StoreError {
-            seq: Some(seq),
-            ..store_error(error)
-        })
-    };
-    set_text_or_empty(project, value(columns.0)?);
-    match (value(columns.1)?, &mut *session) {
+    set_text_or_empty(project, column(row, columns.0, seq)?);
+    match (column(row, columns.1, seq)?, &mut *session) {
         (ValueRef::Text(bytes), Some(session_id)) => set_utf8(session_id, bytes),
         (ValueRef::Text(bytes), none) => *none = Some(super::utf8_text(bytes)),
         (_, session_id) => *session_id = None,
     }
-    set_text_or_empty(kind, value(columns.2)?);
+    set_text_or_empty(kind, column(row, columns.2, seq)?);
     Ok(())
+}
+
+/// Column `index` of the row at `seq`; a failure names the row.
+fn column<'r>(
+    row: &'r rusqlite::Row<'_>,
+    index: usize,
+    seq: Seq,
+) -> Result<ValueRef<'r>, StoreError> {
+    row.get_ref(index).map_err(|error| StoreError {
+        seq: Some(seq),
+        ..store_error(error)
+    })
 }
 
 /// `bytes` as UTF-8 (invalid sequences replaced, like [`super::utf8_text`]) into `out`.
@@ -193,19 +205,19 @@ fn set_text_or_empty(out: &mut String, value: ValueRef<'_>) {
 /// A value of any class as text, as the tests' sqlx oracle (`column_text`) reads it: INTEGER and REAL in
 /// decimal (REAL without an exponent), TEXT and BLOB as UTF-8, NULL as the empty string.
 fn set_as_text(out: &mut String, value: ValueRef<'_>) {
-    use std::fmt::Write as _;
     match value {
         ValueRef::Null => out.clear(),
-        ValueRef::Integer(number) => {
-            out.clear();
-            write!(out, "{number}").expect("writing into a String cannot fail");
-        }
-        ValueRef::Real(number) => {
-            out.clear();
-            write!(out, "{number}").expect("writing into a String cannot fail");
-        }
+        ValueRef::Integer(number) => set_display(out, number),
+        ValueRef::Real(number) => set_display(out, number),
         ValueRef::Text(bytes) | ValueRef::Blob(bytes) => set_utf8(out, bytes),
     }
+}
+
+/// `value` in its `Display` form into `out`.
+fn set_display(out: &mut String, value: impl std::fmt::Display) {
+    use std::fmt::Write as _;
+    out.clear();
+    write!(out, "{value}").expect("writing into a String cannot fail");
 }
 
 /// A rusqlite error, classified by its SQLite result code like sqlx's (see [`sqlite_code_kind`]).

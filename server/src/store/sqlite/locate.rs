@@ -129,18 +129,12 @@ fn scan(
     let Some(query) = LocateQuery::new(filter) else {
         return Ok(Vec::new());
     };
-    let mut statement = connection.prepare(&query.sql).map_err(store_error)?;
-    statement
-        .raw_bind_parameter(1, to_sql(floor))
-        .map_err(store_error)?;
-    statement
-        .raw_bind_parameter(2, to_sql(upto))
-        .map_err(store_error)?;
-    for (index, value) in query.binds.iter().enumerate() {
-        statement
-            .raw_bind_parameter(index + 3, value.as_str())
-            .map_err(store_error)?;
-    }
+    let mut statement = direct::prepared(
+        connection,
+        &query.sql,
+        (to_sql(floor), to_sql(upto)),
+        &query.binds,
+    )?;
     let mut rows = statement.raw_query();
     let mut found = Vec::new();
     let (mut project, mut session, mut kind) = (String::new(), None, String::new());
