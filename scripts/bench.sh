@@ -7,8 +7,8 @@
 #   target/fast/changefeed-bench --help     # every flag of the harness itself
 #
 # --quick scales every scenario down (latency at 20 / 100 subscribers, fan-out at 100 / 1,000
-# over HTTP/1.1 and HTTP/2, a 100,000-row log, 1,000 idle streams; a few minutes in all); CI
-# runs it, with no performance assertions. Without it: latency at 100 / 1,000, fan-out at
+# over HTTP/1.1 and HTTP/2, a 100,000-row log, 1,000 idle streams over each; a few minutes in
+# all); CI runs it, with no performance assertions. Without it: latency at 100 / 1,000, fan-out at
 # 1,000 / 10,000, a 1,000,000-row log, 10,000 idle streams (several minutes).
 #
 # Environment: BENCH_PROFILE=release (instead of `fast`), BENCH_NCHAN=0 (skip the Nchan peer),

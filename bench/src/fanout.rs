@@ -18,9 +18,31 @@ pub const STREAMS_PER_CONNECTION: usize = 100;
 
 /// How the subscribers connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
+pub enum Transport {
     Http1,
     Http2,
+}
+
+/// Starts `n` subscribers of `system` over `transport` (HTTP/2: [`STREAMS_PER_CONNECTION`] on
+/// each h2c connection, Nchan on its HTTP/2 port).
+pub fn subscribe(
+    config: &Config,
+    system: &System,
+    n: usize,
+    transport: Transport,
+) -> Result<Subscribers, String> {
+    Ok(match transport {
+        Transport::Http1 => Subscribers::start(&system.target(None), n, config.groups, false, 0),
+        Transport::Http2 => {
+            let mut target = system.target(None);
+            if let System::Nchan { .. } = system {
+                target.addr = config
+                    .nchan_h2
+                    .ok_or("Nchan has no HTTP/2 port in this run")?;
+            }
+            h2load::start(&target, n, STREAMS_PER_CONNECTION, false, 0)
+        }
+    })
 }
 
 struct FanoutResult {
@@ -39,20 +61,7 @@ async fn fanout_run(
     subs_n: usize,
     transport: Transport,
 ) -> Result<FanoutResult, String> {
-    let subs = match transport {
-        Transport::Http1 => {
-            Subscribers::start(&system.target(None), subs_n, config.groups, false, 0)
-        }
-        Transport::Http2 => {
-            let mut target = system.target(None);
-            if let System::Nchan { .. } = system {
-                target.addr = config
-                    .nchan_h2
-                    .ok_or("Nchan has no HTTP/2 port in this run")?;
-            }
-            h2load::start(&target, subs_n, STREAMS_PER_CONNECTION, false, 0)
-        }
-    };
+    let subs = subscribe(config, system, subs_n, transport)?;
     if let Err(error) = subs.wait_ready(Duration::from_secs(120)).await {
         subs.stop().await;
         return Err(error);

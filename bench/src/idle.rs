@@ -1,9 +1,11 @@
 //! Idle memory: RSS per connected, live, idle stream, and RSS once they all closed again
-//! (memory a server keeps after its clients left: allocator retention, caches).
+//! (memory a server keeps after its clients left: allocator retention, caches); over HTTP/1.1
+//! (one connection per stream) and over HTTP/2 (streams multiplexed as a browser's tabs are,
+//! [`STREAMS_PER_CONNECTION`] per connection, so per-connection buffers are shared).
 
 use std::time::Duration;
 
-use crate::loadgen::Subscribers;
+use crate::fanout::{self, Transport, STREAMS_PER_CONNECTION};
 use crate::report::{Better, Compare, Report};
 use crate::system::System;
 use crate::Config;
@@ -15,10 +17,15 @@ struct IdleResult {
     per_conn_kib: f64,
 }
 
-async fn idle_run(system: &System, n: usize, groups: usize) -> Result<IdleResult, String> {
+async fn idle_run(
+    config: &Config,
+    system: &System,
+    n: usize,
+    transport: Transport,
+) -> Result<IdleResult, String> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before_kib = system.rss_kib();
-    let subs = Subscribers::start(&system.target(None), n, groups, false, 0);
+    let subs = fanout::subscribe(config, system, n, transport)?;
     let ready = subs.wait_ready(Duration::from_secs(120)).await;
     if ready.is_ok() {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -43,26 +50,49 @@ async fn idle_run(system: &System, n: usize, groups: usize) -> Result<IdleResult
 
 pub async fn run(config: &Config, report: &mut Report) {
     let n = config.idle_streams();
-    let ours = match System::changefeed(config, "idle").await {
-        Ok(system) => idle_run(&system, n, config.groups).await,
-        Err(error) => Err(error),
-    };
-    let nchan = match System::nchan(config, "idle") {
-        Ok(system) => idle_run(&system, n, config.groups).await,
-        Err(error) => Err(error),
-    };
-    let setup = format!("{n} idle streams (connected, live, no events)");
+    for transport in [Transport::Http1, Transport::Http2] {
+        let (scenario, over, tag) = match transport {
+            Transport::Http1 => ("4 idle memory", String::new(), ""),
+            Transport::Http2 => (
+                "4 idle memory, HTTP/2",
+                format!(
+                    ", as HTTP/2 streams (h2c, {STREAMS_PER_CONNECTION} per connection, {} connections)",
+                    n.div_ceil(STREAMS_PER_CONNECTION)
+                ),
+                "h2",
+            ),
+        };
+        let ours = match System::changefeed(config, &format!("idle{tag}")).await {
+            Ok(system) => idle_run(config, &system, n, transport).await,
+            Err(error) => Err(error),
+        };
+        let nchan = match System::nchan(config, &format!("idle{tag}")) {
+            Ok(system) => idle_run(config, &system, n, transport).await,
+            Err(error) => Err(error),
+        };
+        let setup = format!("{n} idle streams (connected, live, no events){over}");
+        rows(report, scenario, &setup, &ours, &nchan);
+    }
+}
+
+fn rows(
+    report: &mut Report,
+    scenario: &'static str,
+    setup: &str,
+    ours: &Result<IdleResult, String>,
+    nchan: &Result<IdleResult, String>,
+) {
     let table = Compare {
-        scenario: "4 idle memory",
-        setup: &setup,
+        scenario,
+        setup,
         peer: "Nchan",
     };
-    let theirs = Some(&nchan);
+    let theirs = Some(nchan);
     let metric = "server RSS before (MiB)";
     table.row(
         report,
         metric,
-        &ours,
+        ours,
         theirs,
         |r| r.before_kib as f64 / 1024.0,
         Better::Lower,
@@ -71,7 +101,7 @@ pub async fn run(config: &Config, report: &mut Report) {
     table.row(
         report,
         metric,
-        &ours,
+        ours,
         theirs,
         |r| r.after_kib as f64 / 1024.0,
         Better::Lower,
@@ -80,7 +110,7 @@ pub async fn run(config: &Config, report: &mut Report) {
     table.row(
         report,
         metric,
-        &ours,
+        ours,
         theirs,
         |r| r.closed_kib as f64 / 1024.0,
         Better::Lower,
@@ -89,7 +119,7 @@ pub async fn run(config: &Config, report: &mut Report) {
     table.row(
         report,
         metric,
-        &ours,
+        ours,
         theirs,
         |r| r.per_conn_kib,
         Better::Lower,
