@@ -23,6 +23,14 @@ pub enum Transport {
     Http2,
 }
 
+/// How `n` HTTP/2 subscribers connect, for a row's setup.
+pub fn http2_streams(n: usize) -> String {
+    format!(
+        "HTTP/2 streams (h2c, {STREAMS_PER_CONNECTION} per connection, {} connections)",
+        n.div_ceil(STREAMS_PER_CONNECTION)
+    )
+}
+
 /// Starts `n` subscribers of `system` over `transport` (HTTP/2: [`STREAMS_PER_CONNECTION`] on
 /// each h2c connection, Nchan on its HTTP/2 port).
 pub fn subscribe(
@@ -128,10 +136,7 @@ pub async fn run(config: &Config, report: &mut Report) {
             Transport::Http1 => ("2 fan-out", String::new(), ""),
             Transport::Http2 => (
                 "2 fan-out, HTTP/2",
-                format!(
-                    " as HTTP/2 streams (h2c, {STREAMS_PER_CONNECTION} per connection, {} connections)",
-                    subs_n.div_ceil(STREAMS_PER_CONNECTION)
-                ),
+                format!(" as {}", http2_streams(subs_n)),
                 "h2-",
             ),
         };

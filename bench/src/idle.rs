@@ -1,11 +1,11 @@
 //! Idle memory: RSS per connected, live, idle stream, and RSS once they all closed again
 //! (memory a server keeps after its clients left: allocator retention, caches); over HTTP/1.1
 //! (one connection per stream) and over HTTP/2 (streams multiplexed as a browser's tabs are,
-//! [`STREAMS_PER_CONNECTION`] per connection, so per-connection buffers are shared).
+//! [`fanout::STREAMS_PER_CONNECTION`] per connection, so per-connection buffers are shared).
 
 use std::time::Duration;
 
-use crate::fanout::{self, Transport, STREAMS_PER_CONNECTION};
+use crate::fanout::{self, Transport};
 use crate::report::{Better, Compare, Report};
 use crate::system::System;
 use crate::Config;
@@ -55,10 +55,7 @@ pub async fn run(config: &Config, report: &mut Report) {
             Transport::Http1 => ("4 idle memory", String::new(), ""),
             Transport::Http2 => (
                 "4 idle memory, HTTP/2",
-                format!(
-                    ", as HTTP/2 streams (h2c, {STREAMS_PER_CONNECTION} per connection, {} connections)",
-                    n.div_ceil(STREAMS_PER_CONNECTION)
-                ),
+                format!(", as {}", fanout::http2_streams(n)),
                 "h2",
             ),
         };
