@@ -14,7 +14,7 @@ struct IdleResult {
     before_kib: u64,
     after_kib: u64,
     closed_kib: u64,
-    per_conn_kib: f64,
+    per_stream_kib: f64,
 }
 
 async fn idle_run(
@@ -44,7 +44,7 @@ async fn idle_run(
         before_kib,
         after_kib,
         closed_kib,
-        per_conn_kib: after_kib.saturating_sub(before_kib) as f64 / n as f64,
+        per_stream_kib: after_kib.saturating_sub(before_kib) as f64 / n as f64,
     })
 }
 
@@ -118,7 +118,7 @@ fn rows(
         metric,
         ours,
         theirs,
-        |r| r.per_conn_kib,
+        |r| r.per_stream_kib,
         Better::Lower,
     );
 }
